@@ -1,0 +1,207 @@
+//! Helpers for integration tests that boot real microVMs: find the `vmm`
+//! binary, start it, read its serial output line by line with timestamps,
+//! and read its memory use from `/proc`.
+//!
+//! Tests that need KVM call [`require_kvm`], which fails loudly instead of
+//! skipping: a CI machine without /dev/kvm must not go green.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `vmm` binary built alongside these tests (`$VMM_BIN` overrides).
+pub fn vmm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VMM_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/vmm
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("vmm");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p vmm` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Panics unless /dev/kvm can be opened read-write.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("this test boots real VMs and needs /dev/kvm, which cannot be opened: {e}");
+    }
+}
+
+/// Directory where `resources/linux/fetch-kernel.sh` caches the guest kernel.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("VMM_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache"))
+}
+
+/// A file the fetch script must have produced; panics with the fix otherwise.
+pub fn cached_linux_file(name: &str) -> PathBuf {
+    let path = cache_dir().join("linux").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run resources/linux/fetch-kernel.sh first (.ci/run does)",
+        path.display()
+    );
+    path
+}
+
+/// One line of guest serial output and when it arrived.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub at: Duration,
+    pub text: String,
+}
+
+/// A running `vmm` process with its stdout captured line by line.
+/// Dropping it kills the process by pid and reaps it.
+pub struct VmProcess {
+    child: Child,
+    started: Instant,
+    lines: Receiver<Line>,
+    seen: Vec<Line>,
+}
+
+impl VmProcess {
+    /// Starts `vmm` with `args` (e.g. `["run", "--mem", "64M"]`).
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> VmProcess {
+        let started = Instant::now();
+        let mut child = Command::new(vmm_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vmm");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for text in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx
+                    .send(Line {
+                        at: started.elapsed(),
+                        text,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        VmProcess {
+            child,
+            started,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for a line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<Line> {
+        if let Some(l) = self.seen.iter().find(|l| l.text.contains(needle)) {
+            return Some(l.clone());
+        }
+        let deadline = self.started.elapsed() + timeout;
+        loop {
+            let left = deadline.checked_sub(self.started.elapsed())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.text.contains(needle) {
+                        return Some(line);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Every line seen so far (after draining what has arrived).
+    pub fn output(&mut self) -> String {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its status and
+    /// stderr. Kills it and panics on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                // Let the reader thread deliver the last lines.
+                std::thread::sleep(Duration::from_millis(20));
+                self.output();
+                return (status, err);
+            }
+            if Instant::now() > deadline {
+                let out = self.output();
+                self.kill();
+                panic!("vmm did not exit within {timeout:?}; output so far:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL by pid, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident set size of the VMM process in bytes, exact: from
+    /// `smaps_rollup`, which walks the page tables. (`VmRSS` in `status`
+    /// comes from per-CPU counters and may lag by a few hundred KiB.)
+    pub fn rss_bytes(&self) -> u64 {
+        proc_kib_field(&format!("/proc/{}/smaps_rollup", self.pid()), "Rss:") * 1024
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `kB` field of a `/proc` file such as `/proc/<pid>/status`.
+pub fn proc_kib_field(path: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
+pub const MIB: u64 = 1 << 20;

@@ -1,0 +1,44 @@
+//! `vmm run` refuses bad input with a message a person can act on and exit
+//! status 250, before any VM runs.
+
+use std::time::Duration;
+
+use vmm_integration_tests::VmProcess;
+
+fn refused(args: &[&str]) -> String {
+    let mut vm = VmProcess::start(args);
+    let (status, stderr) = vm.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(250), "{args:?}: stderr {stderr}");
+    stderr
+}
+
+#[test]
+fn bad_memory_sizes() {
+    assert!(refused(&["run", "--mem", "12Q"]).contains("unknown unit"));
+    assert!(refused(&["run", "--mem", "lots"]).contains("does not start with a number"));
+    assert!(refused(&["run", "--mem", "1M"]).contains("too small"));
+    assert!(refused(&["run", "--mem", "8193K"]).contains("multiple of the 4 KiB page size"));
+}
+
+#[test]
+fn bad_kernels() {
+    assert!(refused(&["run", "--kernel", "/nonexistent/vmlinux"])
+        .contains("cannot read kernel /nonexistent/vmlinux"));
+    let not_a_kernel = refused(&["run", "--kernel", "/etc/hostname"]);
+    assert!(
+        not_a_kernel.contains("neither an ELF (vmlinux) nor a bzImage"),
+        "{not_a_kernel}"
+    );
+}
+
+#[test]
+fn bad_vcpu_counts_and_features() {
+    assert!(refused(&["run", "--vcpus", "0"]).contains("out of range"));
+    assert!(refused(&["run", "--cpuid-keep", "sse9"]).contains("unknown CPU feature 'sse9'"));
+}
+
+#[test]
+fn command_line_too_long() {
+    let long = "x".repeat(5000);
+    assert!(refused(&["run", "--cmdline", &long]).contains("command line is 5000 bytes"));
+}

@@ -1,0 +1,143 @@
+//! The embedded tiny guest booted by `vmm run` on real KVM.
+
+use std::time::Duration;
+
+use vmm_integration_tests::{require_kvm, VmProcess, MIB};
+
+const BOOT: Duration = Duration::from_secs(20);
+
+#[test]
+fn run_without_arguments_boots_the_tiny_guest_and_exits_0() {
+    require_kvm();
+    let mut vm = VmProcess::start(&["run"]);
+    let ready = vm
+        .wait_for("tiny-guest: ready", BOOT)
+        .unwrap_or_else(|| panic!("no ready line:\n{}", vm.output()));
+    // The default guest has 128 MiB; the memmap it read says so.
+    assert!(
+        ready.text.contains("mem=133823488 "),
+        "128 MiB minus the 384 KiB legacy hole: {}",
+        ready.text
+    );
+    let (status, stderr) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}\n{}", vm.output());
+    assert!(vm.output().contains("tiny-guest: exit 0"));
+}
+
+#[test]
+fn guest_exit_code_becomes_the_process_status() {
+    require_kvm();
+    let mut vm = VmProcess::start(&["run", "--mem", "32M", "--cmdline", "tiny.exit=42"]);
+    let (status, stderr) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(42), "stderr: {stderr}\n{}", vm.output());
+}
+
+#[test]
+fn guest_sees_exactly_our_memory_map() {
+    require_kvm();
+    let mut vm = VmProcess::start(&["run", "--mem", "64M"]);
+    vm.wait_exit(BOOT);
+    let out = vm.output();
+    let memmap: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("tiny-guest: memmap"))
+        .collect();
+    assert_eq!(
+        memmap,
+        [
+            "tiny-guest: memmap 0x0-0x9fc00 type=1",
+            "tiny-guest: memmap 0xe0000-0x100000 type=2",
+            "tiny-guest: memmap 0x100000-0x4000000 type=1",
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("ready mem=66714624 "),
+        "RAM = 64 MiB minus the legacy hole:\n{out}"
+    );
+}
+
+#[test]
+fn touching_64_mib_raises_vmm_rss_by_64_mib() {
+    require_kvm();
+    let rss_after = |cmdline: &str| {
+        let mut vm = VmProcess::start(&["run", "--mem", "128M", "--cmdline", cmdline]);
+        vm.wait_for("tiny-guest: hold", BOOT)
+            .unwrap_or_else(|| panic!("guest did not reach its hold:\n{}", vm.output()));
+        let rss = vm.rss_bytes();
+        vm.kill();
+        (rss, vm.output())
+    };
+    let (idle, _) = rss_after("tiny.hold=forever");
+    let (touched, out) = rss_after("tiny.touch=64M tiny.hold=forever");
+    assert!(out.contains("touched 64 MiB"), "{out}");
+    assert!(
+        touched >= idle + 64 * MIB,
+        "RSS idle {} MiB, after touching 64 MiB {} MiB",
+        idle / MIB,
+        touched / MIB
+    );
+}
+
+#[test]
+fn a_pattern_verified_across_the_whole_guest() {
+    require_kvm();
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--mem",
+        "256M",
+        "--cmdline",
+        "tiny.touch=200M tiny.exit=7",
+    ]);
+    let (status, stderr) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(7), "stderr: {stderr}\n{}", vm.output());
+    assert!(vm.output().contains("touched 200 MiB"), "{}", vm.output());
+}
+
+#[test]
+fn touching_more_than_the_guest_has_is_reported_by_the_guest() {
+    require_kvm();
+    let mut vm = VmProcess::start(&["run", "--mem", "32M", "--cmdline", "tiny.touch=64M"]);
+    let (status, _) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(3), "{}", vm.output());
+}
+
+#[test]
+fn boots_with_several_vcpus() {
+    require_kvm();
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--vcpus",
+        "4",
+        "--mem",
+        "32M",
+        "--cmdline",
+        "tiny.touch=8M",
+    ]);
+    let (status, stderr) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}\n{}", vm.output());
+}
+
+#[test]
+fn serial_output_can_go_to_a_file() {
+    require_kvm();
+    let path = std::env::temp_dir().join(format!("vmm-serial-{}.log", std::process::id()));
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--mem",
+        "32M",
+        "--serial-out",
+        path.to_str().unwrap(),
+    ]);
+    let (status, _) = vm.wait_exit(BOOT);
+    let log = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(log.starts_with("tiny-guest: ready"), "{log}");
+    assert!(log.contains("tiny-guest: exit 0"), "{log}");
+    assert_eq!(
+        vm.output(),
+        "",
+        "nothing on stdout when serial goes to a file"
+    );
+}

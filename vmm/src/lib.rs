@@ -1,0 +1,10 @@
+//! A KVM microVM monitor for hosts that overcommit memory.
+//!
+//! One process runs one microVM ([`vm::Vm`]); its legacy devices live in
+//! [`devices`]. The tiny test guest that boots by default is
+//! [`guest_image::TINY_GUEST`].
+
+pub mod devices;
+pub mod guest_image;
+pub mod size;
+pub mod vm;

@@ -1,0 +1,94 @@
+//! How a VM ends, and the one-shot signal vCPU threads use to say so.
+
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset or powered off the machine (i8042 reset, ACPI or
+    /// KVM system event). A clean end.
+    Reset,
+    /// The guest wrote `code` to the debug-exit port.
+    DebugExit(u8),
+    /// The guest cannot continue: triple fault, an instruction KVM could not
+    /// emulate, a failed VM entry.
+    GuestCrash(String),
+    /// The VMM itself failed while the VM ran.
+    VmmError(String),
+}
+
+/// Process exit statuses (see the README's table). Guest debug-exit codes
+/// pass through unchanged, so the VMM's own statuses sit at the top.
+pub mod status {
+    /// The VMM could not start the VM: bad arguments, no KVM, bad kernel.
+    pub const START_FAILED: u8 = 250;
+    /// The guest crashed (triple fault, emulation failure, entry failure).
+    pub const GUEST_CRASH: u8 = 251;
+    /// The VMM failed while the VM ran.
+    pub const VMM_ERROR: u8 = 252;
+}
+
+impl VmExit {
+    /// The process exit status that reports this end.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            VmExit::Reset => 0,
+            VmExit::DebugExit(code) => *code,
+            VmExit::GuestCrash(_) => status::GUEST_CRASH,
+            VmExit::VmmError(_) => status::VMM_ERROR,
+        }
+    }
+}
+
+/// First writer wins: later requests (other vCPUs racing to report the same
+/// end) are dropped, so the reported reason is the one that happened first.
+pub struct ExitSignal {
+    reason: Mutex<Option<VmExit>>,
+    event: EventFd,
+}
+
+impl ExitSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitSignal {
+            reason: Mutex::new(None),
+            event: EventFd::new(0)?,
+        })
+    }
+
+    /// Records `exit` unless an earlier one is recorded, and wakes the waiter.
+    pub fn request(&self, exit: VmExit) {
+        let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if reason.is_none() {
+            *reason = Some(exit);
+            // A full counter (impossible with one write per VM) would only
+            // mean the waiter is already woken.
+            let _ = self.event.write(1);
+        }
+    }
+
+    /// Whether an end has been requested.
+    pub fn is_requested(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Blocks until some thread requests the end, and returns it.
+    pub fn wait(&self) -> VmExit {
+        loop {
+            if let Some(exit) = self
+                .reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                return exit;
+            }
+            // EINTR just loops; the eventfd is never closed while we wait.
+            let _ = self.event.read();
+        }
+    }
+}

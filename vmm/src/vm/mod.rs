@@ -1,0 +1,225 @@
+//! One microVM: KVM VM, guest RAM, boot, vCPUs and legacy devices.
+//!
+//! The order of [`Vm::boot`] is the data path: open KVM, create the VM and
+//! its in-kernel interrupt controllers, map RAM, write ACPI tables, load the
+//! guest, wire the devices, configure and start the vCPUs.
+
+pub mod acpi;
+pub mod boot;
+pub mod cpuid;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod regs;
+pub mod vcpu;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{new_serial, SerialDevice, COM1_GSI};
+use crate::devices::PioBus;
+use acpi::{AcpiConfig, AcpiTables};
+use boot::KernelImage;
+use cpuid::CpuidPolicy;
+use exit::{ExitSignal, VmExit};
+use memory::GuestRam;
+use vcpu::Vcpu;
+
+/// Everything needed to build and boot one microVM.
+pub struct VmConfig {
+    pub kernel: KernelImage,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_size: u64,
+    pub vcpus: u8,
+    pub cpuid: CpuidPolicy,
+    pub serial_out: Box<dyn Write + Send>,
+}
+
+/// Most vCPUs we start: the MADT and APIC IDs are 8-bit here.
+pub const MAX_VCPUS: u8 = 254;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: this host has no KVM (load the kvm module, or enable virtualisation for this VM host)")]
+    NoKvm,
+    #[error(
+        "no permission to open /dev/kvm: run as root or add this user to the group owning /dev/kvm"
+    )]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM on this host lacks {0}, which this VMM needs")]
+    MissingCap(&'static str),
+    #[error("KVM failed to {what}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU count {0} is out of range (1..={max})", max = MAX_VCPUS)]
+    VcpuCount(u8),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("CPUID: {0}")]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error("vCPU setup: {0}")]
+    Regs(#[from] regs::RegsError),
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A booted microVM whose vCPUs are running.
+pub struct Vm {
+    // Field order is drop order: vCPU threads reference the VM fd and RAM.
+    exit: Arc<ExitSignal>,
+    bus: Arc<PioBus>,
+    _vm_fd: VmFd,
+    mem: GuestRam,
+    _kvm: Kvm,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Opens /dev/kvm, turning the common failures into advice.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+impl Vm {
+    /// Builds the VM described by `cfg` and starts its vCPUs.
+    pub fn boot(cfg: VmConfig) -> Result<Vm, VmError> {
+        if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
+            return Err(VmError::VcpuCount(cfg.vcpus));
+        }
+        let kvm = open_kvm()?;
+        for (cap, name) in [
+            (Cap::Irqchip, "an in-kernel irqchip"),
+            (Cap::Irqfd, "irqfd"),
+            (Cap::UserMemory, "user memory slots"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let vm_fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        // The TSS needs three pages below 4 GiB that no RAM or MMIO uses; the
+        // top of the MMIO hole, just below the BIOS area, is free.
+        vm_fd
+            .set_tss_address(0xfffb_d000)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+
+        let mem = memory::create_guest_ram(cfg.mem_size)?;
+        memory::register_guest_ram(&vm_fd, &mem)?;
+
+        let acpi = AcpiTables::build(&AcpiConfig {
+            vcpus: cfg.vcpus,
+            virtio_mmio: &[],
+        })?;
+        acpi.write_to(&mem)?;
+        let boot = boot::load_guest(
+            &mem,
+            &cfg.kernel,
+            cfg.initrd.as_deref(),
+            &cfg.cmdline,
+            acpi.rsdp_addr(),
+        )?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Io {
+            what: "create an eventfd",
+            source,
+        })?);
+        let serial = Arc::new(Mutex::new(new_serial(serial_irq(&vm_fd)?, cfg.serial_out)));
+        let bus = Arc::new(PioBus::new(
+            serial,
+            I8042::new(exit.clone()),
+            DebugExit::new(exit.clone()),
+        ));
+
+        let base_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report supported CPUID"))?;
+        let vcpus: Vec<Vcpu> = (0..cfg.vcpus)
+            .map(|i| vm_fd.create_vcpu(u64::from(i)).map(|fd| Vcpu::new(fd, i)))
+            .collect::<Result<_, _>>()
+            .map_err(kvm_err("create a vCPU"))?;
+        let tsc_khz = vcpus[0].tsc_khz();
+        for (i, vcpu) in vcpus.iter().enumerate() {
+            let mut cpuid = base_cpuid.clone();
+            cfg.cpuid.apply(&mut cpuid, i as u8, cfg.vcpus, tsc_khz)?;
+            vcpu.configure(&cpuid, &mem, (i == 0).then_some(&boot))?;
+        }
+        for vcpu in vcpus {
+            vcpu.spawn(bus.clone(), exit.clone())
+                .map_err(|source| VmError::Io {
+                    what: "start a vCPU thread",
+                    source,
+                })?;
+        }
+        Ok(Vm {
+            exit,
+            bus,
+            _vm_fd: vm_fd,
+            mem,
+            _kvm: kvm,
+        })
+    }
+
+    /// Blocks until the VM ends and says how.
+    pub fn wait(&self) -> VmExit {
+        let end = self.exit.wait();
+        // Whatever the guest printed last must reach the operator.
+        let _ = self.serial().writer_mut().finish();
+        end
+    }
+
+    /// Guest RAM, for accounting.
+    pub fn guest_ram(&self) -> &GuestRam {
+        &self.mem
+    }
+
+    fn serial(&self) -> std::sync::MutexGuard<'_, SerialDevice> {
+        self.bus.serial.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An eventfd wired to COM1's GSI on the in-kernel IOAPIC.
+fn serial_irq(vm_fd: &VmFd) -> Result<EventFd, VmError> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmError::Io {
+        what: "create an eventfd",
+        source,
+    })?;
+    vm_fd
+        .register_irqfd(&evt, COM1_GSI)
+        .map_err(kvm_err("register the serial irqfd"))?;
+    Ok(evt)
+}
