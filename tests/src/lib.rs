@@ -205,3 +205,25 @@ pub fn proc_kib_field(path: &str, field: &str) -> u64 {
 }
 
 pub const MIB: u64 = 1 << 20;
+
+/// The stock Debian kernel (`vmlinux`, PVH ELF) and its bzImage, fetched by
+/// `resources/linux/fetch-kernel.sh` into the cache on first use.
+pub fn stock_kernel(name: &str) -> PathBuf {
+    static FETCH: std::sync::Once = std::sync::Once::new();
+    FETCH.call_once(|| {
+        if cache_dir().join("linux").join("vmlinux").exists() {
+            return;
+        }
+        let script = repo_root().join("resources/linux/fetch-kernel.sh");
+        let status = Command::new(&script)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            status.success(),
+            "{} failed; see its messages above",
+            script.display()
+        );
+    });
+    cached_linux_file(name)
+}

@@ -42,3 +42,22 @@ fn command_line_too_long() {
     let long = "x".repeat(5000);
     assert!(refused(&["run", "--cmdline", &long]).contains("command line is 5000 bytes"));
 }
+
+#[test]
+fn missing_kvm_is_explained() {
+    // A private mount namespace whose /dev is empty: /dev/kvm is absent for
+    // this process only. Needs CAP_SYS_ADMIN, as CI (root) has.
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" run",
+        ])
+        .arg(vmm_integration_tests::vmm_bin())
+        .output()
+        .expect("run unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(250), "{stderr}");
+    assert!(stderr.contains("/dev/kvm does not exist"), "{stderr}");
+}

@@ -34,6 +34,12 @@ enum Command {
     /// poweroff); 250 the VM could not start; 251 the guest crashed;
     /// 252 the VMM failed while the VM ran.
     Run(RunArgs),
+    /// Write the embedded tiny test guest (a PVH ELF) to a file, e.g. to boot
+    /// it under QEMU: `qemu-system-x86_64 -M microvm -kernel FILE ...`.
+    TinyGuest {
+        /// Output file; - for stdout.
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -79,6 +85,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args),
+        Command::TinyGuest { out } => match write_tiny_guest(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmm: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -98,6 +111,14 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // vCPU threads still sit in KVM_RUN; leaving the process ends them.
     ExitCode::from(end.exit_status())
+}
+
+fn write_tiny_guest(out: &std::path::Path) -> anyhow::Result<()> {
+    if out.as_os_str() == "-" {
+        std::io::stdout().write_all(TINY_GUEST)?;
+        return Ok(());
+    }
+    std::fs::write(out, TINY_GUEST).with_context(|| format!("cannot write {}", out.display()))
 }
 
 fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
