@@ -1,0 +1,130 @@
+//! Where and when a benchmark ran: date, CPU, kernel, KVM flavour, versions.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub struct Machine {
+    pub date_utc: String,
+    pub cpu: String,
+    pub nproc: usize,
+    pub kernel: String,
+    pub kvm_pvm: bool,
+    pub thp: String,
+    pub qemu_version: String,
+    pub vmm_commit: String,
+}
+
+impl Machine {
+    /// Collects the facts; anything unreadable becomes "unknown".
+    pub fn probe(qemu: &str, repo_dir: &Path) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(unknown);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| unknown());
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| unknown());
+        let qemu_version =
+            command_line(Command::new(qemu).arg("--version")).unwrap_or_else(unknown);
+        let vmm_commit = git_commit(repo_dir).unwrap_or_else(unknown);
+        Machine {
+            date_utc: utc_now(),
+            cpu,
+            nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel,
+            kvm_pvm: Path::new("/sys/module/kvm_pvm").exists(),
+            thp,
+            qemu_version,
+            vmm_commit,
+        }
+    }
+}
+
+fn unknown() -> String {
+    "unknown".to_string()
+}
+
+/// First line of a command's stdout, if it ran successfully.
+fn command_line(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_string())
+}
+
+/// `git rev-parse --short HEAD`, with "+ uncommitted changes" when the work
+/// tree differs from it (the binary measured may then not match the commit).
+fn git_commit(dir: &Path) -> Option<String> {
+    let commit = command_line(Command::new("git").arg("-C").arg(dir).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]))?;
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    Some(if dirty {
+        format!("{commit} + uncommitted changes")
+    } else {
+        commit
+    })
+}
+
+/// Now, as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format_utc(secs)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM UTC`.
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day); H. Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(format_utc(1_767_225_599), "2025-12-31 23:59 UTC");
+    }
+}
