@@ -9,3 +9,11 @@ mod cmdline;
 #[allow(dead_code)]
 #[path = "../../resources/tiny-guest/src/memtest.rs"]
 mod memtest;
+
+#[allow(dead_code)]
+#[path = "../../resources/tiny-guest/src/pool.rs"]
+mod pool;
+
+#[allow(dead_code)]
+#[path = "../../resources/tiny-guest/src/virtqueue.rs"]
+mod virtqueue;

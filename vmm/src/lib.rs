@@ -4,7 +4,10 @@
 //! [`devices`]. The tiny test guest that boots by default is
 //! [`guest_image::TINY_GUEST`].
 
+pub mod api;
+pub mod control;
 pub mod devices;
 pub mod guest_image;
+pub mod memstat;
 pub mod size;
 pub mod vm;

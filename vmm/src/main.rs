@@ -8,11 +8,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use std::sync::Arc;
 use vmm::guest_image::TINY_GUEST;
 use vmm::size::ByteSize;
 use vmm::vm::boot::KernelImage;
 use vmm::vm::cpuid::CpuidPolicy;
+
+use balloon::BalloonConfig;
+use vmm::api::ApiServer;
+use vmm::control::VmControl;
 use vmm::vm::exit::{status, VmExit};
+use vmm::vm::memory;
+use vmm::vm::virtio::Announce;
 use vmm::vm::{Vm, VmConfig};
 
 #[derive(Parser)]
@@ -69,6 +76,60 @@ struct RunArgs {
     /// More CPU features to hide from the guest.
     #[arg(long, value_delimiter = ',')]
     cpuid_hide: Vec<String>,
+    /// Add a virtio-balloon device, configured with the fields of the API's
+    /// `PUT /balloon`: `amount_mib=N,deflate_on_oom=BOOL,
+    /// stats_polling_interval_s=N,free_page_reporting=BOOL` (all optional;
+    /// `--balloon ""` takes the defaults: 0 MiB, no stats, no reporting).
+    #[arg(long, value_parser = parse_balloon)]
+    balloon: Option<BalloonConfig>,
+    /// How virtio-mmio devices are announced: `acpi` (DSDT devices, what
+    /// stock kernels need) or `cmdline` (`virtio_mmio.device=`, what the
+    /// tiny guest reads). Default: cmdline for the embedded tiny guest,
+    /// acpi with --kernel.
+    #[arg(long, value_enum)]
+    virtio_announce: Option<AnnounceArg>,
+    /// Serve the per-VM HTTP/JSON API on this Unix socket (mode 0600).
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Do not boot until the API receives `PUT /actions
+    /// {"action_type":"InstanceStart"}` (configure the balloon with
+    /// `PUT /balloon` first). Needs --api-sock.
+    #[arg(long, requires = "api_sock")]
+    wait_for_start: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AnnounceArg {
+    Acpi,
+    Cmdline,
+}
+
+/// Parses `--balloon key=value,...`.
+fn parse_balloon(spec: &str) -> Result<BalloonConfig, String> {
+    let mut cfg = BalloonConfig {
+        amount_mib: 0,
+        deflate_on_oom: false,
+        stats_polling_interval_s: 0,
+        free_page_reporting: false,
+    };
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not key=value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{key}: '{value}': {e}");
+        match key {
+            "amount_mib" => cfg.amount_mib = value.parse().map_err(|e| bad(&e))?,
+            "deflate_on_oom" => cfg.deflate_on_oom = value.parse().map_err(|e| bad(&e))?,
+            "stats_polling_interval_s" => cfg.stats_polling_interval_s = value.parse().map_err(|e| bad(&e))?,
+            "free_page_reporting" => cfg.free_page_reporting = value.parse().map_err(|e| bad(&e))?,
+            _ => {
+                return Err(format!(
+                    "unknown balloon option '{key}' (amount_mib, deflate_on_oom, stats_polling_interval_s, free_page_reporting)"
+                ))
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -96,21 +157,50 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let vm = match start_vm(args) {
+    let control = Arc::new(VmControl::new(args.vcpus, args.mem.0, args.balloon));
+    let api = match &args.api_sock {
+        Some(path) => match ApiServer::start(path, control.clone()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("vmm: cannot serve the API on {}: {e:#}", path.display());
+                return ExitCode::from(status::START_FAILED);
+            }
+        },
+        None => None,
+    };
+    let quit = |api: Option<ApiServer>, code: u8| -> ! {
+        // Unlink the socket; then exit without dropping the VM: vCPU
+        // threads still sit in KVM_RUN, and the kernel frees guest RAM in
+        // exit_mm() before it closes the VM fd, whose teardown (in-kernel
+        // PIT, SRCU) takes ~15 ms. Dropping the VM would free RAM after it.
+        drop(api);
+        std::process::exit(i32::from(code))
+    };
+    let mut args = args;
+    if args.wait_for_start {
+        args.balloon = control.wait_for_start();
+    }
+    let mut vm = match start_vm(args) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("vmm: cannot start the VM: {e:#}");
-            return ExitCode::from(status::START_FAILED);
+            control.set_exited();
+            quit(api, status::START_FAILED);
         }
     };
+    let starts = memory::host_ranges(vm.guest_ram())
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    control.set_running(vm.balloon().cloned(), starts);
     let end = vm.wait();
+    control.set_exited();
     match &end {
         VmExit::Reset | VmExit::DebugExit(_) => {}
         VmExit::GuestCrash(why) => eprintln!("vmm: guest crashed: {why}"),
         VmExit::VmmError(why) => eprintln!("vmm: VMM error: {why}"),
     }
-    // vCPU threads still sit in KVM_RUN; leaving the process ends them.
-    ExitCode::from(end.exit_status())
+    quit(api, end.exit_status())
 }
 
 fn write_tiny_guest(out: &std::path::Path) -> anyhow::Result<()> {
@@ -130,9 +220,14 @@ fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
                 .with_context(|| format!("cannot create serial output {}", args.serial_out))?,
         )
     };
-    let kernel = match args.kernel {
-        Some(path) => KernelImage::File(path),
-        None => KernelImage::Embedded(TINY_GUEST),
+    let (kernel, default_announce) = match args.kernel {
+        Some(path) => (KernelImage::File(path), Announce::Acpi),
+        None => (KernelImage::Embedded(TINY_GUEST), Announce::Cmdline),
+    };
+    let announce = match args.virtio_announce {
+        Some(AnnounceArg::Acpi) => Announce::Acpi,
+        Some(AnnounceArg::Cmdline) => Announce::Cmdline,
+        None => default_announce,
     };
     let cfg = VmConfig {
         kernel,
@@ -142,6 +237,8 @@ fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
         vcpus: args.vcpus,
         cpuid: CpuidPolicy::new(&args.cpuid_keep, &args.cpuid_hide)?,
         serial_out,
+        balloon: args.balloon,
+        announce,
     };
     Ok(Vm::boot(cfg)?)
 }

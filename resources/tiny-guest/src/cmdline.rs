@@ -13,9 +13,19 @@
 //! * `tiny.exit=<n>`: exit code when done, 0..=255 (default 0).
 //! * `tiny.hold=<time>|forever`: busy-wait after the memory test; a number
 //!   of milliseconds, or with an `ms` or `s` suffix.
+//! * `tiny.alloc=<size>`, `tiny.free=<size>`: take memory from the page pool
+//!   and write a pattern into it, then give some of it back (still touched).
+//! * `tiny.balloon=on|off`: drive the virtio-balloon device in a loop.
+//! * `tiny.exit-after=<time>`: end the balloon loop after this long.
+//! * `tiny.report-every=<time>`: free page reporting period (default 1 s,
+//!   `0` turns it off).
+//! * `tiny.evil=<case>`: one deliberate protocol violation (see [`Evil`]).
 //!
 //! Numbers are decimal or `0x` hexadecimal. A later order overrides an
 //! earlier one with the same key.
+//!
+//! [`virtio_mmio_devices`] reads the `virtio_mmio.device=` tokens (Linux
+//! syntax) that VMMs such as QEMU's microvm append to the command line.
 //!
 //! This file depends on nothing else in the guest, so its tests run on the
 //! host: `rustc --edition 2021 --test cmdline.rs -o /tmp/t && /tmp/t`.
@@ -29,6 +39,47 @@ pub enum Hold {
     Forever,
 }
 
+/// A deliberate violation of the virtio-balloon protocol (`tiny.evil`),
+/// for the host's malicious-guest tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evil {
+    /// Inflate (and deflate) PFNs beyond the end of RAM.
+    PfnOutsideRam,
+    /// Inflate (and deflate) PFNs in the MMIO hole and legacy holes.
+    PfnInMmioHole,
+    /// A descriptor whose `next` points to itself.
+    DescLoop,
+    /// A descriptor whose buffer lies beyond RAM.
+    DescOutsideMemory,
+    /// A stats buffer far longer than the 16 known tags.
+    OversizedStats,
+    /// A stats buffer with tags no specification defines.
+    UnknownStatsTag,
+}
+
+impl Evil {
+    /// Every case with its name on the command line.
+    pub const ALL: [(Evil, &'static str); 6] = [
+        (Evil::PfnOutsideRam, "pfn-outside-ram"),
+        (Evil::PfnInMmioHole, "pfn-in-mmio-hole"),
+        (Evil::DescLoop, "desc-loop"),
+        (Evil::DescOutsideMemory, "desc-outside-memory"),
+        (Evil::OversizedStats, "oversized-stats"),
+        (Evil::UnknownStatsTag, "unknown-stats-tag"),
+    ];
+
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        Evil::ALL
+            .iter()
+            .find(|(case, _)| *case == self)
+            .map_or("?", |(_, name)| name)
+    }
+}
+
+/// Free page reporting period when `tiny.report-every` is not given (ms).
+pub const DEFAULT_REPORT_EVERY_MS: u64 = 1000;
+
 /// Everything the command line asks of the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Orders {
@@ -38,6 +89,35 @@ pub struct Orders {
     pub exit: u8,
     /// Wait before exiting.
     pub hold: Option<Hold>,
+    /// Bytes to allocate from the page pool and fill with a pattern.
+    pub alloc: Option<u64>,
+    /// Bytes of the allocation to give back to the pool.
+    pub free: Option<u64>,
+    /// Run the balloon loop.
+    pub balloon: bool,
+    /// End the balloon loop after this many milliseconds.
+    pub exit_after: Option<u64>,
+    /// Free page reporting period in ms (`None`: the default, `Some(0)`: off).
+    pub report_every: Option<u64>,
+    /// A deliberate protocol violation after the device is set up.
+    pub evil: Option<Evil>,
+}
+
+impl Orders {
+    /// True if any order needs the page pool.
+    pub fn wants_pool(&self) -> bool {
+        self.alloc.is_some() || self.free.is_some() || self.wants_balloon()
+    }
+
+    /// True if the balloon device is to be driven (`tiny.evil` implies it).
+    pub fn wants_balloon(&self) -> bool {
+        self.balloon || self.evil.is_some()
+    }
+
+    /// The free page reporting period in ms, 0 when off.
+    pub fn report_every_ms(&self) -> u64 {
+        self.report_every.unwrap_or(DEFAULT_REPORT_EVERY_MS)
+    }
 }
 
 /// Prefix of the keys that are ours.
@@ -90,6 +170,24 @@ pub fn parse(cmdline: &[u8]) -> Result<Orders, &[u8]> {
                 orders.exit = u8::try_from(n).map_err(|_| token)?;
             }
             b"hold" => orders.hold = Some(parse_hold(value).ok_or(token)?),
+            b"alloc" => orders.alloc = Some(parse_size(value).ok_or(token)?),
+            b"free" => orders.free = Some(parse_size(value).ok_or(token)?),
+            b"balloon" => {
+                orders.balloon = match value {
+                    b"on" => true,
+                    b"off" => false,
+                    _ => return Err(token),
+                }
+            }
+            b"exit-after" => orders.exit_after = Some(parse_millis(value).ok_or(token)?),
+            b"report-every" => orders.report_every = Some(parse_millis(value).ok_or(token)?),
+            b"evil" => {
+                let (case, _) = Evil::ALL
+                    .iter()
+                    .find(|(_, name)| name.as_bytes() == value)
+                    .ok_or(token)?;
+                orders.evil = Some(*case);
+            }
             _ => return Err(token),
         }
     }
@@ -135,13 +233,72 @@ pub fn parse_hold(s: &[u8]) -> Option<Hold> {
     if s == b"forever" {
         return Some(Hold::Forever);
     }
+    parse_millis(s).map(Hold::Millis)
+}
+
+/// Parses a time in milliseconds: a number with an optional `ms` or `s`
+/// suffix.
+pub fn parse_millis(s: &[u8]) -> Option<u64> {
     if let Some(ms) = s.strip_suffix(b"ms") {
-        return parse_number(ms).map(Hold::Millis);
+        return parse_number(ms);
     }
     if let Some(secs) = s.strip_suffix(b"s") {
-        return parse_number(secs)?.checked_mul(1000).map(Hold::Millis);
+        return parse_number(secs)?.checked_mul(1000);
     }
-    parse_number(s).map(Hold::Millis)
+    parse_number(s)
+}
+
+/// One `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioDevice {
+    /// Bytes of the register window.
+    pub size: u64,
+    /// Guest-physical address of the registers.
+    pub base: u64,
+    /// Interrupt line (unused: the guest polls).
+    pub irq: u32,
+    /// Platform device id, if given.
+    pub id: Option<u32>,
+}
+
+/// The key VMMs (and Linux) use to announce virtio-mmio devices.
+const VIRTIO_MMIO_KEY: &[u8] = b"virtio_mmio.device=";
+
+/// Iterates over the `virtio_mmio.device=` tokens of `cmdline`: `Ok` for a
+/// well-formed one, `Err(token)` for a malformed one. Other tokens are
+/// skipped.
+///
+/// Syntax as in Linux's `virtio_mmio` module parameter: `<size>` is a size
+/// with an optional `K`/`M`/`G`/`T` suffix, `<base>` and `<irq>` numbers
+/// (decimal or `0x` hexadecimal; Linux's octal is not supported), `<id>` an
+/// optional platform device id.
+pub fn virtio_mmio_devices(cmdline: &[u8]) -> impl Iterator<Item = Result<MmioDevice, &[u8]>> + '_ {
+    tokens(cmdline).filter_map(|token| {
+        let value = token.strip_prefix(VIRTIO_MMIO_KEY)?;
+        Some(parse_mmio_device(value).ok_or(token))
+    })
+}
+
+/// Parses `<size>@<base>:<irq>[:<id>]`.
+pub fn parse_mmio_device(s: &[u8]) -> Option<MmioDevice> {
+    let at = s.iter().position(|&b| b == b'@')?;
+    let size = parse_size(&s[..at])?;
+    let mut fields = s[at + 1..].split(|&b| b == b':');
+    let base = parse_number(fields.next()?)?;
+    let irq = u32::try_from(parse_number(fields.next()?)?).ok()?;
+    let id = match fields.next() {
+        None => None,
+        Some(id) => Some(u32::try_from(parse_number(id)?).ok()?),
+    };
+    if fields.next().is_some() || size == 0 {
+        return None;
+    }
+    Some(MmioDevice {
+        size,
+        base,
+        irq,
+        id,
+    })
 }
 
 #[cfg(test)]
@@ -157,9 +314,10 @@ mod tests {
             Orders {
                 touch: Some(64 << 20),
                 exit: 5,
-                hold: None
+                ..Orders::default()
             }
         );
+        assert!(!orders.wants_pool());
     }
 
     #[test]
@@ -219,6 +377,88 @@ mod tests {
         assert_eq!(parse(b"tiny.touch"), Err(&b"tiny.touch"[..]));
         assert_eq!(parse(b"tiny.tuch=1M"), Err(&b"tiny.tuch=1M"[..]));
         assert_eq!(parse(b"tiny.hold="), Err(&b"tiny.hold="[..]));
+    }
+
+    #[test]
+    fn balloon_orders() {
+        let o = parse(
+            b"tiny.alloc=128M tiny.free=96M tiny.balloon=on tiny.exit-after=10s \
+              tiny.report-every=250ms",
+        )
+        .unwrap();
+        assert_eq!(o.alloc, Some(128 << 20));
+        assert_eq!(o.free, Some(96 << 20));
+        assert!(o.balloon && o.wants_balloon() && o.wants_pool());
+        assert_eq!(o.exit_after, Some(10_000));
+        assert_eq!(o.report_every_ms(), 250);
+        assert_eq!(o.evil, None);
+        assert_eq!(parse(b"").unwrap().report_every_ms(), 1000);
+        assert_eq!(parse(b"tiny.report-every=0").unwrap().report_every_ms(), 0);
+        assert!(!parse(b"tiny.balloon=off").unwrap().wants_balloon());
+        assert!(parse(b"tiny.alloc=1M").unwrap().wants_pool());
+        assert!(!parse(b"tiny.alloc=1M").unwrap().wants_balloon());
+        assert_eq!(parse(b"tiny.balloon=yes"), Err(&b"tiny.balloon=yes"[..]));
+        assert_eq!(
+            parse(b"tiny.exit-after=forever"),
+            Err(&b"tiny.exit-after=forever"[..])
+        );
+        assert_eq!(parse(b"tiny.alloc=lots"), Err(&b"tiny.alloc=lots"[..]));
+    }
+
+    #[test]
+    fn evil_cases() {
+        for (case, name) in Evil::ALL {
+            let token = [&b"tiny.evil="[..], name.as_bytes()].concat();
+            let o = parse(&token).unwrap();
+            assert_eq!(o.evil, Some(case));
+            assert_eq!(case.name(), name);
+            assert!(o.wants_balloon());
+        }
+        assert_eq!(parse(b"tiny.evil=nice"), Err(&b"tiny.evil=nice"[..]));
+        assert_eq!(parse(b"tiny.evil="), Err(&b"tiny.evil="[..]));
+    }
+
+    #[test]
+    fn virtio_mmio_tokens() {
+        let line = b"console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 tiny.exit=1 \
+            virtio_mmio.device=4K@0xd0000000:5:3 virtio_mmio.device=1M@4096:7 \
+            virtio_mmio.device=bad virtio_mmio.device=4K@0x1000 virtio_mmio.device=0@1:2 \
+            virtio_mmio.device=4K@1:2:3:4 virtio_mmio.foo=1";
+        let found: Vec<_> = virtio_mmio_devices(line).collect();
+        assert_eq!(
+            found,
+            vec![
+                Ok(MmioDevice {
+                    size: 512,
+                    base: 0xfeb0_0e00,
+                    irq: 12,
+                    id: None
+                }),
+                Ok(MmioDevice {
+                    size: 4096,
+                    base: 0xd000_0000,
+                    irq: 5,
+                    id: Some(3)
+                }),
+                Ok(MmioDevice {
+                    size: 1 << 20,
+                    base: 4096,
+                    irq: 7,
+                    id: None
+                }),
+                Err(&b"virtio_mmio.device=bad"[..]),
+                Err(&b"virtio_mmio.device=4K@0x1000"[..]),
+                Err(&b"virtio_mmio.device=0@1:2"[..]),
+                Err(&b"virtio_mmio.device=4K@1:2:3:4"[..]),
+            ]
+        );
+        // The devices are someone else's keys: the orders ignore them.
+        assert_eq!(parse(line).unwrap().exit, 1);
+        assert_eq!(
+            parse_mmio_device(b"0x200@0xfeb00000:12:0x10").unwrap().id,
+            Some(16)
+        );
+        assert_eq!(parse_mmio_device(b"512@0xfeb00000:99999999999"), None);
     }
 
     #[test]

@@ -8,18 +8,30 @@
 //! here runs at CPL3 with IOPL 3, interrupts off, polling.
 //!
 //! Exit codes: 0 (or `tiny.exit`) done, 2 memory mismatch, 3 not enough RAM
-//! for `tiny.touch`, 4 bad order, 6 unusable `hvm_start_info`, 0x7f panic.
+//! for `tiny.touch` or `tiny.alloc`, 4 bad order, 5 no usable virtio-balloon
+//! device, 6 unusable `hvm_start_info`, 0x7f panic.
+//!
+//! Modules: [`boot`] (PVH entry, page tables), [`start_info`], [`cmdline`]
+//! (orders), [`memtest`] (`tiny.touch`), [`serial`], [`tsc`], [`mem`]
+//! (memcpy and friends); for the balloon orders [`pool`] (page states),
+//! [`pages`] (the pool in memory, `tiny.alloc`/`tiny.free`), [`virtqueue`]
+//! (split rings), [`virtio_mmio`] (transport) and [`balloon`] (the driver).
 
 #![no_std]
 #![no_main]
 
+mod balloon;
 mod boot;
 mod cmdline;
 mod mem;
 mod memtest;
+mod pages;
+mod pool;
 mod serial;
 mod start_info;
 mod tsc;
+mod virtio_mmio;
+mod virtqueue;
 
 use cmdline::{Hold, Orders};
 use serial::{exit, Escaped};
@@ -39,6 +51,8 @@ const EXIT_PANIC: u8 = 0x7f;
 const MIB: u64 = 1 << 20;
 /// The memory test starts at the image end rounded up to this.
 const TOUCH_ALIGN: u64 = 2 * MIB;
+/// What `tiny.evil` allocates when `tiny.alloc` is not given.
+const EVIL_ALLOC_BYTES: u64 = 4 * MIB;
 
 /// Rust entry, called by the boot stub at CPL3 with the physical address of
 /// `hvm_start_info`.
@@ -93,13 +107,17 @@ extern "C" fn tiny_main(start_info_paddr: u64) -> ! {
             exit(EXIT_BAD_ORDER)
         }
     };
-    run(&orders, memmap)
+    run(&orders, memmap, cmdline, ram_bytes)
 }
 
 /// Carries out the orders, then exits.
-fn run(orders: &Orders, memmap: &[MemmapEntry]) -> ! {
+fn run(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_bytes: u64) -> ! {
+    let mut touched = 0;
     if let Some(bytes) = orders.touch {
-        touch(bytes, memmap);
+        touched = touch(bytes, memmap);
+    }
+    if orders.wants_pool() {
+        pool_orders(orders, memmap, cmdline, ram_bytes, touched);
     }
     match orders.hold {
         None => {}
@@ -118,17 +136,29 @@ fn run(orders: &Orders, memmap: &[MemmapEntry]) -> ! {
     exit(orders.exit)
 }
 
-/// Fills and verifies `bytes` (rounded up to whole MiB) of RAM above the
-/// image; exits on a shortfall or a mismatch.
-fn touch(bytes: u64, memmap: &[MemmapEntry]) {
-    let bytes = bytes.div_ceil(MIB).saturating_mul(MIB);
-    let floor = boot::image_end().next_multiple_of(TOUCH_ALIGN);
-    let mut ram = [(0u64, 0u64); MAX_MEMMAP];
+/// The RAM entries of the memory map as `(start, end)` pairs; returns the
+/// count.
+fn ram_ranges(memmap: &[MemmapEntry], out: &mut [(u64, u64); MAX_MEMMAP]) -> usize {
     let mut n = 0;
     for e in memmap.iter().filter(|e| e.kind == TYPE_RAM) {
-        ram[n] = (e.addr, e.end());
+        out[n] = (e.addr, e.end());
         n += 1;
     }
+    n
+}
+
+/// Where `tiny.touch` and the page pool start: the image end rounded up.
+fn floor() -> u64 {
+    boot::image_end().next_multiple_of(TOUCH_ALIGN)
+}
+
+/// Fills and verifies `bytes` (rounded up to whole MiB) of RAM above the
+/// image; exits on a shortfall or a mismatch. Returns the bytes touched.
+fn touch(bytes: u64, memmap: &[MemmapEntry]) -> u64 {
+    let bytes = bytes.div_ceil(MIB).saturating_mul(MIB);
+    let floor = floor();
+    let mut ram = [(0u64, 0u64); MAX_MEMMAP];
+    let n = ram_ranges(memmap, &mut ram);
     let plan = match memtest::plan(&ram[..n], floor, boot::MAPPED_LIMIT, bytes) {
         Ok(plan) => plan,
         Err(short) => {
@@ -161,6 +191,75 @@ fn touch(bytes: u64, memmap: &[MemmapEntry]) {
         "touched {} MiB at {:#x}, verified",
         bytes / MIB,
         plan.first(floor)
+    );
+    bytes
+}
+
+/// `tiny.alloc`, `tiny.free`, `tiny.evil` and `tiny.balloon`: builds the
+/// page pool, allocates and frees, then drives the balloon device (which
+/// returns only with `tiny.exit-after`).
+fn pool_orders(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_bytes: u64, touched: u64) {
+    let floor = floor();
+    let mut ram = [(0u64, 0u64); MAX_MEMMAP];
+    let n = ram_ranges(memmap, &mut ram);
+    let ram = &ram[..n];
+    let Some(mut pool) = pages::setup(ram, floor, touched) else {
+        say!("no RAM for the page pool above {:#x}", floor);
+        exit(EXIT_NO_RAM)
+    };
+    say!(
+        "pool {} pages ({} MiB) at {:#x}-{:#x}, {} pages of metadata",
+        pool.free(),
+        pool.free() * pool::PAGE / MIB,
+        pool.first_pfn() * pool::PAGE,
+        pool.end_pfn() * pool::PAGE,
+        pool.count(pool::State::Meta)
+    );
+    // The evil cases check that the guest's own memory survives them.
+    let alloc = orders
+        .alloc
+        .or(orders.evil.map(|_| EVIL_ALLOC_BYTES));
+    if let Some(bytes) = alloc {
+        match pages::alloc(&mut pool, bytes) {
+            Ok(n) => say!("allocated {} pages ({} MiB), pattern written", n, n * pool::PAGE / MIB),
+            Err(short) => {
+                say!(
+                    "not enough RAM to allocate {} MiB: {} MiB free in the pool",
+                    bytes / MIB,
+                    short.free * pool::PAGE / MIB
+                );
+                exit(EXIT_NO_RAM)
+            }
+        }
+    }
+    if let Some(bytes) = orders.free {
+        let n = pages::free(&mut pool, bytes);
+        say!("freed {} pages ({} MiB)", n, n * pool::PAGE / MIB);
+    }
+    if !orders.wants_balloon() {
+        return;
+    }
+    let Some(mmio) = virtio_mmio::find(cmdline, balloon::DEVICE_ID, balloon::CONFIG_BYTES) else {
+        say!("no virtio-balloon device (virtio_mmio.device= on the command line)");
+        exit(balloon::EXIT_DEVICE)
+    };
+    let mut dev = match balloon::Balloon::init(mmio, ram_bytes, &pool) {
+        Ok(dev) => dev,
+        Err(e) => {
+            say!("virtio-balloon set-up failed: {}", e);
+            exit(balloon::EXIT_DEVICE)
+        }
+    };
+    if let Some(case) = orders.evil {
+        let ram_end = ram.iter().map(|&(_, end)| end).max().unwrap_or(0);
+        dev.evil(&mut pool, case, ram_end);
+    }
+    dev.run(&mut pool, orders.exit_after, orders.report_every_ms());
+    say!(
+        "balloon loop done: actual={} pages, {} stats buffers returned, allocated memory intact={}",
+        pool.count(pool::State::Balloon),
+        dev.stats_returned(),
+        if pages::allocated_intact(&pool) { "yes" } else { "no" }
     );
 }
 

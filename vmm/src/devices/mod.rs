@@ -1,8 +1,18 @@
-//! Devices of a microVM. Legacy port-I/O devices live on the [`PioBus`].
+//! Devices of a microVM. Legacy port-I/O devices live on the [`PioBus`],
+//! virtio-mmio devices on the [`MmioBus`].
 
 pub mod debug_exit;
 pub mod i8042;
+pub mod mmio_bus;
 pub mod pio_bus;
 pub mod serial;
+pub mod virtio_mmio;
 
+pub use mmio_bus::MmioBus;
 pub use pio_bus::PioBus;
+
+/// Both buses, as a vCPU sees them.
+pub struct IoBuses {
+    pub pio: PioBus,
+    pub mmio: MmioBus,
+}

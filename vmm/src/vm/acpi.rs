@@ -91,7 +91,7 @@ pub struct VirtioMmioSlot {
     pub base: u64,
     /// Size of the window in bytes (non-zero).
     pub size: u64,
-    /// Interrupt line, level-triggered, active-high, not shared.
+    /// Interrupt line, edge-triggered, active-high, not shared.
     pub gsi: u32,
 }
 
@@ -249,7 +249,7 @@ fn check_window(index: usize, slot: &VirtioMmioSlot) -> Result<(), AcpiError> {
 }
 
 /// The GSI must be an IOAPIC pin that nobody else holds: the device's
-/// interrupt is level-triggered and declared exclusive, and COM1's is edge.
+/// interrupt is edge-triggered and declared exclusive, like COM1's.
 fn check_gsi(index: usize, gsi: u32, earlier: &[VirtioMmioSlot]) -> Result<(), AcpiError> {
     if gsi >= IOAPIC_PINS {
         return Err(AcpiError::GsiOutOfRange { index, gsi });
@@ -405,12 +405,16 @@ fn com1_aml() -> Vec<u8> {
 }
 
 /// A virtio-mmio transport as Linux's `virtio_mmio` driver matches it over
-/// ACPI: `_HID "LNRO0005"`, one memory window, one level interrupt.
+/// ACPI: `_HID "LNRO0005"`, one memory window, one edge interrupt.
+///
+/// Edge, because the transport pulses an irqfd per notification (as
+/// Firecracker does) and the driver acknowledges through InterruptACK; a
+/// level line would need a resample eventfd to re-assert.
 fn virtio_mmio_aml(index: usize, slot: &VirtioMmioSlot) -> Vec<u8> {
     // validate() guarantees the window fits in 32 bits.
     let mem = Memory32Fixed::new(true, slot.base as u32, slot.size as u32);
-    // consumer, level-triggered, active-high, exclusive
-    let irq = Interrupt::new(true, false, false, false, slot.gsi);
+    // consumer, edge-triggered, active-high, exclusive
+    let irq = Interrupt::new(true, true, false, false, slot.gsi);
     let crs = ResourceTemplate::new(vec![&mem, &irq]);
     device_aml(&virtio_device_name(index), &"LNRO0005", index as u32, &crs)
 }

@@ -70,25 +70,19 @@ impl ExitSignal {
 
     /// Whether an end has been requested.
     pub fn is_requested(&self) -> bool {
+        self.requested().is_some()
+    }
+
+    /// The end, once one has been requested.
+    pub fn requested(&self) -> Option<VmExit> {
         self.reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+            .clone()
     }
 
-    /// Blocks until some thread requests the end, and returns it.
-    pub fn wait(&self) -> VmExit {
-        loop {
-            if let Some(exit) = self
-                .reason
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            {
-                return exit;
-            }
-            // EINTR just loops; the eventfd is never closed while we wait.
-            let _ = self.event.read();
-        }
+    /// The eventfd written when the end is requested, for event loops.
+    pub fn event(&self) -> &EventFd {
+        &self.event
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The order of [`Vm::boot`] is the data path: open KVM, create the VM and
 //! its in-kernel interrupt controllers, map RAM, write ACPI tables, load the
-//! guest, wire the devices, configure and start the vCPUs.
+//! guest, wire the devices, configure and start the vCPUs. After that the
+//! calling thread runs the VM's event loop ([`Vm::wait`]): virtio queue
+//! notifications and device timers, until a vCPU reports the end.
 
 pub mod acpi;
 pub mod boot;
@@ -12,11 +14,14 @@ pub mod layout;
 pub mod memory;
 pub mod regs;
 pub mod vcpu;
+pub mod virtio;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use balloon::{Balloon, BalloonConfig};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,13 +29,17 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{new_serial, SerialDevice, COM1_GSI};
-use crate::devices::PioBus;
+use crate::devices::{IoBuses, MmioBus, PioBus};
 use acpi::{AcpiConfig, AcpiTables};
 use boot::KernelImage;
 use cpuid::CpuidPolicy;
 use exit::{ExitSignal, VmExit};
 use memory::GuestRam;
 use vcpu::Vcpu;
+use virtio::{Announce, VirtioSlots};
+
+/// The subscribers of the VM's event loop.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 /// Everything needed to build and boot one microVM.
 pub struct VmConfig {
@@ -41,6 +50,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub cpuid: CpuidPolicy,
     pub serial_out: Box<dyn Write + Send>,
+    /// A virtio-balloon device, if wanted.
+    pub balloon: Option<BalloonConfig>,
+    /// How virtio-mmio devices are announced to the guest.
+    pub announce: Announce,
 }
 
 /// Most vCPUs we start: the MADT and APIC IDs are 8-bit here.
@@ -75,6 +88,12 @@ pub enum VmError {
     Cpuid(#[from] cpuid::CpuidError),
     #[error("vCPU setup: {0}")]
     Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioError),
+    #[error("cannot create the event loop: {0}")]
+    EventLoop(event_manager::Error),
+    #[error("balloon: {0}")]
+    Balloon(#[from] balloon::BalloonError),
     #[error("cannot {what}")]
     Io {
         what: &'static str,
@@ -86,7 +105,9 @@ pub enum VmError {
 pub struct Vm {
     // Field order is drop order: vCPU threads reference the VM fd and RAM.
     exit: Arc<ExitSignal>,
-    bus: Arc<PioBus>,
+    buses: Arc<IoBuses>,
+    event_loop: EventLoop,
+    balloon: Option<Arc<Mutex<Balloon>>>,
     _vm_fd: VmFd,
     mem: GuestRam,
     _kvm: Kvm,
@@ -141,29 +162,46 @@ impl Vm {
         let mem = memory::create_guest_ram(cfg.mem_size)?;
         memory::register_guest_ram(&vm_fd, &mem)?;
 
+        let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Io {
+            what: "create an eventfd",
+            source,
+        })?);
+        let mut event_loop = EventLoop::new().map_err(VmError::EventLoop)?;
+        event_loop.add_subscriber(Arc::new(Mutex::new(virtio::ExitWatcher(exit.clone()))));
+
+        let mut slots = VirtioSlots::default();
+        let mut mmio = MmioBus::default();
+        let balloon = match cfg.balloon {
+            Some(config) => {
+                let dev = Arc::new(Mutex::new(Balloon::new(config)?));
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                event_loop.add_subscriber(dev.clone());
+                Some(dev)
+            }
+            None => None,
+        };
+
+        let cmdline = slots.announce_on_cmdline(cfg.announce, &cfg.cmdline);
         let acpi = AcpiTables::build(&AcpiConfig {
             vcpus: cfg.vcpus,
-            virtio_mmio: &[],
+            virtio_mmio: &slots.acpi_slots(cfg.announce),
         })?;
         acpi.write_to(&mem)?;
         let boot = boot::load_guest(
             &mem,
             &cfg.kernel,
             cfg.initrd.as_deref(),
-            &cfg.cmdline,
+            &cmdline,
             acpi.rsdp_addr(),
         )?;
 
-        let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Io {
-            what: "create an eventfd",
-            source,
-        })?);
         let serial = Arc::new(Mutex::new(new_serial(serial_irq(&vm_fd)?, cfg.serial_out)));
-        let bus = Arc::new(PioBus::new(
+        let pio = PioBus::new(
             serial,
             I8042::new(exit.clone()),
             DebugExit::new(exit.clone()),
-        ));
+        );
+        let buses = Arc::new(IoBuses { pio, mmio });
 
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -179,7 +217,7 @@ impl Vm {
             vcpu.configure(&cpuid, &mem, (i == 0).then_some(&boot))?;
         }
         for vcpu in vcpus {
-            vcpu.spawn(bus.clone(), exit.clone())
+            vcpu.spawn(buses.clone(), exit.clone())
                 .map_err(|source| VmError::Io {
                     what: "start a vCPU thread",
                     source,
@@ -187,19 +225,35 @@ impl Vm {
         }
         Ok(Vm {
             exit,
-            bus,
+            buses,
+            event_loop,
+            balloon,
             _vm_fd: vm_fd,
             mem,
             _kvm: kvm,
         })
     }
 
-    /// Blocks until the VM ends and says how.
-    pub fn wait(&self) -> VmExit {
-        let end = self.exit.wait();
+    /// Runs the VM's event loop until the VM ends, and says how.
+    pub fn wait(&mut self) -> VmExit {
+        let end = loop {
+            if let Some(end) = self.exit.requested() {
+                break end;
+            }
+            match self.event_loop.run() {
+                Ok(_) => {}
+                Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
+                Err(e) => break VmExit::VmmError(format!("event loop failed: {e}")),
+            }
+        };
         // Whatever the guest printed last must reach the operator.
         let _ = self.serial().writer_mut().finish();
         end
+    }
+
+    /// The balloon device, if the VM has one.
+    pub fn balloon(&self) -> Option<&Arc<Mutex<Balloon>>> {
+        self.balloon.as_ref()
     }
 
     /// Guest RAM, for accounting.
@@ -208,7 +262,11 @@ impl Vm {
     }
 
     fn serial(&self) -> std::sync::MutexGuard<'_, SerialDevice> {
-        self.bus.serial.lock().unwrap_or_else(|p| p.into_inner())
+        self.buses
+            .pio
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -13,7 +13,7 @@ use super::boot::BootSetup;
 use super::exit::{ExitSignal, VmExit};
 use super::memory::GuestRam;
 use super::regs::{self, RegsError};
-use crate::devices::PioBus;
+use crate::devices::IoBuses;
 
 /// KVM_INTERNAL_ERROR_EMULATION: the instruction emulator gave up.
 const INTERNAL_ERROR_EMULATION: u32 = 1;
@@ -57,17 +57,21 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on its own thread until the VM ends.
-    pub fn spawn(self, bus: Arc<PioBus>, exit: Arc<ExitSignal>) -> std::io::Result<JoinHandle<()>> {
+    pub fn spawn(
+        self,
+        buses: Arc<IoBuses>,
+        exit: Arc<ExitSignal>,
+    ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
                 let mut vcpu = self;
-                let end = vcpu.run_loop(&bus, &exit);
+                let end = vcpu.run_loop(&buses, &exit);
                 exit.request(end);
             })
     }
 
-    fn run_loop(&mut self, bus: &PioBus, exit: &ExitSignal) -> VmExit {
+    fn run_loop(&mut self, buses: &IoBuses, exit: &ExitSignal) -> VmExit {
         loop {
             if exit.is_requested() {
                 // Another vCPU ended the VM; its reason is the one reported.
@@ -75,19 +79,21 @@ impl Vcpu {
             }
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    bus.read(port, data);
+                    buses.pio.read(port, data);
                     None
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    bus.write(port, data);
+                    buses.pio.write(port, data);
                     None
                 }
-                // No MMIO devices yet: reads float high, writes vanish.
-                Ok(VcpuExit::MmioRead(_, data)) => {
-                    data.fill(0xff);
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    buses.mmio.read(addr, data);
                     None
                 }
-                Ok(VcpuExit::MmioWrite(..)) => None,
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    buses.mmio.write(addr, data);
+                    None
+                }
                 Ok(VcpuExit::SystemEvent(kind, _)) => Some(system_event(kind)),
                 Ok(VcpuExit::Shutdown) => Some(VmExit::GuestCrash(
                     self.describe("triple fault (KVM_EXIT_SHUTDOWN)"),

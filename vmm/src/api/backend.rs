@@ -1,0 +1,39 @@
+//! What the API asks of the VM: the [`VmBackend`] trait.
+
+use super::error::ApiError;
+use super::types::{
+    BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, VmInfo,
+};
+
+/// The VM behind the API. The server calls it only with requests that
+/// parsed and validated (a malformed request never gets here), from its
+/// connection threads, and **one call at a time**: calls are serialised in
+/// the order the requests completed, so an implementation need not guard
+/// against two API calls racing each other (it must still be `Sync` for
+/// its own threads).
+///
+/// Errors the server expects, and the status each becomes:
+/// - [`ApiError::Conflict`] (409): not allowed in the VM's current state,
+///   e.g. `put_balloon` after `start`, `start` twice, or statistics calls
+///   while statistics are disabled (`stats_polling_interval_s` is 0).
+/// - [`ApiError::BalloonNotConfigured`] (404): a balloon call on a VM
+///   without a balloon device.
+/// - [`ApiError::BadRequest`] (400): a value the VM cannot take, e.g.
+///   `amount_mib` larger than guest RAM.
+/// - [`ApiError::Internal`] (500): the VMM failed.
+pub trait VmBackend: Send + Sync + 'static {
+    /// `GET /vm`.
+    fn vm_info(&self) -> VmInfo;
+    /// `PUT /actions {"action_type": "InstanceStart"}`: boot the VM.
+    fn start(&self) -> Result<(), ApiError>;
+    /// `PUT /balloon`: add the balloon device; before boot only.
+    fn put_balloon(&self, config: BalloonConfig) -> Result<(), ApiError>;
+    /// `PATCH /balloon`: set a new target size; before or after boot.
+    fn patch_balloon(&self, update: BalloonUpdate) -> Result<(), ApiError>;
+    /// `GET /balloon`.
+    fn balloon(&self) -> Result<BalloonInfo, ApiError>;
+    /// `GET /balloon/statistics`.
+    fn balloon_stats(&self) -> Result<BalloonStats, ApiError>;
+    /// `PATCH /balloon/statistics`: change the polling interval.
+    fn patch_balloon_stats(&self, update: BalloonStatsUpdate) -> Result<(), ApiError>;
+}

@@ -1,0 +1,66 @@
+//! The per-VM control API: HTTP/1.1 with JSON bodies on a Unix socket
+//! (`vmm run --api-sock PATH`), shaped like Firecracker's. The OpenAPI
+//! document is `vmm/api/openapi.yaml`.
+//!
+//! | method | path | body | success |
+//! |---|---|---|---|
+//! | `GET` | `/vm` | – | 200 [`VmInfo`] |
+//! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"InstanceStart"}` | 204 |
+//! | `PUT` | `/balloon` | [`BalloonConfig`] (before boot) | 204 |
+//! | `PATCH` | `/balloon` | [`BalloonUpdate`] | 204 |
+//! | `GET` | `/balloon` | – | 200 [`BalloonInfo`] |
+//! | `GET` | `/balloon/statistics` | – | 200 [`BalloonStats`] |
+//! | `PATCH` | `/balloon/statistics` | [`BalloonStatsUpdate`] | 204 |
+//!
+//! Every error is a 4xx or 5xx status with `{"fault_message": "..."}`
+//! ([`ApiError`]). Requests that are not HTTP, too large, too slow, for an
+//! unknown path or method, with a body that is not `application/json` or
+//! does not deserialize exactly (unknown fields are errors) are answered
+//! by the server and never reach the [`VmBackend`]; the backend sees one
+//! call at a time.
+//!
+//! With the socket at `/tmp/vm.sock`:
+//!
+//! ```text
+//! curl --unix-socket /tmp/vm.sock http://localhost/vm
+//! curl --unix-socket /tmp/vm.sock -X PUT http://localhost/balloon \
+//!      -H 'Content-Type: application/json' \
+//!      -d '{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1, "free_page_reporting": true}'
+//! curl --unix-socket /tmp/vm.sock -X PUT http://localhost/actions \
+//!      -H 'Content-Type: application/json' -d '{"action_type": "InstanceStart"}'
+//! curl --unix-socket /tmp/vm.sock -X PATCH http://localhost/balloon \
+//!      -H 'Content-Type: application/json' -d '{"amount_mib": 32}'
+//! curl --unix-socket /tmp/vm.sock http://localhost/balloon
+//! curl --unix-socket /tmp/vm.sock http://localhost/balloon/statistics
+//! curl --unix-socket /tmp/vm.sock -X PATCH http://localhost/balloon/statistics \
+//!      -H 'Content-Type: application/json' -d '{"stats_polling_interval_s": 5}'
+//! ```
+//!
+//! `curl -d` sends `application/x-www-form-urlencoded` unless told
+//! otherwise, which the server refuses (415): keep the `-H` flag. Add
+//! `-i` to see the status of the 204 answers.
+//!
+//! Layout: [`server`] (socket, threads, shutdown), `socket` (the socket
+//! file), `http` (request framing and limits), `routes` (method + path →
+//! backend call), [`types`] (bodies), [`error`], [`backend`] (the trait
+//! the VM implements).
+
+pub mod backend;
+pub mod error;
+mod http;
+mod routes;
+pub mod server;
+mod socket;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::VmBackend;
+pub use error::{ApiError, ApiServerError};
+pub use http::{ApiLimits, MAX_HEADER_FIELDS};
+pub use server::ApiServer;
+pub use types::{
+    ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,
+    BalloonUpdate, VmInfo, VmState,
+};

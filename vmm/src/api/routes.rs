@@ -1,0 +1,288 @@
+//! Method + path → a typed [`Call`], then the call → the backend.
+//!
+//! Parsing is separate from dispatch so that a request reaches the backend
+//! only as a [`Call`] that parsed completely: unknown paths, wrong methods,
+//! wrong media types and bodies that do not deserialize stop in [`parse`].
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::backend::VmBackend;
+use super::error::ApiError;
+use super::http::{Request, Response};
+use super::types::{ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
+
+/// A request that parsed: one backend call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// `GET /vm`
+    VmInfo,
+    /// `PUT /actions {"action_type": "InstanceStart"}`
+    Start,
+    /// `PUT /balloon`
+    PutBalloon(BalloonConfig),
+    /// `PATCH /balloon`
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon`
+    Balloon,
+    /// `GET /balloon/statistics`
+    BalloonStats,
+    /// `PATCH /balloon/statistics`
+    PatchBalloonStats(BalloonStatsUpdate),
+}
+
+/// Resolves a request to a call, or the error to answer instead.
+pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
+    let path = req.target.as_str();
+    if path.contains('?') {
+        return Err(ApiError::BadRequest(format!(
+            "query strings are not supported: {path}"
+        )));
+    }
+    let allowed = match path {
+        "/vm" => "GET",
+        "/actions" => "PUT",
+        "/balloon" => "GET, PUT, PATCH",
+        "/balloon/statistics" => "GET, PATCH",
+        _ => return Err(ApiError::NoSuchResource(path.to_string())),
+    };
+    match (req.method.as_str(), path) {
+        ("GET", "/vm") => no_body(req).map(|()| Call::VmInfo),
+        ("PUT", "/actions") => {
+            json_body::<ActionBody>(req).map(|action| match action.action_type {
+                ActionType::InstanceStart => Call::Start,
+            })
+        }
+        ("PUT", "/balloon") => json_body(req).map(Call::PutBalloon),
+        ("PATCH", "/balloon") => json_body(req).map(Call::PatchBalloon),
+        ("GET", "/balloon") => no_body(req).map(|()| Call::Balloon),
+        ("GET", "/balloon/statistics") => no_body(req).map(|()| Call::BalloonStats),
+        ("PATCH", "/balloon/statistics") => json_body(req).map(Call::PatchBalloonStats),
+        (method, _) => Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_string(),
+            allowed,
+        }),
+    }
+}
+
+/// Makes the backend call and builds the response.
+pub(crate) fn dispatch(call: Call, backend: &dyn VmBackend) -> Result<Response, ApiError> {
+    match call {
+        Call::VmInfo => json(&backend.vm_info()),
+        Call::Start => backend.start().map(|()| Response::no_content()),
+        Call::PutBalloon(config) => backend.put_balloon(config).map(|()| Response::no_content()),
+        Call::PatchBalloon(update) => backend
+            .patch_balloon(update)
+            .map(|()| Response::no_content()),
+        Call::Balloon => json(&backend.balloon()?),
+        Call::BalloonStats => json(&backend.balloon_stats()?),
+        Call::PatchBalloonStats(update) => backend
+            .patch_balloon_stats(update)
+            .map(|()| Response::no_content()),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    serde_json::to_string(value)
+        .map(Response::json)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the response: {e}")))
+}
+
+fn no_body(req: &Request) -> Result<(), ApiError> {
+    if req.body.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{} {} takes no request body",
+            req.method, req.target
+        )))
+    }
+}
+
+/// Deserializes the body as one JSON value of type `T`; the error names the
+/// field at fault (`amount_mib: invalid type: ...`).
+fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    if let Some(content_type) = &req.content_type {
+        let media_type = content_type.split(';').next().unwrap_or_default().trim();
+        if !media_type.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType(content_type.clone()));
+        }
+    }
+    match req.body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::BadRequest(format!(
+                "{} {} needs a JSON request body",
+                req.method, req.target
+            )))
+        }
+        // serde would also take a struct from an array (`[64, true]`).
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".into(),
+            ))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(&req.body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    de.end().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str, body: &str) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            content_type: Some("application/json".into()),
+            body: body.as_bytes().to_vec(),
+            keep_alive: false,
+        }
+    }
+
+    fn fault(method: &str, target: &str, body: &str) -> (u16, String) {
+        let err = parse(&request(method, target, body)).unwrap_err();
+        (err.status(), err.to_string())
+    }
+
+    #[test]
+    fn every_route_parses() {
+        let cases = [
+            ("GET", "/vm", "", Call::VmInfo),
+            (
+                "PUT",
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+                Call::Start,
+            ),
+            (
+                "PUT",
+                "/balloon",
+                r#"{"amount_mib":64,"deflate_on_oom":true}"#,
+                Call::PutBalloon(BalloonConfig {
+                    amount_mib: 64,
+                    deflate_on_oom: true,
+                    stats_polling_interval_s: 0,
+                    free_page_reporting: false,
+                }),
+            ),
+            (
+                "PATCH",
+                "/balloon",
+                r#"{"amount_mib":3}"#,
+                Call::PatchBalloon(BalloonUpdate { amount_mib: 3 }),
+            ),
+            ("GET", "/balloon", "", Call::Balloon),
+            ("GET", "/balloon/statistics", "", Call::BalloonStats),
+            (
+                "PATCH",
+                "/balloon/statistics",
+                r#"{"stats_polling_interval_s":5}"#,
+                Call::PatchBalloonStats(BalloonStatsUpdate {
+                    stats_polling_interval_s: 5,
+                }),
+            ),
+        ];
+        for (method, target, body, call) in cases {
+            assert_eq!(
+                parse(&request(method, target, body)),
+                Ok(call),
+                "{method} {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_bodies_name_the_fault() {
+        assert_eq!(
+            fault(
+                "PUT",
+                "/balloon",
+                r#"{"amount_mib":"x","deflate_on_oom":true}"#
+            ),
+            (
+                400,
+                r#"amount_mib: invalid type: string "x", expected u32 at line 1 column 17"#.into()
+            )
+        );
+        let (status, msg) = fault(
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib":1,"deflate_on_oom":true,"bogus":1}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(
+            msg.starts_with("bogus: unknown field `bogus`, expected one of"),
+            "{msg}"
+        );
+        let (status, msg) = fault("PUT", "/balloon", r#"{"amount_mib":1}"#);
+        assert_eq!(status, 400);
+        assert!(msg.starts_with("missing field `deflate_on_oom`"), "{msg}");
+        let (status, msg) = fault("PATCH", "/balloon", r#"{"amount_mib":-1}"#);
+        assert_eq!(status, 400);
+        assert!(
+            msg.starts_with("amount_mib: invalid value: integer `-1`"),
+            "{msg}"
+        );
+        let (status, msg) = fault(
+            "PATCH",
+            "/balloon/statistics",
+            r#"{"stats_polling_interval_s":70000}"#,
+        );
+        assert_eq!(status, 400);
+        assert!(
+            msg.starts_with("stats_polling_interval_s: invalid value"),
+            "{msg}"
+        );
+        let (status, msg) = fault("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+        assert_eq!(status, 400);
+        assert!(
+            msg.starts_with(
+                "action_type: unknown variant `FlushMetrics`, expected `InstanceStart`"
+            ),
+            "{msg}"
+        );
+        let (status, msg) = fault("PATCH", "/balloon", r#"{"amount_mib":1} {}"#);
+        assert_eq!(status, 400);
+        assert!(msg.starts_with("trailing characters"), "{msg}");
+        assert_eq!(
+            fault("PATCH", "/balloon", "  "),
+            (400, "PATCH /balloon needs a JSON request body".into())
+        );
+        assert_eq!(
+            fault("PATCH", "/balloon", "[1]"),
+            (400, "the request body must be a JSON object".into())
+        );
+        assert_eq!(
+            fault("GET", "/vm", "{}"),
+            (400, "GET /vm takes no request body".into())
+        );
+    }
+
+    #[test]
+    fn wrong_paths_methods_and_media_types() {
+        assert_eq!(fault("GET", "/nope", "").0, 404);
+        assert_eq!(fault("GET", "/balloon/", "").0, 404);
+        assert_eq!(fault("GET", "/vm?x=1", "").0, 400);
+        assert_eq!(
+            fault("DELETE", "/balloon", ""),
+            (
+                405,
+                "method DELETE is not allowed on /balloon (allowed: GET, PUT, PATCH)".into()
+            )
+        );
+        assert_eq!(fault("get", "/vm", "").0, 405);
+        let mut req = request("PATCH", "/balloon", r#"{"amount_mib":1}"#);
+        req.content_type = Some("application/x-www-form-urlencoded".into());
+        assert_eq!(parse(&req).unwrap_err().status(), 415);
+        req.content_type = Some("application/json; charset=utf-8".into());
+        assert!(parse(&req).is_ok());
+        req.content_type = None;
+        assert!(parse(&req).is_ok());
+    }
+}

@@ -1,0 +1,771 @@
+//! The API over a real Unix socket, against a fake backend that records
+//! every call it gets.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A VM that records calls and enforces the state rules a real one has.
+#[derive(Default)]
+struct FakeVm {
+    calls: Mutex<Vec<String>>,
+    started: Mutex<bool>,
+    balloon: Mutex<Option<BalloonConfig>>,
+}
+
+impl FakeVm {
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn balloon_config(&self) -> Result<BalloonConfig, ApiError> {
+        self.balloon
+            .lock()
+            .unwrap()
+            .ok_or(ApiError::BalloonNotConfigured)
+    }
+}
+
+impl VmBackend for FakeVm {
+    fn vm_info(&self) -> VmInfo {
+        self.record("vm_info".into());
+        VmInfo {
+            state: if *self.started.lock().unwrap() {
+                VmState::Running
+            } else {
+                VmState::NotStarted
+            },
+            vcpus: 1,
+            mem_size_mib: 128,
+            guest_ram_bytes: 128 << 20,
+            guest_ram_resident_bytes: 3 << 20,
+            vmm_rss_bytes: 7 << 20,
+            vmm_swap_bytes: 0,
+            vmm_page_tables_bytes: 40960,
+        }
+    }
+
+    fn start(&self) -> Result<(), ApiError> {
+        self.record("start".into());
+        let mut started = self.started.lock().unwrap();
+        if *started {
+            return Err(ApiError::Conflict("the VM is already running".into()));
+        }
+        *started = true;
+        Ok(())
+    }
+
+    fn put_balloon(&self, config: BalloonConfig) -> Result<(), ApiError> {
+        self.record(format!("put_balloon {config:?}"));
+        if *self.started.lock().unwrap() {
+            return Err(ApiError::Conflict(
+                "the balloon can only be configured before InstanceStart".into(),
+            ));
+        }
+        if config.amount_mib > 128 {
+            return Err(ApiError::BadRequest(format!(
+                "amount_mib {} is larger than guest RAM (128 MiB)",
+                config.amount_mib
+            )));
+        }
+        *self.balloon.lock().unwrap() = Some(config);
+        Ok(())
+    }
+
+    fn patch_balloon(&self, update: BalloonUpdate) -> Result<(), ApiError> {
+        self.record(format!("patch_balloon {update:?}"));
+        let mut balloon = self.balloon.lock().unwrap();
+        let config = balloon.as_mut().ok_or(ApiError::BalloonNotConfigured)?;
+        config.amount_mib = update.amount_mib;
+        Ok(())
+    }
+
+    fn balloon(&self) -> Result<BalloonInfo, ApiError> {
+        self.record("balloon".into());
+        let c = self.balloon_config()?;
+        Ok(BalloonInfo {
+            amount_mib: c.amount_mib,
+            deflate_on_oom: c.deflate_on_oom,
+            stats_polling_interval_s: c.stats_polling_interval_s,
+            free_page_reporting: c.free_page_reporting,
+            target_pages: c.amount_mib * 256,
+            actual_pages: 256,
+            target_mib: c.amount_mib,
+            actual_mib: 1,
+        })
+    }
+
+    fn balloon_stats(&self) -> Result<BalloonStats, ApiError> {
+        self.record("balloon_stats".into());
+        let c = self.balloon_config()?;
+        if c.stats_polling_interval_s == 0 {
+            return Err(ApiError::Conflict(
+                "balloon statistics are disabled (stats_polling_interval_s is 0)".into(),
+            ));
+        }
+        Ok(BalloonStats {
+            target_pages: c.amount_mib * 256,
+            target_mib: c.amount_mib,
+            free_memory: Some(100 << 20),
+            oom_kills: Some(2),
+            age_ms: Some(250),
+            ..BalloonStats::default()
+        })
+    }
+
+    fn patch_balloon_stats(&self, update: BalloonStatsUpdate) -> Result<(), ApiError> {
+        self.record(format!("patch_balloon_stats {update:?}"));
+        let mut balloon = self.balloon.lock().unwrap();
+        let config = balloon.as_mut().ok_or(ApiError::BalloonNotConfigured)?;
+        config.stats_polling_interval_s = update.stats_polling_interval_s;
+        Ok(())
+    }
+}
+
+/// A backend whose every call panics.
+struct PanickyVm;
+
+impl VmBackend for PanickyVm {
+    fn vm_info(&self) -> VmInfo {
+        panic!("vm_info exploded")
+    }
+    fn start(&self) -> Result<(), ApiError> {
+        panic!("start exploded")
+    }
+    fn put_balloon(&self, _: BalloonConfig) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn patch_balloon(&self, _: BalloonUpdate) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn balloon(&self) -> Result<BalloonInfo, ApiError> {
+        unreachable!()
+    }
+    fn balloon_stats(&self) -> Result<BalloonStats, ApiError> {
+        unreachable!()
+    }
+    fn patch_balloon_stats(&self, _: BalloonStatsUpdate) -> Result<(), ApiError> {
+        unreachable!()
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-api-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.0.join("api.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Harness {
+    server: Option<ApiServer>,
+    vm: Arc<FakeVm>,
+    path: PathBuf,
+    _dir: TempDir,
+}
+
+fn short_limits() -> ApiLimits {
+    ApiLimits {
+        request_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(600),
+        ..ApiLimits::default()
+    }
+}
+
+fn harness_with(limits: ApiLimits) -> Harness {
+    let dir = TempDir::new();
+    let path = dir.sock();
+    let vm = Arc::new(FakeVm::default());
+    let server = ApiServer::start_with_limits(&path, vm.clone(), limits).unwrap();
+    Harness {
+        server: Some(server),
+        vm,
+        path,
+        _dir: dir,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(short_limits())
+}
+
+/// One parsed response.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Option<Reply> {
+        let text = String::from_utf8(raw.to_vec()).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some(Reply {
+            status,
+            head: head.to_string(),
+            body: body.to_string(),
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    fn fault(&self) -> String {
+        self.json()["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {:?}", self.body))
+            .to_string()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn connect(path: &Path) -> UnixStream {
+    let stream = UnixStream::connect(path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends raw bytes, half-closes, and reads everything the server says.
+fn exchange_raw(path: &Path, raw: &[u8]) -> Vec<u8> {
+    let mut stream = connect(path);
+    // The server may answer and close before reading everything.
+    let _ = stream.write_all(raw);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+fn exchange(path: &Path, raw: &[u8]) -> Reply {
+    let out = exchange_raw(path, raw);
+    Reply::parse(&out)
+        .unwrap_or_else(|| panic!("not an HTTP response: {:?}", String::from_utf8_lossy(&out)))
+}
+
+fn request_bytes(method: &str, target: &str, body: Option<&str>) -> Vec<u8> {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        raw.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        raw.push_str("\r\n");
+    }
+    raw.into_bytes()
+}
+
+fn send(path: &Path, method: &str, target: &str, body: Option<&str>) -> Reply {
+    exchange(path, &request_bytes(method, target, body))
+}
+
+const BALLOON: &str = r#"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1, "free_page_reporting": true}"#;
+
+#[test]
+fn every_route_works() {
+    let h = harness();
+    let p = &h.path;
+
+    let r = send(p, "GET", "/vm", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("Content-Type").as_deref(),
+        Some("application/json")
+    );
+    let vm: VmInfo = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(vm.state, VmState::NotStarted);
+    assert_eq!(r.json()["state"], "NotStarted");
+    assert_eq!(r.json()["vmm_page_tables_bytes"], 40960);
+
+    let r = send(p, "PUT", "/balloon", Some(BALLOON));
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    assert_eq!(r.header("Content-Length"), None);
+
+    let r = send(
+        p,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(send(p, "GET", "/vm", None).json()["state"], "Running");
+
+    assert_eq!(
+        send(p, "PATCH", "/balloon", Some(r#"{"amount_mib": 32}"#)).status,
+        204
+    );
+
+    let r = send(p, "GET", "/balloon", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "amount_mib": 32, "deflate_on_oom": true, "stats_polling_interval_s": 1,
+            "free_page_reporting": true, "target_pages": 8192, "actual_pages": 256,
+            "target_mib": 32, "actual_mib": 1
+        })
+    );
+
+    let r = send(p, "GET", "/balloon/statistics", None);
+    assert_eq!(r.status, 200);
+    // Statistics the guest never sent are absent, not zero.
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "target_pages": 8192, "actual_pages": 0, "target_mib": 32, "actual_mib": 0,
+            "free_memory": 104857600, "oom_kills": 2, "age_ms": 250
+        })
+    );
+
+    let r = send(
+        p,
+        "PATCH",
+        "/balloon/statistics",
+        Some(r#"{"stats_polling_interval_s": 5}"#),
+    );
+    assert_eq!(r.status, 204);
+
+    assert_eq!(
+        h.vm.calls(),
+        [
+            "vm_info",
+            "put_balloon BalloonConfig { amount_mib: 64, deflate_on_oom: true, stats_polling_interval_s: 1, free_page_reporting: true }",
+            "start",
+            "vm_info",
+            "patch_balloon BalloonUpdate { amount_mib: 32 }",
+            "balloon",
+            "balloon_stats",
+            "patch_balloon_stats BalloonStatsUpdate { stats_polling_interval_s: 5 }",
+        ]
+    );
+}
+
+#[test]
+fn backend_errors_keep_their_status_and_message() {
+    let h = harness();
+    let p = &h.path;
+    let r = send(p, "GET", "/balloon", None);
+    assert_eq!(r.status, 404);
+    assert!(r.fault().contains("no balloon device"), "{}", r.fault());
+    let r = send(
+        p,
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib": 4096, "deflate_on_oom": false}"#),
+    );
+    assert_eq!(
+        (r.status, r.fault().as_str()),
+        (400, "amount_mib 4096 is larger than guest RAM (128 MiB)")
+    );
+    assert_eq!(
+        send(
+            p,
+            "PUT",
+            "/balloon",
+            Some(r#"{"amount_mib": 1, "deflate_on_oom": false}"#)
+        )
+        .status,
+        204
+    );
+    let r = send(p, "GET", "/balloon/statistics", None);
+    assert_eq!(r.status, 409);
+    assert!(r.fault().contains("statistics are disabled"));
+    assert_eq!(
+        send(
+            p,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type":"InstanceStart"}"#)
+        )
+        .status,
+        204
+    );
+    let r = send(
+        p,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+    );
+    assert_eq!(
+        (r.status, r.fault().as_str()),
+        (409, "the VM is already running")
+    );
+    let r = send(p, "PUT", "/balloon", Some(BALLOON));
+    assert_eq!(r.status, 409);
+    assert!(r.fault().contains("before InstanceStart"));
+}
+
+/// Bad requests of every kind: the right status, a fault_message that
+/// says what is wrong, and no backend call.
+#[test]
+fn bad_requests_never_reach_the_backend() {
+    let h = harness();
+    let p = &h.path;
+    let long_head = format!("GET /vm HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(9000));
+    let big_body = format!(
+        r#"{{"amount_mib": 1, "deflate_on_oom": true, "pad": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (request_bytes("PUT", "/balloon", Some(r#"{"amount_mib": 1,"#)), 400, "EOF while parsing a value at line 1 column 17"),
+        (
+            request_bytes("PUT", "/balloon", Some(r#"{"amount_mib":"x","deflate_on_oom":true}"#)),
+            400,
+            r#"amount_mib: invalid type: string "x", expected u32 at line 1 column 17"#,
+        ),
+        (
+            request_bytes("PUT", "/balloon", Some(r#"{"amount_mib":1,"deflate_on_oom":true,"colour":"red"}"#)),
+            400,
+            "colour: unknown field `colour`, expected one of `amount_mib`, `deflate_on_oom`",
+        ),
+        (request_bytes("PUT", "/balloon", Some(r#"{"amount_mib":1}"#)), 400, "missing field `deflate_on_oom`"),
+        (request_bytes("PUT", "/balloon", None), 400, "PUT /balloon needs a JSON request body"),
+        (request_bytes("PATCH", "/balloon", Some("[1]")), 400, "the request body must be a JSON object"),
+        (request_bytes("PATCH", "/balloon", Some("null")), 400, "the request body must be a JSON object"),
+        (request_bytes("PUT", "/actions", Some(r#"{"action_type":"Reboot"}"#)), 400, "action_type: unknown variant `Reboot`"),
+        (request_bytes("GET", "/vm", Some("{}")), 400, "GET /vm takes no request body"),
+        (request_bytes("GET", "/", None), 404, "no such resource: /"),
+        (request_bytes("GET", "/machine-config", None), 404, "no such resource: /machine-config"),
+        (request_bytes("DELETE", "/balloon", None), 405, "method DELETE is not allowed on /balloon (allowed: GET, PUT, PATCH)"),
+        (request_bytes("POST", "/actions", Some("{}")), 405, "method POST is not allowed on /actions (allowed: PUT)"),
+        (request_bytes("PUT", "/balloon", Some(&big_body)), 413, "larger than the limit of 16384 bytes"),
+        (
+            b"PATCH /balloon HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\n\r\n{\"amount_mib\": 1}".to_vec(),
+            415,
+            "unsupported Content-Type \"application/x-www-form-urlencoded\"",
+        ),
+        (
+            b"PATCH /balloon HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n11\r\n{\"amount_mib\": 1}\r\n0\r\n\r\n".to_vec(),
+            411,
+            "Transfer-Encoding is not supported",
+        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS hello".to_vec(), 400, "malformed HTTP request"),
+        (b"hello there\r\n\r\n".to_vec(), 400, "malformed HTTP request"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 400, "malformed HTTP request: invalid HTTP version"),
+        (long_head.into_bytes(), 431, "request head is larger than 8192 bytes"),
+        (b"GET /vm HTTP/1.1\r\nContent-Length: 1x\r\n\r\n".to_vec(), 400, "invalid Content-Length \"1x\""),
+    ];
+    for (raw, status, fault) in cases {
+        let what = String::from_utf8_lossy(&raw[..raw.len().min(60)]).into_owned();
+        let r = exchange(p, &raw);
+        assert_eq!(r.status, status, "{what}: {r:?}");
+        assert!(
+            r.fault().contains(fault),
+            "{what}: {:?} lacks {fault:?}",
+            r.fault()
+        );
+        if status == 405 {
+            assert!(r.header("Allow").is_some(), "{what}: no Allow header");
+        }
+    }
+    assert_eq!(h.vm.calls(), Vec::<String>::new());
+}
+
+#[test]
+fn idle_and_slow_clients_do_not_block_others() {
+    let h = harness_with(ApiLimits {
+        request_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(2),
+        ..ApiLimits::default()
+    });
+    let p = &h.path;
+    // One connects and says nothing; one sends half a request.
+    let mut idle = connect(p);
+    let mut slow = connect(p);
+    slow.write_all(b"PUT /balloon HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"amount")
+        .unwrap();
+
+    // Answered long before either of them times out.
+    let t = Instant::now();
+    assert_eq!(send(p, "GET", "/vm", None).status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let mut out = Vec::new();
+    slow.read_to_end(&mut out).unwrap();
+    let r = Reply::parse(&out).unwrap();
+    assert_eq!(r.status, 408);
+    assert_eq!(r.fault(), "the request body did not arrive within 1000 ms");
+
+    out.clear();
+    idle.read_to_end(&mut out).unwrap();
+    let r = Reply::parse(&out).unwrap();
+    assert_eq!(r.status, 408);
+    assert_eq!(r.fault(), "no request arrived within 2000 ms of connecting");
+    assert_eq!(h.vm.calls(), ["vm_info"]);
+}
+
+#[test]
+fn too_many_connections_get_503_and_the_server_recovers() {
+    let h = harness_with(ApiLimits {
+        max_connections: 2,
+        ..short_limits()
+    });
+    let p = &h.path;
+    // Accepted in order, so these two hold both places.
+    let a = connect(p);
+    let b = connect(p);
+    let r = send(p, "GET", "/vm", None);
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.fault(),
+        "too many open API connections (limit 2); retry later"
+    );
+    drop((a, b));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while send(p, "GET", "/vm", None).status != 200 {
+        assert!(Instant::now() < deadline, "the server did not recover");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn keep_alive_pipelining_and_expect_continue() {
+    let h = harness();
+    let p = &h.path;
+    let mut s = connect(p);
+    // Two pipelined requests in one write, the first keep-alive.
+    let mut raw = b"GET /vm HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    raw.extend(request_bytes("PUT", "/balloon", Some(BALLOON)));
+    s.write_all(&raw).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("}HTTP/1.1 204 No Content\r\n"), "{text}");
+
+    // Expect: 100-continue gets the interim answer before the body.
+    let body = r#"{"amount_mib": 8}"#;
+    let mut s = connect(p);
+    write!(
+        s,
+        "PATCH /balloon HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert_eq!(Reply::parse(&out).unwrap().status, 204);
+    assert_eq!(h.vm.calls().len(), 3);
+}
+
+#[test]
+fn a_panicking_backend_gets_500_and_the_server_lives_on() {
+    let dir = TempDir::new();
+    let server =
+        ApiServer::start_with_limits(dir.sock(), Arc::new(PanickyVm), short_limits()).unwrap();
+    for _ in 0..2 {
+        let r = send(server.path(), "GET", "/vm", None);
+        assert_eq!(r.status, 500);
+        assert_eq!(r.fault(), "the VMM panicked while handling the request");
+    }
+    assert_eq!(send(server.path(), "GET", "/nope", None).status, 404);
+}
+
+/// Random bytes and randomly damaged requests: every answer is HTTP with a
+/// status and a fault_message for errors, and the server keeps serving.
+#[test]
+fn garbage_never_breaks_the_server() {
+    let h = harness();
+    let p = &h.path;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let valid = request_bytes(
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib": 1, "deflate_on_oom": true}"#),
+    );
+    for round in 0..300 {
+        let raw: Vec<u8> = if round % 2 == 0 {
+            (0..next() % 600).map(|_| next() as u8).collect()
+        } else {
+            let mut raw = valid.clone();
+            for _ in 0..1 + next() % 3 {
+                let i = (next() as usize) % raw.len();
+                raw[i] = next() as u8;
+            }
+            raw
+        };
+        let out = exchange_raw(p, &raw);
+        if out.is_empty() {
+            continue; // an incomplete request followed by EOF: nothing to answer
+        }
+        let r = Reply::parse(&out)
+            .unwrap_or_else(|| panic!("not HTTP: {:?}", String::from_utf8_lossy(&out)));
+        assert!(matches!(r.status, 204 | 400..=499), "{r:?} for {raw:?}");
+        if r.status != 204 {
+            assert!(!r.fault().is_empty());
+        }
+    }
+    assert!(h.vm.calls().iter().all(|c| c.starts_with("put_balloon")));
+    assert_eq!(send(p, "GET", "/vm", None).status, 200);
+}
+
+#[test]
+fn socket_is_private_and_removed_on_shutdown() {
+    let mut h = harness();
+    let meta = fs::symlink_metadata(&h.path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // Shutdown is prompt even with a client connected and idle.
+    let _idle = connect(&h.path);
+    let t = Instant::now();
+    h.server.take().unwrap().shutdown();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!h.path.exists());
+}
+
+#[test]
+fn a_replaced_socket_file_is_not_removed() {
+    let mut h = harness();
+    fs::remove_file(&h.path).unwrap();
+    fs::write(&h.path, "someone else's").unwrap();
+    drop(h.server.take());
+    assert_eq!(fs::read_to_string(&h.path).unwrap(), "someone else's");
+}
+
+#[test]
+fn stale_socket_is_replaced_live_one_and_other_files_refused() {
+    let dir = TempDir::new();
+    let path = dir.sock();
+    let vm: Arc<dyn VmBackend> = Arc::new(FakeVm::default());
+
+    // Stale: the file of a listener that is gone.
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let server = ApiServer::start(&path, vm.clone()).unwrap();
+    assert_eq!(send(&path, "GET", "/vm", None).status, 200);
+
+    // Live: ours, then someone else's.
+    let err = ApiServer::start(&path, vm.clone()).unwrap_err();
+    assert!(matches!(err, ApiServerError::SocketInUse(_)), "{err}");
+    server.shutdown();
+    let other = UnixListener::bind(&path).unwrap();
+    let err = ApiServer::start(&path, vm.clone()).unwrap_err();
+    assert!(err.to_string().contains("is in use"), "{err}");
+    drop(other);
+    fs::remove_file(&path).unwrap();
+
+    // Not a socket: left alone.
+    fs::write(&path, "data").unwrap();
+    let err = ApiServer::start(&path, vm.clone()).unwrap_err();
+    assert!(matches!(err, ApiServerError::NotASocket(_)), "{err}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), "data");
+
+    let long = dir.0.join("x".repeat(120));
+    let err = ApiServer::start(&long, vm).unwrap_err();
+    assert!(matches!(err, ApiServerError::BadPath(..)), "{err}");
+}
+
+/// `vmm/api/openapi.yaml` names every route, body field and error status
+/// the server has.
+#[test]
+fn openapi_document_covers_every_route_field_and_status() {
+    let spec = include_str!("../../api/openapi.yaml");
+    for path in ["/vm", "/actions", "/balloon", "/balloon/statistics"] {
+        assert!(spec.contains(&format!("\n  {path}:\n")), "{path}");
+    }
+    let full_stats = BalloonStats {
+        swap_in: Some(0),
+        swap_out: Some(0),
+        major_faults: Some(0),
+        minor_faults: Some(0),
+        free_memory: Some(0),
+        total_memory: Some(0),
+        available_memory: Some(0),
+        disk_caches: Some(0),
+        hugetlb_allocations: Some(0),
+        hugetlb_failures: Some(0),
+        oom_kills: Some(0),
+        alloc_stalls: Some(0),
+        async_scans: Some(0),
+        direct_scans: Some(0),
+        async_reclaims: Some(0),
+        direct_reclaims: Some(0),
+        age_ms: Some(0),
+        ..BalloonStats::default()
+    };
+    let config = BalloonConfig {
+        amount_mib: 0,
+        deflate_on_oom: false,
+        stats_polling_interval_s: 0,
+        free_page_reporting: false,
+    };
+    let bodies = [
+        serde_json::to_value(FakeVm::default().vm_info()).unwrap(),
+        serde_json::to_value(full_stats).unwrap(),
+        serde_json::to_value(config).unwrap(),
+        serde_json::to_value(BalloonStatsUpdate {
+            stats_polling_interval_s: 0,
+        })
+        .unwrap(),
+        serde_json::json!({"action_type": "InstanceStart"}),
+    ];
+    for body in bodies {
+        for key in body.as_object().unwrap().keys() {
+            assert!(spec.contains(&format!("\n        {key}:\n")), "{key}");
+        }
+    }
+    for status in [400, 404, 405, 408, 409, 411, 413, 415, 417, 431, 500, 503] {
+        assert!(spec.contains(&format!("\"{status}\":")), "{status}");
+    }
+}

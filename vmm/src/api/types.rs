@@ -1,0 +1,178 @@
+//! Request and response bodies of the API, with Firecracker's field names
+//! where Firecracker has the same thing.
+//!
+//! Request bodies reject unknown fields, so a misspelt field is an error
+//! rather than a silently ignored one. Response bodies also deserialize, so
+//! that clients written in Rust (the host OOM manager) can reuse them.
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `PUT /actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    /// What to do.
+    pub action_type: ActionType,
+}
+
+/// The actions of `PUT /actions`. Firecracker also has `SendCtrlAltDel`
+/// and `FlushMetrics`; we have only `InstanceStart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Boot the VM.
+    InstanceStart,
+}
+
+/// Body of `PUT /balloon`: add a virtio-balloon device (before boot only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Target balloon size in MiB: guest memory taken from the guest.
+    pub amount_mib: u32,
+    /// Let the guest deflate the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics requests to the guest; 0 disables them.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    /// Offer free page reporting (VIRTIO_BALLOON_F_REPORTING): the guest
+    /// hands back pages it frees and the host releases them.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// Body of `PATCH /balloon`: change the target size at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// New target balloon size in MiB.
+    pub amount_mib: u32,
+}
+
+/// Body of `PATCH /balloon/statistics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// New interval between statistics requests, in seconds.
+    pub stats_polling_interval_s: u16,
+}
+
+/// Response of `GET /balloon`: the configuration plus where the balloon
+/// stands. Firecracker returns only the first three fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonInfo {
+    /// Target size in MiB (last `PUT` or `PATCH`).
+    pub amount_mib: u32,
+    /// As configured.
+    pub deflate_on_oom: bool,
+    /// As configured or last patched.
+    pub stats_polling_interval_s: u16,
+    /// As configured.
+    pub free_page_reporting: bool,
+    /// Target size in 4 KiB pages, as written to the device's `num_pages`.
+    pub target_pages: u32,
+    /// Pages the guest has given to the balloon (`actual`).
+    pub actual_pages: u32,
+    /// `target_pages` in MiB.
+    pub target_mib: u32,
+    /// `actual_pages` in MiB.
+    pub actual_mib: u32,
+}
+
+/// Response of `GET /balloon/statistics`: the balloon's size and the last
+/// statistics the guest sent. A statistic the guest never sent is absent
+/// (not zero); tags a guest kernel does not know are never sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BalloonStats {
+    /// Target size in 4 KiB pages.
+    pub target_pages: u32,
+    /// Pages in the balloon now.
+    pub actual_pages: u32,
+    /// Target size in MiB.
+    pub target_mib: u32,
+    /// Size now in MiB.
+    pub actual_mib: u32,
+    /// Bytes swapped in (tag 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_in: Option<u64>,
+    /// Bytes swapped out (tag 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_out: Option<u64>,
+    /// Major page faults (tag 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_faults: Option<u64>,
+    /// Minor page faults (tag 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
+    /// Free memory in bytes (tag 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_memory: Option<u64>,
+    /// Total memory in bytes (tag 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
+    /// Available memory in bytes, as in `MemAvailable` (tag 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_memory: Option<u64>,
+    /// Disk caches in bytes (tag 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_caches: Option<u64>,
+    /// Successful hugetlb page allocations (tag 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_allocations: Option<u64>,
+    /// Failed hugetlb page allocations (tag 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_failures: Option<u64>,
+    /// OOM kills in the guest (tag 10, Linux 6.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// Allocation stalls (tag 11, Linux 6.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_stalls: Option<u64>,
+    /// Pages scanned by kswapd (tag 12, Linux 6.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_scans: Option<u64>,
+    /// Pages scanned in direct reclaim (tag 13, Linux 6.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_scans: Option<u64>,
+    /// Pages reclaimed by kswapd (tag 14, Linux 6.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_reclaims: Option<u64>,
+    /// Pages reclaimed in direct reclaim (tag 15, Linux 6.12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_reclaims: Option<u64>,
+    /// Milliseconds since the guest last sent statistics; absent until it
+    /// first does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+}
+
+/// Lifecycle state of the VM in `GET /vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Configured, waiting for `InstanceStart`.
+    NotStarted,
+    /// vCPUs are running.
+    Running,
+    /// The guest has shut down, reset or crashed; the process is ending.
+    Exited,
+}
+
+/// Response of `GET /vm`: what the VM is and what it costs the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// Lifecycle state.
+    pub state: VmState,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM size in MiB.
+    pub mem_size_mib: u64,
+    /// Guest RAM size in bytes.
+    pub guest_ram_bytes: u64,
+    /// Bytes of guest RAM resident in host memory now.
+    pub guest_ram_resident_bytes: u64,
+    /// Resident set of the whole VMM process (`VmRSS`), guest RAM included.
+    pub vmm_rss_bytes: u64,
+    /// Swapped-out bytes of the VMM process (`VmSwap`).
+    pub vmm_swap_bytes: u64,
+    /// Page-table bytes of the VMM process (`VmPTE`).
+    pub vmm_page_tables_bytes: u64,
+}

@@ -1,0 +1,252 @@
+//! The VM behind the per-VM API: the [`VmBackend`] of one `vmm run`.
+//!
+//! Before `InstanceStart` (with `--wait-for-start`) the API edits the
+//! configuration the VM will boot with; afterwards it talks to the live
+//! devices. `vmm run` without `--wait-for-start` starts at once and the API
+//! sees a running VM from its first request.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use balloon::{pages_to_mib, Balloon, BalloonConfig};
+
+use crate::api::{self, ApiError, VmBackend, VmInfo, VmState};
+use crate::memstat::{self, ProcessMemory};
+
+/// Shared between the API threads and the thread that boots the VM.
+pub struct VmControl {
+    vcpus: u32,
+    mem_size: u64,
+    phase: Mutex<Phase>,
+    started: Condvar,
+}
+
+enum Phase {
+    /// Not booted; the balloon config the VM will get.
+    NotStarted {
+        balloon: Option<BalloonConfig>,
+        start_requested: bool,
+    },
+    Running(Running),
+    Exited,
+}
+
+/// Handles into the live VM.
+struct Running {
+    balloon: Option<Arc<Mutex<Balloon>>>,
+    /// Host addresses where guest RAM regions start, for residency.
+    guest_ram_starts: Vec<u64>,
+}
+
+impl VmControl {
+    pub fn new(vcpus: u8, mem_size: u64, balloon: Option<BalloonConfig>) -> Self {
+        VmControl {
+            vcpus: u32::from(vcpus),
+            mem_size,
+            phase: Mutex::new(Phase::NotStarted {
+                balloon,
+                start_requested: false,
+            }),
+            started: Condvar::new(),
+        }
+    }
+
+    /// Blocks until `PUT /actions InstanceStart`; returns the balloon
+    /// configuration to boot with.
+    pub fn wait_for_start(&self) -> Option<BalloonConfig> {
+        let mut phase = self.phase();
+        loop {
+            if let Phase::NotStarted {
+                balloon,
+                start_requested: true,
+            } = &*phase
+            {
+                return *balloon;
+            }
+            phase = self.started.wait(phase).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The VM booted with these devices.
+    pub fn set_running(&self, balloon: Option<Arc<Mutex<Balloon>>>, guest_ram_starts: Vec<u64>) {
+        *self.phase() = Phase::Running(Running {
+            balloon,
+            guest_ram_starts,
+        });
+    }
+
+    /// The VM ended.
+    pub fn set_exited(&self) {
+        *self.phase() = Phase::Exited;
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live balloon, or the right error.
+    fn live_balloon(&self) -> Result<Arc<Mutex<Balloon>>, ApiError> {
+        match &*self.phase() {
+            Phase::Running(Running {
+                balloon: Some(b), ..
+            }) => Ok(b.clone()),
+            Phase::Running(_) => Err(ApiError::BalloonNotConfigured),
+            Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
+            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
+        }
+    }
+
+    fn check_amount(&self, amount_mib: u32) -> Result<(), ApiError> {
+        let mem_mib = self.mem_size >> 20;
+        if u64::from(amount_mib) > mem_mib {
+            return Err(ApiError::BadRequest(format!(
+                "amount_mib {amount_mib} is larger than guest RAM ({mem_mib} MiB)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn lock(b: &Mutex<Balloon>) -> MutexGuard<'_, Balloon> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn to_api_config(c: &BalloonConfig) -> api::BalloonConfig {
+    api::BalloonConfig {
+        amount_mib: c.amount_mib,
+        deflate_on_oom: c.deflate_on_oom,
+        stats_polling_interval_s: c.stats_polling_interval_s,
+        free_page_reporting: c.free_page_reporting,
+    }
+}
+
+impl VmBackend for VmControl {
+    fn vm_info(&self) -> VmInfo {
+        let (state, starts) = match &*self.phase() {
+            Phase::NotStarted { .. } => (VmState::NotStarted, Vec::new()),
+            Phase::Running(r) => (VmState::Running, r.guest_ram_starts.clone()),
+            Phase::Exited => (VmState::Exited, Vec::new()),
+        };
+        let me = ProcessMemory::read(None).unwrap_or_default();
+        VmInfo {
+            state,
+            vcpus: self.vcpus,
+            mem_size_mib: self.mem_size >> 20,
+            guest_ram_bytes: self.mem_size,
+            guest_ram_resident_bytes: memstat::resident_in_mappings(None, &starts).unwrap_or(0),
+            vmm_rss_bytes: me.rss,
+            vmm_swap_bytes: me.swap,
+            vmm_page_tables_bytes: me.page_tables,
+        }
+    }
+
+    fn start(&self) -> Result<(), ApiError> {
+        match &mut *self.phase() {
+            Phase::NotStarted {
+                start_requested, ..
+            } if !*start_requested => {
+                *start_requested = true;
+                self.started.notify_all();
+                Ok(())
+            }
+            _ => Err(ApiError::Conflict("the VM is already started".into())),
+        }
+    }
+
+    fn put_balloon(&self, config: api::BalloonConfig) -> Result<(), ApiError> {
+        self.check_amount(config.amount_mib)?;
+        match &mut *self.phase() {
+            Phase::NotStarted { balloon, start_requested: false } => {
+                *balloon = Some(BalloonConfig {
+                    amount_mib: config.amount_mib,
+                    deflate_on_oom: config.deflate_on_oom,
+                    stats_polling_interval_s: config.stats_polling_interval_s,
+                    free_page_reporting: config.free_page_reporting,
+                });
+                Ok(())
+            }
+            _ => Err(ApiError::Conflict(
+                "the balloon can only be configured before InstanceStart (use PATCH /balloon to change its target)".into(),
+            )),
+        }
+    }
+
+    fn patch_balloon(&self, update: api::BalloonUpdate) -> Result<(), ApiError> {
+        self.check_amount(update.amount_mib)?;
+        if let Phase::NotStarted { balloon, .. } = &mut *self.phase() {
+            let cfg = balloon.as_mut().ok_or(ApiError::BalloonNotConfigured)?;
+            cfg.amount_mib = update.amount_mib;
+            return Ok(());
+        }
+        let b = self.live_balloon()?;
+        let result = lock(&b).set_target_mib(update.amount_mib);
+        result.map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    fn balloon(&self) -> Result<api::BalloonInfo, ApiError> {
+        if let Phase::NotStarted { balloon, .. } = &*self.phase() {
+            let cfg = balloon.as_ref().ok_or(ApiError::BalloonNotConfigured)?;
+            return Ok(info(cfg, cfg.amount_mib * balloon::PAGES_PER_MIB, 0));
+        }
+        let b = self.live_balloon()?;
+        let b = lock(&b);
+        Ok(info(&b.config(), b.target_pages(), b.actual_pages()))
+    }
+
+    fn balloon_stats(&self) -> Result<api::BalloonStats, ApiError> {
+        let b = self.live_balloon()?;
+        let b = lock(&b);
+        if b.config().stats_polling_interval_s == 0 {
+            return Err(ApiError::Conflict(
+                "balloon statistics are disabled (stats_polling_interval_s is 0)".into(),
+            ));
+        }
+        let (target, actual) = (b.target_pages(), b.actual_pages());
+        let mut out = api::BalloonStats {
+            target_pages: target,
+            actual_pages: actual,
+            target_mib: pages_to_mib(target),
+            actual_mib: pages_to_mib(actual),
+            ..Default::default()
+        };
+        if let Some(s) = b.stats() {
+            out.swap_in = s.swap_in;
+            out.swap_out = s.swap_out;
+            out.major_faults = s.major_faults;
+            out.minor_faults = s.minor_faults;
+            out.free_memory = s.free_memory;
+            out.total_memory = s.total_memory;
+            out.available_memory = s.available_memory;
+            out.disk_caches = s.disk_caches;
+            out.hugetlb_allocations = s.hugetlb_allocations;
+            out.hugetlb_failures = s.hugetlb_failures;
+            out.oom_kills = s.oom_kills;
+            out.alloc_stalls = s.alloc_stalls;
+            out.async_scans = s.async_scans;
+            out.direct_scans = s.direct_scans;
+            out.async_reclaims = s.async_reclaims;
+            out.direct_reclaims = s.direct_reclaims;
+            out.age_ms = Some(s.age().as_millis() as u64);
+        }
+        Ok(out)
+    }
+
+    fn patch_balloon_stats(&self, update: api::BalloonStatsUpdate) -> Result<(), ApiError> {
+        let b = self.live_balloon()?;
+        let result = lock(&b).set_stats_interval(update.stats_polling_interval_s);
+        result.map_err(|e| ApiError::Conflict(e.to_string()))
+    }
+}
+
+fn info(cfg: &BalloonConfig, target: u32, actual: u32) -> api::BalloonInfo {
+    let c = to_api_config(cfg);
+    api::BalloonInfo {
+        amount_mib: c.amount_mib,
+        deflate_on_oom: c.deflate_on_oom,
+        stats_polling_interval_s: c.stats_polling_interval_s,
+        free_page_reporting: c.free_page_reporting,
+        target_pages: target,
+        actual_pages: actual,
+        target_mib: pages_to_mib(target),
+        actual_mib: pages_to_mib(actual),
+    }
+}
