@@ -65,7 +65,7 @@ impl RejectReason {
 }
 
 /// One counter per [`RejectReason`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Rejections {
     pub pfn_outside_ram: u64,
     pub empty_chain: u64,
@@ -132,7 +132,7 @@ impl Rejections {
 }
 
 /// What the device did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BalloonMetrics {
     /// Successful activations by the driver.
     pub activations: u64,

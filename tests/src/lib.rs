@@ -266,3 +266,50 @@ pub fn stock_kernel(name: &str) -> PathBuf {
     });
     cached_linux_file(name)
 }
+
+/// One HTTP request to a VMM's API socket; returns the status code and the
+/// body. `Connection: close` keeps the parsing trivial.
+pub fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()));
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for up to `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A per-test path for an API socket, removed by the VMM on a clean exit
+/// and by [`VmProcess`]'s users otherwise.
+pub fn socket_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vmm-test-{}-{name}.sock", std::process::id()))
+}

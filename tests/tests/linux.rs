@@ -30,6 +30,10 @@ fn boot_stock_kernel(mem: &str, vcpus: &str) -> VmProcess {
         vcpus,
         "--cmdline",
         CMDLINE,
+        // With a balloon, so the DSDT the kernel finds has its LNRO0005
+        // device (the kernel dies before it interprets AML, though).
+        "--balloon",
+        "",
     ])
 }
 

@@ -230,6 +230,12 @@ impl VmBackend for VmControl {
         Ok(out)
     }
 
+    fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError> {
+        let b = self.live_balloon()?;
+        let metrics = lock(&b).metrics().clone();
+        serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     fn patch_balloon_stats(&self, update: api::BalloonStatsUpdate) -> Result<(), ApiError> {
         let b = self.live_balloon()?;
         let result = lock(&b).set_stats_interval(update.stats_polling_interval_s);

@@ -88,6 +88,10 @@ struct RunArgs {
     /// acpi with --kernel.
     #[arg(long, value_enum)]
     virtio_announce: Option<AnnounceArg>,
+    /// Write the VM's ACPI tables into this directory as `<SIG>.dat` (for
+    /// `iasl -d`), then boot as usual.
+    #[arg(long)]
+    dump_acpi: Option<PathBuf>,
     /// Serve the per-VM HTTP/JSON API on this Unix socket (mode 0600).
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -239,6 +243,7 @@ fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
         serial_out,
         balloon: args.balloon,
         announce,
+        dump_acpi: args.dump_acpi,
     };
     Ok(Vm::boot(cfg)?)
 }

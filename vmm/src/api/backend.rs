@@ -36,4 +36,7 @@ pub trait VmBackend: Send + Sync + 'static {
     fn balloon_stats(&self) -> Result<BalloonStats, ApiError>;
     /// `PATCH /balloon/statistics`: change the polling interval.
     fn patch_balloon_stats(&self, update: BalloonStatsUpdate) -> Result<(), ApiError>;
+    /// `GET /balloon/metrics`: what the device did and what it refused
+    /// from the guest, as counters (a JSON object).
+    fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError>;
 }

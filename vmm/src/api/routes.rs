@@ -29,6 +29,8 @@ pub(crate) enum Call {
     BalloonStats,
     /// `PATCH /balloon/statistics`
     PatchBalloonStats(BalloonStatsUpdate),
+    /// `GET /balloon/metrics`
+    BalloonMetrics,
 }
 
 /// Resolves a request to a call, or the error to answer instead.
@@ -44,6 +46,7 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         "/actions" => "PUT",
         "/balloon" => "GET, PUT, PATCH",
         "/balloon/statistics" => "GET, PATCH",
+        "/balloon/metrics" => "GET",
         _ => return Err(ApiError::NoSuchResource(path.to_string())),
     };
     match (req.method.as_str(), path) {
@@ -58,6 +61,7 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         ("GET", "/balloon") => no_body(req).map(|()| Call::Balloon),
         ("GET", "/balloon/statistics") => no_body(req).map(|()| Call::BalloonStats),
         ("PATCH", "/balloon/statistics") => json_body(req).map(Call::PatchBalloonStats),
+        ("GET", "/balloon/metrics") => no_body(req).map(|()| Call::BalloonMetrics),
         (method, _) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_string(),
@@ -77,6 +81,7 @@ pub(crate) fn dispatch(call: Call, backend: &dyn VmBackend) -> Result<Response, 
             .map(|()| Response::no_content()),
         Call::Balloon => json(&backend.balloon()?),
         Call::BalloonStats => json(&backend.balloon_stats()?),
+        Call::BalloonMetrics => json(&backend.balloon_metrics()?),
         Call::PatchBalloonStats(update) => backend
             .patch_balloon_stats(update)
             .map(|()| Response::no_content()),

@@ -39,6 +39,11 @@ impl FakeVm {
 }
 
 impl VmBackend for FakeVm {
+    fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError> {
+        self.record("balloon_metrics".into());
+        Ok(serde_json::json!({ "inflate_pages": 7, "rejections": { "pfn_outside_ram": 1 } }))
+    }
+
     fn vm_info(&self) -> VmInfo {
         self.record("vm_info".into());
         VmInfo {
@@ -157,6 +162,9 @@ impl VmBackend for PanickyVm {
         unreachable!()
     }
     fn patch_balloon_stats(&self, _: BalloonStatsUpdate) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError> {
         unreachable!()
     }
 }

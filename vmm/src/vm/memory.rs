@@ -21,6 +21,8 @@ pub enum MemoryError {
         size: u64,
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error("cannot advise the kernel about guest memory")]
+    Madvise(#[source] std::io::Error),
     #[error("KVM refused guest memory slot {slot} at {addr:#x}")]
     Slot {
         slot: u32,
@@ -32,6 +34,13 @@ pub enum MemoryError {
 /// Maps guest RAM of `mem_size` bytes. The mapping is private, anonymous and
 /// `MAP_NORESERVE` (vm-memory's default), so untouched guest pages cost the
 /// host nothing: host RSS grows only as the guest touches memory.
+///
+/// Each region is marked `MADV_NOHUGEPAGE`: the balloon gives memory back
+/// in 4 KiB pages, and a transparent huge page would have to be split (or
+/// would stay resident) when the guest returns part of it. The distinct
+/// flag also keeps each region its own VMA, never merged with a
+/// neighbouring anonymous mapping, so `/proc/<pid>/smaps` shows guest RAM
+/// residency exactly (the OOM monitor and `GET /vm` read it there).
 pub fn create_guest_ram(mem_size: u64) -> Result<GuestRam, MemoryError> {
     if mem_size < layout::MIN_MEM_SIZE {
         return Err(MemoryError::TooSmall { size: mem_size });
@@ -43,10 +52,25 @@ pub fn create_guest_ram(mem_size: u64) -> Result<GuestRam, MemoryError> {
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap {
+    let ram = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap {
         size: mem_size,
         source,
-    })
+    })?;
+    for region in ram.iter() {
+        // SAFETY: the range is exactly one live mapping owned by `ram`;
+        // MADV_NOHUGEPAGE changes no contents, only future THP decisions.
+        let ret = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_NOHUGEPAGE,
+            )
+        };
+        if ret != 0 {
+            return Err(MemoryError::Madvise(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(ram)
 }
 
 /// Registers every region of `ram` with KVM.

@@ -54,6 +54,8 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// How virtio-mmio devices are announced to the guest.
     pub announce: Announce,
+    /// Also write the ACPI tables, one `<SIG>.dat` file each, here.
+    pub dump_acpi: Option<PathBuf>,
 }
 
 /// Most vCPUs we start: the MADT and APIC IDs are 8-bit here.
@@ -187,6 +189,16 @@ impl Vm {
             virtio_mmio: &slots.acpi_slots(cfg.announce),
         })?;
         acpi.write_to(&mem)?;
+        if let Some(dir) = &cfg.dump_acpi {
+            for (signature, _, bytes) in acpi.tables() {
+                std::fs::write(dir.join(format!("{signature}.dat")), bytes).map_err(|source| {
+                    VmError::Io {
+                        what: "write an ACPI table dump",
+                        source,
+                    }
+                })?;
+            }
+        }
         let boot = boot::load_guest(
             &mem,
             &cfg.kernel,
