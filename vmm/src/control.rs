@@ -50,9 +50,13 @@ impl VmControl {
         }
     }
 
-    /// Blocks until `PUT /actions InstanceStart`; returns the balloon
-    /// configuration to boot with.
-    pub fn wait_for_start(&self) -> Option<BalloonConfig> {
+    /// Blocks until `PUT /actions InstanceStart` and returns the balloon
+    /// configuration to boot with; or returns `Err` with what `stop()`
+    /// (polled every 100 ms) reported instead.
+    pub fn wait_for_start<S>(
+        &self,
+        mut stop: impl FnMut() -> Option<S>,
+    ) -> Result<Option<BalloonConfig>, S> {
         let mut phase = self.phase();
         loop {
             if let Phase::NotStarted {
@@ -60,9 +64,16 @@ impl VmControl {
                 start_requested: true,
             } = &*phase
             {
-                return *balloon;
+                return Ok(*balloon);
             }
-            phase = self.started.wait(phase).unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = stop() {
+                return Err(s);
+            }
+            phase = self
+                .started
+                .wait_timeout(phase, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 

@@ -9,5 +9,6 @@ pub mod control;
 pub mod devices;
 pub mod guest_image;
 pub mod memstat;
+pub mod oom;
 pub mod size;
 pub mod vm;

@@ -161,6 +161,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = vmm::vm::stop_signals::block_stop_signals() {
+        eprintln!("vmm: cannot block SIGTERM/SIGINT: {e}");
+        return ExitCode::from(status::START_FAILED);
+    }
     let control = Arc::new(VmControl::new(args.vcpus, args.mem.0, args.balloon));
     let api = match &args.api_sock {
         Some(path) => match ApiServer::start(path, control.clone()) {
@@ -182,7 +186,13 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let mut args = args;
     if args.wait_for_start {
-        args.balloon = control.wait_for_start();
+        match control.wait_for_start(vmm::vm::stop_signals::take_pending) {
+            Ok(balloon) => args.balloon = balloon,
+            Err(signal) => {
+                control.set_exited();
+                quit(api, VmExit::Signal(signal).exit_status());
+            }
+        }
     }
     let mut vm = match start_vm(args) {
         Ok(vm) => vm,
@@ -203,6 +213,7 @@ fn run(args: RunArgs) -> ExitCode {
         VmExit::Reset | VmExit::DebugExit(_) => {}
         VmExit::GuestCrash(why) => eprintln!("vmm: guest crashed: {why}"),
         VmExit::VmmError(why) => eprintln!("vmm: VMM error: {why}"),
+        VmExit::Signal(n) => eprintln!("vmm: stopped by signal {n}"),
     }
     quit(api, end.exit_status())
 }

@@ -36,6 +36,54 @@ impl ProcessMemory {
     }
 }
 
+/// The kernel's own per-process memory counters, exactly as
+/// `/proc/<pid>/status` prints them: the `MM_*` counters that
+/// `oom_badness()` adds up, plus the page-table bytes. Byte counts.
+///
+/// Unlike [`ProcessMemory`], nothing here comes from `smaps_rollup`: the
+/// OOM killer never walks page tables, it reads these counters, so a score
+/// that must agree with the kernel's has to start from the same numbers.
+/// Since Linux 6.16 `status` sums the per-CPU parts of the counters
+/// exactly (`get_mm_counter_sum`); older kernels print the same
+/// approximation that `oom_badness` reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmCounters {
+    /// `RssAnon` (`MM_ANONPAGES`).
+    pub rss_anon: u64,
+    /// `RssFile` (`MM_FILEPAGES`).
+    pub rss_file: u64,
+    /// `RssShmem` (`MM_SHMEMPAGES`).
+    pub rss_shmem: u64,
+    /// `VmSwap` (`MM_SWAPENTS`).
+    pub swap: u64,
+    /// `VmPTE` (`mm_pgtables_bytes`, all levels).
+    pub page_tables: u64,
+}
+
+impl MmCounters {
+    /// Reads `/proc/<pid>/status`; `None` is this process. `Ok(None)` when
+    /// the process has no address space any more (a zombie, or a kernel
+    /// thread): the kernel's `find_lock_task_mm` finds nothing then either.
+    pub fn read(pid: Option<u32>) -> io::Result<Option<Self>> {
+        let dir = pid.map_or_else(|| "/proc/self".to_string(), |p| format!("/proc/{p}"));
+        Ok(Self::parse(&fs::read_to_string(format!("{dir}/status"))?))
+    }
+
+    /// Parses the text of a `status` file; `None` without an `RssAnon:` line.
+    pub fn parse(status: &str) -> Option<Self> {
+        status
+            .lines()
+            .any(|l| l.starts_with("RssAnon:"))
+            .then(|| MmCounters {
+                rss_anon: kib_field(status, "RssAnon:"),
+                rss_file: kib_field(status, "RssFile:"),
+                rss_shmem: kib_field(status, "RssShmem:"),
+                swap: kib_field(status, "VmSwap:"),
+                page_tables: kib_field(status, "VmPTE:"),
+            })
+    }
+}
+
 /// Resident bytes of the mappings of process `pid` (`None`: this process)
 /// that start at one of `starts` — the host addresses of guest RAM regions.
 pub fn resident_in_mappings(pid: Option<u32>, starts: &[u64]) -> io::Result<u64> {
@@ -100,6 +148,20 @@ Rss:                   4 kB
 ";
         assert_eq!(sum_rss_of_mappings(smaps, &[0x7f00_0000_0000]), 64 << 20);
         assert_eq!(sum_rss_of_mappings(smaps, &[0x1234]), 0);
+    }
+
+    #[test]
+    fn mm_counters_come_from_status_and_vanish_with_the_mm() {
+        let status = "Name:\tvmm\nVmRSS:\t  70000 kB\nRssAnon:\t   65536 kB\n\
+RssFile:\t    4096 kB\nRssShmem:\t     368 kB\nVmPTE:\t     180 kB\nVmSwap:\t      12 kB\n";
+        let c = MmCounters::parse(status).unwrap();
+        assert_eq!(
+            (c.rss_anon, c.rss_file, c.rss_shmem, c.swap, c.page_tables),
+            (64 << 20, 4 << 20, 368 << 10, 12 << 10, 180 << 10)
+        );
+        // A zombie's status has no Vm*/Rss* lines at all.
+        assert_eq!(MmCounters::parse("Name:\tvmm\nState:\tZ (zombie)\n"), None);
+        assert!(MmCounters::read(None).unwrap().unwrap().rss_anon > 0);
     }
 
     #[test]

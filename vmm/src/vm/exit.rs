@@ -17,6 +17,8 @@ pub enum VmExit {
     GuestCrash(String),
     /// The VMM itself failed while the VM ran.
     VmmError(String),
+    /// The VMM was asked to stop (SIGTERM or SIGINT).
+    Signal(u8),
 }
 
 /// Process exit statuses (see the README's table). Guest debug-exit codes
@@ -38,6 +40,8 @@ impl VmExit {
             VmExit::DebugExit(code) => *code,
             VmExit::GuestCrash(_) => status::GUEST_CRASH,
             VmExit::VmmError(_) => status::VMM_ERROR,
+            // The shell's convention for a death by signal.
+            VmExit::Signal(n) => 128 + n,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod layout;
 pub mod memory;
 pub mod regs;
+pub mod stop_signals;
 pub mod vcpu;
 pub mod virtio;
 
@@ -170,6 +171,11 @@ impl Vm {
         })?);
         let mut event_loop = EventLoop::new().map_err(VmError::EventLoop)?;
         event_loop.add_subscriber(Arc::new(Mutex::new(virtio::ExitWatcher(exit.clone()))));
+        let stop = stop_signals::StopSignals::new(exit.clone()).map_err(|source| VmError::Io {
+            what: "create a signalfd",
+            source,
+        })?;
+        event_loop.add_subscriber(Arc::new(Mutex::new(stop)));
 
         let mut slots = VirtioSlots::default();
         let mut mmio = MmioBus::default();
