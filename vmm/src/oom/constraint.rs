@@ -235,9 +235,11 @@ pub fn constrained_alloc<'v, V: Placed>(
 /// Present pages, not the `MemTotal` of `/sys/devices/system/node/node*/meminfo`:
 /// that one is the node's *managed* pages (present minus boot-time
 /// reservations), which is what `si_meminfo_node()` reports, but the OOM
-/// killer sums `node_present_pages()`. On some hosts they differ a lot: with
-/// `deferred_init=lazy` (this development machine) node 0's `MemTotal` is
-/// 9.5 GB while its present pages are 25.2 GB.
+/// killer sums `node_present_pages()`. On some hosts they differ a lot: on
+/// this development machine (`deferred_init=lazy`, pages handed to the
+/// allocator only as needed) node 0's `MemTotal` read 9527876 kB while its
+/// zones held 6291358 present pages (25165432 kB) and `/proc/meminfo`
+/// said 24682416 kB.
 pub fn node_present_pages(proc: &ProcFs) -> Result<BTreeMap<u32, u64>, ConstraintError> {
     let (path, text) = proc.read("zoneinfo")?;
     Ok(parse_zoneinfo(&text, &path)?)
