@@ -110,6 +110,26 @@ pub trait Placed {
     fn placement(&self) -> &Placement;
 }
 
+impl<T: Placed> Placed for &T {
+    fn placement(&self) -> &Placement {
+        (*self).placement()
+    }
+}
+
+impl fmt::Display for Constraint {
+    /// The kernel's `CONSTRAINT_*` names, with what they are about.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Constraint::Host => f.write_str("CONSTRAINT_NONE (host)"),
+            Constraint::Memcg { path, .. } => write!(f, "CONSTRAINT_MEMCG ({})", path.display()),
+            Constraint::Nodes { nodes } => write!(f, "CONSTRAINT_MEMORY_POLICY (nodes {nodes})"),
+            Constraint::Budget { pool, bytes } => {
+                write!(f, "CONSTRAINT_BUDGET (pool {pool}, {} MiB)", bytes >> 20)
+            }
+        }
+    }
+}
+
 impl Placed for Placement {
     fn placement(&self) -> &Placement {
         self

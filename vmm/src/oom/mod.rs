@@ -43,6 +43,7 @@ pub mod badness;
 pub mod constraint;
 pub mod host;
 pub mod psi;
+pub mod select;
 
 #[cfg(test)]
 mod testing;
