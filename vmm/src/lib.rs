@@ -6,8 +6,12 @@
 
 pub mod api;
 pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod daemon_api;
 pub mod devices;
 pub mod guest_image;
+pub mod http;
 pub mod memstat;
 pub mod oom;
 pub mod size;

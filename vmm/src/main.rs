@@ -47,6 +47,26 @@ enum Command {
         /// Output file; - for stdout.
         out: PathBuf,
     },
+    /// Talk to the host OOM manager (`vmm daemon`) through its API socket.
+    Ctl(vmm::ctl::CtlArgs),
+    /// Run the host OOM manager: start VMs as child `vmm run` processes,
+    /// watch their memory, and choose which VM gives way when memory runs
+    /// out. Controlled over an HTTP/JSON Unix socket (see `vmm ctl`).
+    Daemon(DaemonArgs),
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// The control API socket (mode 0600).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Where VMs' sockets, consoles and logs and the event log live.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// A JSON file: `{"policy": {...the fields of PATCH /oom...},
+    /// "budgets": {"<pool>": <bytes>}, "reap": "sigkill" | "sigkill_mrelease"}`.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -150,6 +170,14 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Ctl(args) => vmm::ctl::run(args),
+        Command::Daemon(args) => match daemon(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmm daemon: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::TinyGuest { out } => match write_tiny_guest(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -216,6 +244,24 @@ fn run(args: RunArgs) -> ExitCode {
         VmExit::Signal(n) => eprintln!("vmm: stopped by signal {n}"),
     }
     quit(api, end.exit_status())
+}
+
+fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    let mut cfg = vmm::daemon::DaemonConfig {
+        socket: args.socket,
+        state_dir: args.state_dir,
+        vmm_bin: std::env::current_exe().context("cannot find the vmm binary")?,
+        policy: vmm::daemon::default_policy(),
+        reap: vmm::daemon::process::ReapMethod::SigkillMrelease,
+        budgets: Default::default(),
+    };
+    if let Some(path) = args.config {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        vmm::daemon::config::apply(&mut cfg, &text)
+            .with_context(|| format!("invalid config {}", path.display()))?;
+    }
+    vmm::daemon::run::run(cfg)
 }
 
 fn write_tiny_guest(out: &std::path::Path) -> anyhow::Result<()> {

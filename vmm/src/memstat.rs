@@ -116,6 +116,21 @@ fn sum_rss_of_mappings(smaps: &str, starts: &[u64]) -> u64 {
     total
 }
 
+/// Resident bytes of the first mapping in `smaps` text whose size is
+/// exactly `size` bytes (how another process's guest RAM is found: it is
+/// its own VMA of the guest's size).
+pub fn rss_of_mapping_sized(smaps: &str, size: u64) -> u64 {
+    let mut in_mapping = false;
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Size:") {
+            in_mapping = parse_kib(v) == size;
+        } else if let (true, Some(v)) = (in_mapping, line.strip_prefix("Rss:")) {
+            return parse_kib(v);
+        }
+    }
+    0
+}
+
 fn kib_field(text: &str, field: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(field))

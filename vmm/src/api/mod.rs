@@ -40,25 +40,24 @@
 //! otherwise, which the server refuses (415): keep the `-H` flag. Add
 //! `-i` to see the status of the 204 answers.
 //!
-//! Layout: [`server`] (socket, threads, shutdown), `socket` (the socket
-//! file), `http` (request framing and limits), `routes` (method + path →
-//! backend call), [`types`] (bodies), [`error`], [`backend`] (the trait
-//! the VM implements).
+//! Layout: [`server`] (the generic [`crate::http`] server with this API's
+//! handler: one backend call at a time), `routes` (method + path →
+//! backend call), [`types`] (bodies), [`error`] (shared with the daemon's
+//! API), [`backend`] (the trait the VM implements). Socket, framing,
+//! limits and threads are [`crate::http`]'s.
 
 pub mod backend;
 pub mod error;
-mod http;
 mod routes;
 pub mod server;
-mod socket;
 pub mod types;
 
 #[cfg(test)]
 mod tests;
 
+pub use crate::http::{Limits as ApiLimits, MAX_HEADER_FIELDS};
 pub use backend::VmBackend;
 pub use error::{ApiError, ApiServerError};
-pub use http::{ApiLimits, MAX_HEADER_FIELDS};
 pub use server::ApiServer;
 pub use types::{
     ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,

@@ -4,13 +4,16 @@
 //! only as a [`Call`] that parsed completely: unknown paths, wrong methods,
 //! wrong media types and bodies that do not deserialize stop in [`parse`].
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::backend::VmBackend;
 use super::error::ApiError;
-use super::http::{Request, Response};
 use super::types::{ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
+use crate::http::route::{json_body, method_not_allowed, no_body};
+use crate::http::{Request, Response};
+
+/// The resources, for the 404 message.
+const RESOURCES: &str = "/vm, /actions, /balloon, /balloon/statistics, /balloon/metrics";
 
 /// A request that parsed: one backend call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,12 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         "/balloon" => "GET, PUT, PATCH",
         "/balloon/statistics" => "GET, PATCH",
         "/balloon/metrics" => "GET",
-        _ => return Err(ApiError::NoSuchResource(path.to_string())),
+        _ => {
+            return Err(ApiError::NoSuchResource {
+                path: path.to_string(),
+                resources: RESOURCES,
+            })
+        }
     };
     match (req.method.as_str(), path) {
         ("GET", "/vm") => no_body(req).map(|()| Call::VmInfo),
@@ -62,11 +70,7 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         ("GET", "/balloon/statistics") => no_body(req).map(|()| Call::BalloonStats),
         ("PATCH", "/balloon/statistics") => json_body(req).map(Call::PatchBalloonStats),
         ("GET", "/balloon/metrics") => no_body(req).map(|()| Call::BalloonMetrics),
-        (method, _) => Err(ApiError::MethodNotAllowed {
-            method: method.to_string(),
-            path: path.to_string(),
-            allowed,
-        }),
+        _ => Err(method_not_allowed(req, allowed)),
     }
 }
 
@@ -94,60 +98,14 @@ fn json<T: Serialize>(value: &T) -> Result<Response, ApiError> {
         .map_err(|e| ApiError::Internal(format!("cannot encode the response: {e}")))
 }
 
-fn no_body(req: &Request) -> Result<(), ApiError> {
-    if req.body.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "{} {} takes no request body",
-            req.method, req.target
-        )))
-    }
-}
-
-/// Deserializes the body as one JSON value of type `T`; the error names the
-/// field at fault (`amount_mib: invalid type: ...`).
-fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    if let Some(content_type) = &req.content_type {
-        let media_type = content_type.split(';').next().unwrap_or_default().trim();
-        if !media_type.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::UnsupportedMediaType(content_type.clone()));
-        }
-    }
-    match req.body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => {
-            return Err(ApiError::BadRequest(format!(
-                "{} {} needs a JSON request body",
-                req.method, req.target
-            )))
-        }
-        // serde would also take a struct from an array (`[64, true]`).
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "the request body must be a JSON object".into(),
-            ))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(&req.body);
-    let value = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    de.end().map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn request(method: &str, target: &str, body: &str) -> Request {
-        Request {
-            method: method.into(),
-            target: target.into(),
-            content_type: Some("application/json".into()),
-            body: body.as_bytes().to_vec(),
-            keep_alive: false,
-        }
+        let mut req = Request::new(method, target, body.as_bytes());
+        req.content_type = Some("application/json".into());
+        req
     }
 
     fn fault(method: &str, target: &str, body: &str) -> (u16, String) {

@@ -1,66 +1,25 @@
-//! HTTP/1.1 framing for the API: read one request from a connection with
-//! bounded sizes and deadlines, write one response.
+//! HTTP/1.1 framing: read one request from a connection with bounded sizes
+//! and deadlines, write one response, whole or streamed.
 //!
 //! The request line and headers are parsed by `httparse` (hyper's parser);
 //! this file adds what a server needs around it: limits, timeouts, bodies
 //! by `Content-Length` only, `Expect: 100-continue`, keep-alive and
-//! pipelining. HTTP/1.0 requests are answered and the connection closed.
+//! pipelining, chunked streaming responses. HTTP/1.0 requests are answered
+//! and the connection closed.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::error::ApiError;
+use super::limits::{Limits, MAX_HEADER_FIELDS};
+use super::message::{Body, Chunk, ChunkSource, Request, Response};
 
-/// The most header fields a request may have.
-pub const MAX_HEADER_FIELDS: usize = 32;
-
-/// Limits that keep one client from holding or exhausting the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApiLimits {
-    /// Largest request line plus headers, in bytes (431 beyond).
-    pub max_head_bytes: usize,
-    /// Largest request body, in bytes (413 beyond).
-    pub max_body_bytes: usize,
-    /// Time from a request's first byte to its last (408 beyond).
-    pub request_timeout: Duration,
-    /// How long a connection may wait before its first byte of a request:
-    /// a fresh connection gets a 408, an idle keep-alive one is closed.
-    pub idle_timeout: Duration,
-    /// How long writing a response may block on a client that does not read.
-    pub write_timeout: Duration,
-    /// Connections served at once (503 beyond).
-    pub max_connections: usize,
-}
-
-impl Default for ApiLimits {
-    fn default() -> Self {
-        ApiLimits {
-            max_head_bytes: 8 * 1024,
-            max_body_bytes: 16 * 1024,
-            request_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(5),
-            max_connections: 16,
-        }
-    }
-}
-
-/// One complete request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Request {
-    /// The method, as sent (methods are case-sensitive).
-    pub method: String,
-    /// The request target, e.g. `/balloon`.
-    pub target: String,
-    /// The `Content-Type` header, if any.
-    pub content_type: Option<String>,
-    /// The body (empty without `Content-Length`).
-    pub body: Vec<u8>,
-    /// Whether the connection stays open after the response.
-    pub keep_alive: bool,
-}
+/// How long a stream waits for its next chunk before it checks again
+/// whether the client is still there.
+const STREAM_POLL: Duration = Duration::from_millis(100);
 
 /// What reading from a connection gave.
 #[derive(Debug)]
@@ -73,50 +32,6 @@ pub(crate) enum Incoming {
     /// The request cannot be read: answer this error, then close (where
     /// the next request would start is unknown).
     Failed(ApiError),
-}
-
-/// A response to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Response {
-    /// Status code.
-    pub status: u16,
-    /// JSON body; `None` for 204.
-    pub body: Option<String>,
-    /// `Allow` header, for 405.
-    pub allow: Option<&'static str>,
-}
-
-impl Response {
-    /// 204 No Content.
-    pub fn no_content() -> Self {
-        Response {
-            status: 204,
-            body: None,
-            allow: None,
-        }
-    }
-
-    /// 200 with a JSON body.
-    pub fn json(body: String) -> Self {
-        Response {
-            status: 200,
-            body: Some(body),
-            allow: None,
-        }
-    }
-
-    /// The error's status with `{"fault_message": ...}`.
-    pub fn error(err: &ApiError) -> Self {
-        let allow = match err {
-            ApiError::MethodNotAllowed { allowed, .. } => Some(*allowed),
-            _ => None,
-        };
-        Response {
-            status: err.status(),
-            body: Some(err.fault_body()),
-            allow,
-        }
-    }
 }
 
 /// The parsed request line and the headers the server acts on.
@@ -149,7 +64,7 @@ impl Connection {
 
     /// Reads the next request, waiting at most `idle_timeout` for it to
     /// begin and `request_timeout` for it to complete.
-    pub fn next_request(&mut self, limits: &ApiLimits) -> Incoming {
+    pub fn next_request(&mut self, limits: &Limits) -> Incoming {
         if self.buf.is_empty() {
             match self.fill(Instant::now() + limits.idle_timeout) {
                 Ok(0) => return Incoming::Closed,
@@ -223,41 +138,113 @@ impl Connection {
             content_type: head.content_type,
             body,
             keep_alive,
+            http11: head.http11,
         })
     }
 
-    /// Writes a response; `close` adds `Connection: close`.
-    pub fn respond(&mut self, response: &Response, close: bool) -> io::Result<()> {
+    /// Writes a response; `close` adds `Connection: close` (always there
+    /// after a stream). A streamed body is sent chunked to HTTP/1.1 clients
+    /// and until close to HTTP/1.0 ones; it ends when its source ends, when
+    /// the client goes away (noticed within [`STREAM_POLL`] even while the
+    /// source is idle) or when a write blocks past the write timeout.
+    pub fn respond(&mut self, response: Response, http11: bool, close: bool) -> io::Result<()> {
         self.answered += 1;
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nServer: vmm\r\n",
             response.status,
             reason(response.status)
         );
-        if let Some(allow) = response.allow {
-            out.push_str(&format!("Allow: {allow}\r\n"));
+        for (name, value) in &response.headers {
+            // A value from a handler never splits the head.
+            let value: String = value.chars().filter(|c| !c.is_control()).collect();
+            out.push_str(&format!("{name}: {value}\r\n"));
         }
-        if let Some(body) = &response.body {
-            out.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        if close {
+        let (body, mut source) = match response.body {
+            Body::Empty => (Vec::new(), None),
+            Body::Full {
+                content_type,
+                bytes,
+            } => {
+                out.push_str(&format!(
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+                    bytes.len()
+                ));
+                (bytes, None)
+            }
+            Body::Stream {
+                content_type,
+                source,
+            } => {
+                out.push_str(&format!("Content-Type: {content_type}\r\n"));
+                if http11 {
+                    out.push_str("Transfer-Encoding: chunked\r\n");
+                }
+                (Vec::new(), Some(source))
+            }
+        };
+        if close || source.is_some() {
             out.push_str("Connection: close\r\n");
         }
         out.push_str("\r\n");
-        if let Some(body) = &response.body {
-            out.push_str(body);
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        self.write_raw(&out)?;
+        match &mut source {
+            Some(source) => self.stream_body(source.as_mut(), http11),
+            None => Ok(()),
         }
-        self.write_raw(out.as_bytes())
+    }
+
+    /// Sends the chunks of `source` until it ends or the client is gone.
+    fn stream_body(&mut self, source: &mut dyn ChunkSource, chunked: bool) -> io::Result<()> {
+        loop {
+            match source.next_chunk(STREAM_POLL) {
+                Chunk::Data(data) if data.is_empty() => {}
+                Chunk::Data(data) => {
+                    if chunked {
+                        let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+                        framed.extend_from_slice(&data);
+                        framed.extend_from_slice(b"\r\n");
+                        self.write_raw(&framed)?;
+                    } else {
+                        self.write_raw(&data)?;
+                    }
+                }
+                Chunk::Idle => {
+                    if self.peer_gone() {
+                        return Err(io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+                Chunk::End => {
+                    return if chunked {
+                        self.write_raw(b"0\r\n\r\n")
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+        }
+    }
+
+    /// Whether the client has closed its end (or the server shut this
+    /// connection down). A client that only stopped sending (a half-close)
+    /// may still be reading, so it is not gone.
+    fn peer_gone(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+        rc > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
     }
 
     /// After an error response on a request that was not read to its end:
     /// stop writing, and read and drop what the client is still sending
     /// (bounded in bytes and time), so that a client busy writing its body
     /// gets to read the error instead of a broken pipe.
-    pub fn close_after_error(self, limits: &ApiLimits) {
+    pub fn close_after_error(self, limits: &Limits) {
         const DRAIN_BYTES: usize = 1 << 20;
         let _ = self.stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + limits.request_timeout.min(Duration::from_secs(1));
@@ -311,7 +298,7 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn head_too_large(limits: &ApiLimits) -> ApiError {
+fn head_too_large(limits: &Limits) -> ApiError {
     ApiError::HeadTooLarge {
         max_bytes: limits.max_head_bytes,
         max_fields: MAX_HEADER_FIELDS,
@@ -320,7 +307,7 @@ fn head_too_large(limits: &ApiLimits) -> ApiError {
 
 /// Parses the request line and headers at the start of `buf`; `None` while
 /// they are incomplete.
-fn parse_head(buf: &[u8], limits: &ApiLimits) -> Result<Option<Head>, ApiError> {
+fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, ApiError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADER_FIELDS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
@@ -388,6 +375,7 @@ fn parse_content_length(value: &str) -> Result<u64, ApiError> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
         404 => "Not Found",
@@ -410,7 +398,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> Result<Option<Head>, ApiError> {
-        parse_head(raw.as_bytes(), &ApiLimits::default())
+        parse_head(raw.as_bytes(), &Limits::default())
     }
 
     #[test]

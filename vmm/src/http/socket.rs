@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use super::error::ApiServerError;
+use super::error::ServerError;
 
 /// Pending connections the kernel queues before `accept`.
 const BACKLOG: libc::c_int = 64;
@@ -44,8 +44,8 @@ impl SocketFile {
 /// The listener is non-blocking (the accept loop polls it). The socket is
 /// bound, then made 0600, and only then listens: until `listen` every
 /// `connect` is refused, so no one connects through a laxer mode.
-pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiServerError> {
-    let io_err = |what, source| ApiServerError::Io {
+pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerError> {
+    let io_err = |what, source| ServerError::Io {
         what,
         path: path.to_path_buf(),
         source,
@@ -80,7 +80,7 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiServerE
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EADDRINUSE) {
-            return Err(ApiServerError::SocketInUse(path.to_path_buf()));
+            return Err(ServerError::SocketInUse(path.to_path_buf()));
         }
         return Err(io_err("bind", err));
     }
@@ -107,26 +107,26 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ApiServerE
     Ok((UnixListener::from(fd), file))
 }
 
-fn socket_address(path: &Path) -> Result<libc::sockaddr_un, ApiServerError> {
+fn socket_address(path: &Path) -> Result<libc::sockaddr_un, ServerError> {
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     if bytes.is_empty() {
-        return Err(ApiServerError::BadPath(
+        return Err(ServerError::BadPath(
             path.to_path_buf(),
             "the path is empty",
         ));
     }
     if bytes.contains(&0) {
-        return Err(ApiServerError::BadPath(
+        return Err(ServerError::BadPath(
             path.to_path_buf(),
             "the path holds a NUL byte",
         ));
     }
     // Leave room for the terminating NUL.
     if bytes.len() >= addr.sun_path.len() {
-        return Err(ApiServerError::BadPath(
+        return Err(ServerError::BadPath(
             path.to_path_buf(),
             "the path is longer than a Unix socket address allows (107 bytes)",
         ));
@@ -139,12 +139,12 @@ fn socket_address(path: &Path) -> Result<libc::sockaddr_un, ApiServerError> {
 
 /// Removes a socket file nobody listens on; refuses a live socket or a
 /// path that is not a socket.
-fn clear_stale(path: &Path) -> Result<(), ApiServerError> {
+fn clear_stale(path: &Path) -> Result<(), ServerError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(ApiServerError::Io {
+            return Err(ServerError::Io {
                 what: "stat",
                 path: path.to_path_buf(),
                 source,
@@ -152,18 +152,18 @@ fn clear_stale(path: &Path) -> Result<(), ApiServerError> {
         }
     };
     if !meta.file_type().is_socket() {
-        return Err(ApiServerError::NotASocket(path.to_path_buf()));
+        return Err(ServerError::NotASocket(path.to_path_buf()));
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(ApiServerError::SocketInUse(path.to_path_buf())),
+        Ok(_) => Err(ServerError::SocketInUse(path.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            fs::remove_file(path).map_err(|source| ApiServerError::Io {
+            fs::remove_file(path).map_err(|source| ServerError::Io {
                 what: "remove the stale socket",
                 path: path.to_path_buf(),
                 source,
             })
         }
-        Err(source) => Err(ApiServerError::Io {
+        Err(source) => Err(ServerError::Io {
             what: "check whether the existing socket is live",
             path: path.to_path_buf(),
             source,

@@ -1,0 +1,219 @@
+//! `vmm daemon`: VMs started through its control API as real `vmm run`
+//! children, chosen and killed by the OOM decision the way the kernel's OOM
+//! killer chooses tasks, with every decision recorded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use vmm_integration_tests::{api, poll_until, require_kvm, vmm_bin, MIB};
+
+const BOOT: Duration = Duration::from_secs(20);
+
+/// A daemon process with its own socket and state directory; killed and
+/// cleaned up on drop.
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    state: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str) -> Daemon {
+        require_kvm();
+        let base = std::env::temp_dir().join(format!("vmm-daemon-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let sock = base.join("daemon.sock");
+        let state = base.join("state");
+        let child = Command::new(vmm_bin())
+            .args([
+                "daemon",
+                "--socket",
+                sock.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        poll_until(BOOT, || sock.exists().then_some(())).expect("daemon socket never appeared");
+        Daemon { child, sock, state }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, body) = api(&self.sock, method, path, body);
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+
+    fn create(&self, body: &str) -> Value {
+        let (status, vm) = self.call("POST", "/vms", Some(body));
+        assert_eq!(status, 201, "{vm}");
+        vm
+    }
+
+    /// Waits until VM `id`'s console shows `needle`.
+    fn wait_console(&self, id: &str, needle: &str) {
+        let console = self.state.join("vms").join(id).join("console.log");
+        poll_until(BOOT, || {
+            std::fs::read_to_string(&console)
+                .ok()
+                .filter(|c| c.contains(needle))
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("{id} never printed {needle:?}"));
+    }
+
+    fn vm(&self, id: &str) -> Value {
+        let (status, vm) = self.call("GET", &format!("/vms/{id}"), None);
+        assert_eq!(status, 200, "{vm}");
+        vm
+    }
+
+    fn trigger(&self, dry_run: bool) -> Value {
+        let (status, d) = self.call(
+            "POST",
+            "/oom/trigger",
+            Some(&format!("{{\"dry_run\": {dry_run}}}")),
+        );
+        assert_eq!(status, 200, "{d}");
+        d
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon stops its VMs; then make sure.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = poll_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.state.parent().unwrap());
+    }
+}
+
+fn oom_kills() -> u64 {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap();
+    vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn the_highest_badness_vm_dies_and_minus_1000_never_does() {
+    let d = Daemon::start("select");
+    let kernel_kills = oom_kills();
+    // "big" would be the kernel's choice by size, but is exempt.
+    d.create(r#"{"id": "big", "mem_mib": 256, "cmdline": "tiny.touch=160M tiny.hold=forever", "oom_score_adj": -1000}"#);
+    d.create(r#"{"id": "medium", "mem_mib": 192, "cmdline": "tiny.touch=96M tiny.hold=forever"}"#);
+    d.create(r#"{"id": "small", "mem_mib": 64, "cmdline": "tiny.touch=32M tiny.hold=forever"}"#);
+    for id in ["big", "medium", "small"] {
+        d.wait_console(id, "tiny-guest: hold");
+    }
+
+    // A dry run explains and changes nothing.
+    let dry = d.trigger(true);
+    assert_eq!(dry["victim"], "medium", "{dry}");
+    let table = dry["table"].as_array().unwrap();
+    assert_eq!(table.len(), 3, "{dry}");
+    let big = table.iter().find(|r| r["id"] == "big").unwrap();
+    assert!(big["badness"].is_null(), "-1000 is never scored: {big}");
+    assert_eq!(d.vm("medium")["state"], "running");
+
+    let medium_pid = d.vm("medium")["pid"].as_u64().unwrap();
+    let decision = d.trigger(false);
+    assert_eq!(decision["victim"], "medium", "{decision}");
+    poll_until(BOOT, || (d.vm("medium")["state"] == "killed").then_some(()))
+        .expect("medium not killed");
+    assert!(!pid_alive(medium_pid), "the victim was reaped");
+    let (_, events) = d.call("GET", "/events?since=0", None);
+    let kill = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "oom_kill")
+        .expect("an oom_kill event")
+        .clone();
+    assert_eq!(kill["vm"], "medium", "{kill}");
+    assert!(kill["bytes_freed"].as_u64().unwrap() >= 96 * MIB, "{kill}");
+    let freed_us = kill["kill_to_freed_us"].as_u64().unwrap();
+    assert!(freed_us < 2_000_000, "memory back within 2 s: {kill}");
+    assert!(
+        !d.state.join("vms/medium/api.sock").exists(),
+        "socket cleaned up"
+    );
+
+    // Next: small. Then nobody, ever big.
+    assert_eq!(d.trigger(false)["victim"], "small");
+    poll_until(BOOT, || (d.vm("small")["state"] == "killed").then_some(()))
+        .expect("small not killed");
+    let last = d.trigger(false);
+    assert!(last["victim"].is_null(), "{last}");
+    assert_eq!(d.vm("big")["state"], "running");
+    assert_eq!(
+        oom_kills(),
+        kernel_kills,
+        "the kernel's OOM killer never fired"
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let d = Daemon::start("bad");
+    for (method, path, body, status) in [
+        ("POST", "/vms", r#"{"mem_mib": "lots"}"#, 400),
+        (
+            "POST",
+            "/vms",
+            r#"{"mem_mib": 64, "oom_score_adj": 5000}"#,
+            400,
+        ),
+        ("POST", "/vms", r#"{"mem_mib": 64, "colour": "red"}"#, 400),
+        ("POST", "/vms", r#"{"id": "../etc", "mem_mib": 64}"#, 400),
+        ("PATCH", "/vms/nope", r#"{"oom_score_adj": 0}"#, 404),
+        ("DELETE", "/vms/nope", "", 404),
+        ("PATCH", "/oom", r#"{"action": "explode"}"#, 400),
+        ("GET", "/nowhere", "", 404),
+    ] {
+        let (got, body) = d.call(
+            method,
+            path,
+            if body.is_empty() { None } else { Some(body) },
+        );
+        assert_eq!(got, status, "{method} {path} {body}");
+        assert!(
+            body["fault_message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    let (_, vms) = d.call("GET", "/vms", None);
+    assert_eq!(vms.as_array().unwrap().len(), 0, "{vms}");
+}
+
+#[test]
+fn deleting_a_vm_stops_it_and_removes_its_files() {
+    let d = Daemon::start("delete");
+    d.create(r#"{"id": "x", "mem_mib": 32, "cmdline": "tiny.hold=forever"}"#);
+    d.wait_console("x", "tiny-guest: hold");
+    let pid = d.vm("x")["pid"].as_u64().unwrap();
+    assert_eq!(d.call("DELETE", "/vms/x", None).0, 204);
+    assert!(!pid_alive(pid));
+    assert!(!d.state.join("vms/x").exists());
+    assert_eq!(d.call("GET", "/vms/x", None).0, 404);
+}

@@ -1,0 +1,1407 @@
+//! `vmm ctl`: the command-line client of the daemon's API
+//! ([`crate::daemon_api`]). It prints aligned tables with sizes in MiB, or
+//! the API's JSON with `--json`; an error prints the daemon's
+//! `fault_message` and exits non-zero.
+//!
+//! ```text
+//! vmm ctl create --mem 128M --id web-1 --oom-score-adj -500
+//! vmm ctl list
+//! vmm ctl set web-1 --balloon-target-mib 32
+//! vmm ctl oom set --action kill --dump-vms true
+//! vmm ctl oom trigger --dry-run
+//! vmm ctl events --follow
+//! ```
+//!
+//! The formatting functions are pure (a view in, text out) so they are
+//! tested on their own; [`execute`] runs a command against a socket and
+//! writes to any `Write`.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::BalloonConfig;
+use crate::daemon_api::{OomAction, OomPatch, OomTrigger, OomView, VmPatch, VmSpec, VmView};
+use crate::http::{Client, ClientError};
+use crate::size::ByteSize;
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/vmm/daemon.sock";
+/// The environment variable that overrides [`DEFAULT_SOCKET`].
+pub const SOCKET_ENV: &str = "VMM_DAEMON_SOCKET";
+
+/// `vmm ctl [--socket PATH] [--json] <command>`.
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// The daemon's API socket [default: $VMM_DAEMON_SOCKET, else
+    /// /run/vmm/daemon.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the API's JSON instead of tables (events: one JSON object a
+    /// line).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The commands of `vmm ctl`.
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// List the VMs: ID PID STATE POOL MEM RSS SWAP ADJ BADNESS SCORE BALLOON.
+    List,
+    /// Show one VM.
+    Get {
+        /// The VM's id.
+        id: String,
+    },
+    /// Create and boot a VM.
+    Create(CreateArgs),
+    /// Change a VM's oom_score_adj or balloon target.
+    Set(SetArgs),
+    /// Stop a VM and forget it.
+    Delete {
+        /// The VM's id.
+        id: String,
+    },
+    /// Show the OOM policy and memory pressure; `oom set`, `oom trigger`.
+    Oom(OomArgs),
+    /// Show the event log, or follow it.
+    Events(EventsArgs),
+    /// Print the daemon's Prometheus metrics.
+    Metrics,
+}
+
+/// `vmm ctl create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Guest RAM, e.g. 128M or 1G (a whole number of MiB, at least 8M).
+    #[arg(long)]
+    pub mem: ByteSize,
+    /// Number of vCPUs [default: 1].
+    #[arg(long)]
+    pub vcpus: Option<u8>,
+    /// Kernel (PVH ELF or bzImage) [default: the embedded tiny guest].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Add a virtio-balloon device: `amount_mib=N,deflate_on_oom=BOOL,
+    /// stats_polling_interval_s=N,free_page_reporting=BOOL` (all optional).
+    #[arg(long, value_parser = parse_balloon)]
+    pub balloon: Option<BalloonConfig>,
+    /// oom_score_adj, -1000 (never chosen) to 1000 [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub oom_score_adj: Option<i16>,
+    /// The pool the VM belongs to.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// The VM's id [default: one the daemon makes up].
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+/// `vmm ctl set`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("change").required(true).multiple(true)))]
+pub struct SetArgs {
+    /// The VM's id.
+    pub id: String,
+    /// New oom_score_adj, -1000 to 1000.
+    #[arg(long, allow_negative_numbers = true, group = "change")]
+    pub oom_score_adj: Option<i16>,
+    /// New balloon target in MiB.
+    #[arg(long, group = "change")]
+    pub balloon_target_mib: Option<u32>,
+}
+
+/// `vmm ctl oom [set|trigger]`.
+#[derive(Args, Debug)]
+pub struct OomArgs {
+    /// Without a command: show the policy and the pressure.
+    #[command(subcommand)]
+    pub command: Option<OomCommand>,
+}
+
+/// The commands of `vmm ctl oom`.
+#[derive(Subcommand, Debug)]
+pub enum OomCommand {
+    /// Show the policy and the pressure (the default).
+    Show,
+    /// Change policy knobs.
+    Set(OomSetArgs),
+    /// Make an OOM decision now, like sysrq-f, and print it.
+    Trigger {
+        /// Decide and record, but do not act.
+        #[arg(long)]
+        dry_run: bool,
+        /// Decide within this pool only.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+}
+
+/// The on-OOM action, for `oom set --action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ActionArg {
+    /// Kill the chosen VM and reap its memory.
+    Kill,
+    /// Stop its vCPUs.
+    Pause,
+    /// Only record the decision.
+    Notify,
+}
+
+/// `vmm ctl oom set`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("knob").required(true).multiple(true)))]
+pub struct OomSetArgs {
+    /// What to do with the chosen VM.
+    #[arg(long, value_enum, group = "knob")]
+    pub action: Option<ActionArg>,
+    /// Choose the fastest-growing VM (vm.oom_kill_allocating_task).
+    #[arg(long, value_name = "BOOL", group = "knob")]
+    pub kill_fastest_grower: Option<bool>,
+    /// Put the VM table into each decision (vm.oom_dump_tasks).
+    #[arg(long, value_name = "BOOL", group = "knob")]
+    pub dump_vms: Option<bool>,
+    /// Inflate balloons before killing.
+    #[arg(long, value_name = "BOOL", group = "knob")]
+    pub reclaim_first: Option<bool>,
+    /// How long reclaim must make no progress before a kill, in ms.
+    #[arg(long, value_name = "MS", group = "knob")]
+    pub no_progress_ms: Option<u64>,
+    /// Least time between two kills, in ms.
+    #[arg(long, value_name = "MS", group = "knob")]
+    pub min_kill_interval_ms: Option<u64>,
+    /// PSI "some" stall within the window that wakes the daemon, in µs.
+    #[arg(long, value_name = "US", group = "knob")]
+    pub psi_some_threshold_us: Option<u64>,
+    /// PSI trigger window, in µs (500000 to 10000000).
+    #[arg(long, value_name = "US", group = "knob")]
+    pub psi_window_us: Option<u64>,
+}
+
+/// `vmm ctl events`.
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Keep printing new events as they happen (until interrupted).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// No answer from the daemon.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// The daemon answered with an error.
+    #[error("{message} (HTTP {status})")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// Its `fault_message`.
+        message: String,
+    },
+    /// The daemon's answer is not what this client expects.
+    #[error("unexpected answer from the daemon: {0}")]
+    Decode(String),
+    /// A bad argument that clap cannot check.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Runs `vmm ctl`: exit status 0 on success, 1 with the error on stderr.
+pub fn run(args: CtlArgs) -> ExitCode {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match execute(&args, &mut out).and_then(|()| Ok(out.flush()?)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `vmm ctl events --follow | head`: the reader left; not an error.
+        Err(CtlError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The socket: `--socket`, else `$VMM_DAEMON_SOCKET`, else
+/// [`DEFAULT_SOCKET`].
+pub fn socket_path(arg: Option<&Path>) -> PathBuf {
+    match arg {
+        Some(path) => path.to_path_buf(),
+        None => std::env::var_os(SOCKET_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from),
+    }
+}
+
+/// Runs one command against the daemon and writes what it prints to `out`.
+pub fn execute(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let api = Api {
+        client: Client::new(socket_path(args.socket.as_deref())),
+    };
+    let json = args.json;
+    match &args.command {
+        CtlCommand::List => {
+            let (raw, vms): (Value, Vec<VmView>) = api.call("GET", "/vms", None)?;
+            if json {
+                print_json(out, &raw)
+            } else {
+                Ok(out.write_all(vm_table(&vms).as_bytes())?)
+            }
+        }
+        CtlCommand::Get { id } => {
+            let (raw, vm): (Value, VmView) = api.call("GET", &vm_path(id), None)?;
+            print_vm(out, json, &raw, &vm)
+        }
+        CtlCommand::Create(create) => {
+            let body = to_json(&create_spec(create)?)?;
+            let (raw, vm): (Value, VmView) = api.call("POST", "/vms", Some(&body))?;
+            print_vm(out, json, &raw, &vm)
+        }
+        CtlCommand::Set(set) => {
+            let patch = VmPatch {
+                oom_score_adj: set.oom_score_adj,
+                balloon_target_mib: set.balloon_target_mib,
+            };
+            let (raw, vm): (Value, VmView) =
+                api.call("PATCH", &vm_path(&set.id), Some(&to_json(&patch)?))?;
+            print_vm(out, json, &raw, &vm)
+        }
+        CtlCommand::Delete { id } => {
+            api.send("DELETE", &vm_path(id), None)?;
+            if !json {
+                writeln!(out, "deleted {id}")?;
+            }
+            Ok(())
+        }
+        CtlCommand::Oom(OomArgs { command }) => match command {
+            None | Some(OomCommand::Show) => {
+                let (raw, oom): (Value, OomView) = api.call("GET", "/oom", None)?;
+                print_oom(out, json, &raw, &oom)
+            }
+            Some(OomCommand::Set(set)) => {
+                let body = to_json(&oom_patch(set))?;
+                let (raw, oom): (Value, OomView) = api.call("PATCH", "/oom", Some(&body))?;
+                print_oom(out, json, &raw, &oom)
+            }
+            Some(OomCommand::Trigger { dry_run, pool }) => {
+                let trigger = OomTrigger {
+                    dry_run: *dry_run,
+                    pool: pool.clone(),
+                };
+                let (raw, _): (Value, Value) =
+                    api.call("POST", "/oom/trigger", Some(&to_json(&trigger)?))?;
+                if json {
+                    print_json(out, &raw)
+                } else {
+                    Ok(out.write_all(decision_text(&raw).as_bytes())?)
+                }
+            }
+        },
+        CtlCommand::Events(events) => api.events(events, json, out),
+        CtlCommand::Metrics => {
+            let body = api.send("GET", "/metrics", None)?;
+            Ok(out.write_all(&body)?)
+        }
+    }
+}
+
+fn vm_path(id: &str) -> String {
+    format!("/vms/{id}")
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CtlError> {
+    serde_json::to_string(value).map_err(|e| CtlError::Decode(e.to_string()))
+}
+
+fn print_json(out: &mut dyn Write, value: &Value) -> Result<(), CtlError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CtlError::Decode(e.to_string()))?;
+    Ok(writeln!(out, "{text}")?)
+}
+
+fn print_vm(out: &mut dyn Write, json: bool, raw: &Value, vm: &VmView) -> Result<(), CtlError> {
+    if json {
+        print_json(out, raw)
+    } else {
+        Ok(out.write_all(vm_text(vm).as_bytes())?)
+    }
+}
+
+fn print_oom(out: &mut dyn Write, json: bool, raw: &Value, oom: &OomView) -> Result<(), CtlError> {
+    if json {
+        print_json(out, raw)
+    } else {
+        Ok(out.write_all(oom_text(oom).as_bytes())?)
+    }
+}
+
+/// The request body of `create`.
+fn create_spec(args: &CreateArgs) -> Result<VmSpec, CtlError> {
+    const MIB: u64 = 1 << 20;
+    let mem = args.mem.0;
+    if mem % MIB != 0 || u32::try_from(mem / MIB).is_err() {
+        return Err(CtlError::Usage(format!(
+            "--mem {}: give a whole number of MiB (e.g. 128M)",
+            args.mem
+        )));
+    }
+    // The daemon does not share our working directory.
+    let absolute = |path: &Option<PathBuf>| -> Result<Option<String>, CtlError> {
+        path.as_ref()
+            .map(|p| {
+                std::path::absolute(p)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .map_err(|e| CtlError::Usage(format!("{}: {e}", p.display())))
+            })
+            .transpose()
+    };
+    Ok(VmSpec {
+        id: args.id.clone(),
+        kernel: absolute(&args.kernel)?,
+        initrd: absolute(&args.initrd)?,
+        cmdline: args.cmdline.clone(),
+        mem_mib: (mem / MIB) as u32,
+        vcpus: args.vcpus.unwrap_or(1),
+        balloon: args.balloon,
+        oom_score_adj: args.oom_score_adj.unwrap_or(0),
+        pool: args.pool.clone(),
+    })
+}
+
+fn oom_patch(args: &OomSetArgs) -> OomPatch {
+    OomPatch {
+        action: args.action.map(|a| match a {
+            ActionArg::Kill => OomAction::Kill,
+            ActionArg::Pause => OomAction::Pause,
+            ActionArg::Notify => OomAction::Notify,
+        }),
+        kill_fastest_grower: args.kill_fastest_grower,
+        dump_vms: args.dump_vms,
+        reclaim_first: args.reclaim_first,
+        no_progress_ms: args.no_progress_ms,
+        min_kill_interval_ms: args.min_kill_interval_ms,
+        psi_some_threshold_us: args.psi_some_threshold_us,
+        psi_window_us: args.psi_window_us,
+    }
+}
+
+/// Parses `--balloon key=value,...` (the keys of the per-VM
+/// `PUT /balloon`, all optional).
+pub fn parse_balloon(spec: &str) -> Result<BalloonConfig, String> {
+    let mut cfg = BalloonConfig {
+        amount_mib: 0,
+        deflate_on_oom: false,
+        stats_polling_interval_s: 0,
+        free_page_reporting: false,
+    };
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not key=value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{key}: '{value}': {e}");
+        match key {
+            "amount_mib" => cfg.amount_mib = value.parse().map_err(|e| bad(&e))?,
+            "deflate_on_oom" => cfg.deflate_on_oom = value.parse().map_err(|e| bad(&e))?,
+            "stats_polling_interval_s" => {
+                cfg.stats_polling_interval_s = value.parse().map_err(|e| bad(&e))?
+            }
+            "free_page_reporting" => {
+                cfg.free_page_reporting = value.parse().map_err(|e| bad(&e))?
+            }
+            _ => {
+                return Err(format!(
+                    "unknown balloon option '{key}' (amount_mib, deflate_on_oom, \
+                     stats_polling_interval_s, free_page_reporting)"
+                ))
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+/// The daemon's API, as this client uses it.
+struct Api {
+    client: Client,
+}
+
+impl Api {
+    /// One request; the body of a 2xx answer, or the daemon's error.
+    fn send(&self, method: &str, target: &str, body: Option<&str>) -> Result<Vec<u8>, CtlError> {
+        let res = self.client.request(method, target, body)?;
+        if (200..300).contains(&res.status) {
+            Ok(res.body)
+        } else {
+            Err(CtlError::Api {
+                status: res.status,
+                message: res.fault_message(),
+            })
+        }
+    }
+
+    /// One request whose answer is JSON: as sent, and as `T`.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        target: &str,
+        body: Option<&str>,
+    ) -> Result<(Value, T), CtlError> {
+        let bytes = self.send(method, target, body)?;
+        let raw: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| CtlError::Decode(format!("{method} {target}: {e}")))?;
+        let typed = serde_json::from_value(raw.clone())
+            .map_err(|e| CtlError::Decode(format!("{method} {target}: {e}")))?;
+        Ok((raw, typed))
+    }
+
+    /// `events`: the history, or the stream with `--follow`.
+    fn events(&self, args: &EventsArgs, json: bool, out: &mut dyn Write) -> Result<(), CtlError> {
+        let line = |out: &mut dyn Write, event: &Value| -> Result<(), CtlError> {
+            if json {
+                writeln!(out, "{event}")?;
+            } else {
+                writeln!(out, "{}", event_line(event))?;
+            }
+            Ok(out.flush()?)
+        };
+        if !args.follow {
+            let (_, events): (Value, Vec<Value>) =
+                self.call("GET", &format!("/events?since={}", args.since), None)?;
+            return events.iter().try_for_each(|e| line(out, e));
+        }
+        let target = format!("/events?since={}&follow=true", args.since);
+        let io_err = |source| ClientError::Io {
+            path: self.client.path().to_path_buf(),
+            source,
+        };
+        let mut res = self.client.stream("GET", &target, None)?;
+        if res.status != 200 {
+            let mut body = Vec::new();
+            res.body.read_to_end(&mut body).map_err(io_err)?;
+            let res = crate::http::ClientResponse {
+                status: res.status,
+                headers: res.headers,
+                body,
+            };
+            return Err(CtlError::Api {
+                status: res.status,
+                message: res.fault_message(),
+            });
+        }
+        let mut text = String::new();
+        loop {
+            text.clear();
+            let n = res.body.read_line(&mut text).map_err(io_err)?;
+            if n == 0 {
+                return Ok(()); // the daemon ended the stream
+            }
+            let event: Value = serde_json::from_str(&text)
+                .map_err(|e| CtlError::Decode(format!("event {text:?}: {e}")))?;
+            line(out, &event)?;
+        }
+    }
+}
+
+// ---- formatting ----
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Bytes as MiB: whole above 100 MiB or when exact, else one decimal;
+/// `<0.1MiB` for a sliver, `0MiB` for nothing.
+pub fn mib(bytes: u64) -> String {
+    let m = bytes as f64 / MIB;
+    if bytes == 0 {
+        "0MiB".into()
+    } else if m < 0.05 {
+        "<0.1MiB".into()
+    } else if m >= 100.0 || bytes % (1 << 20) == 0 {
+        format!("{m:.0}MiB")
+    } else {
+        format!("{m:.1}MiB")
+    }
+}
+
+/// Unix milliseconds as an ISO 8601 UTC time, e.g.
+/// `2023-11-14T22:13:20.000Z`.
+pub fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// An aligned table: two spaces between columns, `right` columns
+/// right-aligned, no trailing spaces.
+pub fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let cols = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate().take(cols) {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Label-value lines with the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (key, value) in pairs {
+        let _ = writeln!(out, "{key:<width$}  {value}");
+    }
+    out
+}
+
+/// The table of `vmm ctl list`.
+pub fn vm_table(vms: &[VmView]) -> String {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|vm| {
+            vec![
+                vm.id.clone(),
+                or_dash(vm.pid),
+                vm.state.as_str().to_string(),
+                or_dash(vm.pool.as_deref()),
+                mib(u64::from(vm.mem_mib) << 20),
+                mib(vm.rss_bytes),
+                mib(vm.swap_bytes),
+                vm.oom_score_adj.to_string(),
+                or_dash(vm.badness),
+                or_dash(vm.oom_score),
+                vm.balloon.map_or_else(
+                    || "-".to_string(),
+                    |b| format!("{}/{}MiB", b.actual_mib, b.target_mib),
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "PID", "STATE", "POOL", "MEM", "RSS", "SWAP", "ADJ", "BADNESS", "SCORE",
+            "BALLOON",
+        ],
+        &[
+            false, true, false, false, true, true, true, true, true, true, true,
+        ],
+        &rows,
+    )
+}
+
+/// One VM, for `get`, `create` and `set`.
+pub fn vm_text(vm: &VmView) -> String {
+    let vcpus = if vm.vcpus == 1 { "vCPU" } else { "vCPUs" };
+    fields(&[
+        ("id", vm.id.clone()),
+        ("state", vm.state.as_str().to_string()),
+        ("pid", or_dash(vm.pid)),
+        ("pool", or_dash(vm.pool.as_deref())),
+        (
+            "memory",
+            format!("{}, {} {vcpus}", mib(u64::from(vm.mem_mib) << 20), vm.vcpus),
+        ),
+        (
+            "rss",
+            format!(
+                "{} (guest RAM resident {})",
+                mib(vm.rss_bytes),
+                mib(vm.guest_ram_resident_bytes)
+            ),
+        ),
+        ("swap", mib(vm.swap_bytes)),
+        ("page tables", mib(vm.page_tables_bytes)),
+        (
+            "balloon",
+            vm.balloon.map_or_else(
+                || "none".to_string(),
+                |b| format!("{} MiB of {} MiB target", b.actual_mib, b.target_mib),
+            ),
+        ),
+        ("oom_score_adj", vm.oom_score_adj.to_string()),
+        ("badness", or_dash(vm.badness)),
+        ("oom_score", or_dash(vm.oom_score)),
+        ("created", utc_time(vm.created_at_ms)),
+        ("exit", or_dash(vm.exit.as_deref())),
+    ])
+}
+
+/// The policy and the pressure, for `oom` and `oom set`.
+pub fn oom_text(oom: &OomView) -> String {
+    let p = &oom.policy;
+    let q = &oom.pressure;
+    let mut out = fields(&[
+        ("action", p.action.as_str().to_string()),
+        ("kill_fastest_grower", p.kill_fastest_grower.to_string()),
+        ("dump_vms", p.dump_vms.to_string()),
+        ("reclaim_first", p.reclaim_first.to_string()),
+        ("no_progress_ms", p.no_progress_ms.to_string()),
+        ("min_kill_interval_ms", p.min_kill_interval_ms.to_string()),
+        ("psi_some_threshold_us", p.psi_some_threshold_us.to_string()),
+        ("psi_window_us", p.psi_window_us.to_string()),
+        (
+            "memory",
+            format!(
+                "{} available of {}, swap free {}",
+                mib(q.mem_available_bytes),
+                mib(q.mem_total_bytes),
+                mib(q.swap_free_bytes)
+            ),
+        ),
+        (
+            "psi avg10",
+            format!(
+                "some {:.2}%, full {:.2}%",
+                q.psi_some_avg10, q.psi_full_avg10
+            ),
+        ),
+    ]);
+    if !q.pools.is_empty() {
+        let rows: Vec<Vec<String>> = q
+            .pools
+            .iter()
+            .map(|pool| {
+                vec![
+                    pool.name.clone(),
+                    serde_json::to_value(pool.constraint)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    pool.limit_bytes.map_or_else(|| "-".to_string(), mib),
+                    mib(pool.usage_bytes),
+                    pool.vms.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(
+            &["POOL", "CONSTRAINT", "LIMIT", "USAGE", "VMS"],
+            &[false, false, true, true, true],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// A JSON value as a short text: strings bare, the rest as JSON.
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Bytes of a table row: `<name>_bytes`, else `<name>_pages` × the page
+/// size.
+fn row_bytes(row: &Value, name: &str) -> Option<u64> {
+    row.get(format!("{name}_bytes"))
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            row.get(format!("{name}_pages"))
+                .and_then(Value::as_u64)
+                .map(|pages| pages * crate::oom::host::page_size())
+        })
+}
+
+/// The id of a decision's victim (`"id"` or `{"id": ...}`).
+fn victim_id(decision: &Value) -> Option<String> {
+    match decision.get("victim")? {
+        Value::String(id) => Some(id.clone()),
+        Value::Object(v) => v.get("id").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// An OOM decision event, for `oom trigger`: the domain, the candidate
+/// table with scores (the victim marked `*`), the reason and the victim.
+pub fn decision_text(d: &Value) -> String {
+    let get = |k: &str| d.get(k).map(scalar);
+    let victim = victim_id(d);
+    let mut out = String::new();
+    let mut head = format!("OOM decision #{}", get("seq").unwrap_or_else(|| "?".into()));
+    if d.get("dry_run").and_then(Value::as_bool) == Some(true) {
+        head.push_str(" (dry run)");
+    }
+    if let Some(trigger) = get("trigger") {
+        let _ = write!(head, ", trigger {trigger}");
+    }
+    if let Some(time) = d.get("time_ms").and_then(Value::as_u64) {
+        let _ = write!(head, ", at {}", utc_time(time));
+    }
+    out.push_str(&head);
+    out.push('\n');
+    let mut domain = get("constraint").unwrap_or_else(|| "-".into());
+    if let (Some(basis), Some(pages)) = (get("basis"), get("totalpages")) {
+        let _ = write!(domain, ": {basis}, {pages} pages");
+    }
+    let mut lines = vec![("constraint", domain)];
+    if let Some(action) = get("action") {
+        lines.push(("action", action));
+    }
+    out.push_str(&fields(&lines));
+    let rows = d
+        .get("table")
+        .or_else(|| d.get("candidates"))
+        .and_then(Value::as_array);
+    match rows {
+        Some(rows) if !rows.is_empty() => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|row| {
+                    let id = row.get("id").map(scalar).unwrap_or_default();
+                    let mark = if victim.as_deref() == Some(id.as_str()) {
+                        "*"
+                    } else {
+                        ""
+                    };
+                    let size = |name| row_bytes(row, name).map_or_else(|| "-".to_string(), mib);
+                    let growth = row
+                        .get("growth_bytes_per_s")
+                        .and_then(Value::as_i64)
+                        .map_or_else(|| "-".into(), |g| format!("{}KiB/s", g / 1024));
+                    vec![
+                        mark.to_string(),
+                        id,
+                        size("rss"),
+                        size("swap"),
+                        size("pgtables"),
+                        row.get("oom_score_adj").map(scalar).unwrap_or_default(),
+                        row.get("badness").map(scalar).unwrap_or_else(|| "-".into()),
+                        row.get("oom_score")
+                            .map(scalar)
+                            .unwrap_or_else(|| "-".into()),
+                        growth,
+                    ]
+                })
+                .collect();
+            out.push('\n');
+            out.push_str(&table(
+                &[
+                    "", "ID", "RSS", "SWAP", "PGTABLES", "ADJ", "BADNESS", "SCORE", "GROWTH",
+                ],
+                &[false, false, true, true, true, true, true, true, true],
+                &cells,
+            ));
+            out.push('\n');
+        }
+        Some(_) => out.push_str("\n(no candidates)\n\n"),
+        None => {}
+    }
+    out.push_str(&fields(&[
+        ("reason", get("reason").unwrap_or_else(|| "-".into())),
+        ("victim", victim.unwrap_or_else(|| "none".into())),
+    ]));
+    out
+}
+
+/// One event as one line: time, `#seq`, kind, then its fields as
+/// `key=value` (an OOM decision shows its victim, domain, action and
+/// reason, and the number of candidates instead of its table).
+pub fn event_line(event: &Value) -> String {
+    let time = event
+        .get("time_ms")
+        .and_then(Value::as_u64)
+        .map_or_else(|| "-".to_string(), utc_time);
+    let seq = event.get("seq").map(scalar).unwrap_or_else(|| "?".into());
+    let kind = event.get("kind").map(scalar).unwrap_or_else(|| "?".into());
+    let mut line = format!("{time}  #{seq}  {kind}");
+    let Some(fields) = event.as_object() else {
+        return line;
+    };
+    // (key, text, whether the text is a string that may need quotes)
+    let mut pairs: Vec<(&str, String, bool)> = Vec::new();
+    if kind == "oom_decision" {
+        pairs.push((
+            "victim",
+            victim_id(event).unwrap_or_else(|| "none".into()),
+            true,
+        ));
+    }
+    // The VM an event is about first, the rest in key order.
+    let mut keys: Vec<&String> = fields.keys().collect();
+    keys.sort_by_key(|k| (!matches!(k.as_str(), "vm" | "id"), k.as_str()));
+    for key in keys {
+        let value = &fields[key];
+        match key.as_str() {
+            "seq" | "time_ms" | "kind" => {}
+            "victim" if kind == "oom_decision" => {}
+            "table" | "candidates" => {
+                let n = value.as_array().map_or(0, Vec::len);
+                pairs.push(("candidates", n.to_string(), false));
+            }
+            _ => pairs.push((key, scalar(value), value.is_string())),
+        }
+    }
+    for (key, text, is_string) in pairs {
+        let quote = is_string
+            && (text.is_empty() || text.contains(char::is_whitespace) || text.contains('"'));
+        if quote {
+            let _ = write!(line, " {key}={text:?}");
+        } else {
+            let _ = write!(line, " {key}={text}");
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon_api::{
+        BalloonView, ConstraintKind, OomPolicy, PoolView, PressureView, VmState,
+    };
+    use serde_json::json;
+
+    fn vm(id: &str) -> VmView {
+        VmView {
+            id: id.into(),
+            pid: Some(4242),
+            state: VmState::Running,
+            pool: None,
+            mem_mib: 128,
+            vcpus: 1,
+            oom_score_adj: 0,
+            rss_bytes: 70 << 20,
+            swap_bytes: 0,
+            page_tables_bytes: 300 << 10,
+            guest_ram_resident_bytes: 64 << 20,
+            balloon: None,
+            badness: Some(17_995),
+            oom_score: Some(2),
+            exit: None,
+            created_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn sizes_and_times() {
+        assert_eq!(mib(0), "0MiB");
+        assert_eq!(mib(1), "<0.1MiB");
+        assert_eq!(mib(300 << 10), "0.3MiB");
+        assert_eq!(mib(1 << 20), "1MiB");
+        assert_eq!(mib((3 << 20) + (1 << 19)), "3.5MiB");
+        assert_eq!(mib((150 << 20) + 12345), "150MiB");
+        assert_eq!(mib(24 << 30), "24576MiB");
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn list_table_is_aligned() {
+        let mut b = vm("web-1");
+        b.id = "batch-worker-2".into();
+        b.pid = None;
+        b.state = VmState::Killed;
+        b.pool = Some("batch".into());
+        b.mem_mib = 1024;
+        b.rss_bytes = 0;
+        b.oom_score_adj = -1000;
+        b.badness = None;
+        b.oom_score = None;
+        b.balloon = Some(BalloonView {
+            target_mib: 256,
+            actual_mib: 200,
+        });
+        b.exit = Some("killed by the OOM killer".into());
+        let text = vm_table(&[vm("web-1"), b]);
+        assert_eq!(
+            text,
+            "\
+ID               PID  STATE    POOL       MEM    RSS  SWAP    ADJ  BADNESS  SCORE     BALLOON
+web-1           4242  running  -       128MiB  70MiB  0MiB      0    17995      2           -
+batch-worker-2     -  killed   batch  1024MiB   0MiB  0MiB  -1000        -      -  200/256MiB
+"
+        );
+        assert_eq!(
+            vm_table(&[]),
+            "ID  PID  STATE  POOL  MEM  RSS  SWAP  ADJ  BADNESS  SCORE  BALLOON\n"
+        );
+    }
+
+    #[test]
+    fn one_vm() {
+        let text = vm_text(&vm("web-1"));
+        assert_eq!(
+            text,
+            "\
+id             web-1
+state          running
+pid            4242
+pool           -
+memory         128MiB, 1 vCPU
+rss            70MiB (guest RAM resident 64MiB)
+swap           0MiB
+page tables    0.3MiB
+balloon        none
+oom_score_adj  0
+badness        17995
+oom_score      2
+created        2023-11-14T22:13:20.000Z
+exit           -
+"
+        );
+    }
+
+    #[test]
+    fn oom_view() {
+        let oom = OomView {
+            policy: OomPolicy {
+                action: OomAction::Kill,
+                kill_fastest_grower: false,
+                dump_vms: true,
+                reclaim_first: true,
+                no_progress_ms: 2000,
+                min_kill_interval_ms: 1000,
+                psi_some_threshold_us: 150_000,
+                psi_window_us: 1_000_000,
+            },
+            pressure: PressureView {
+                mem_available_bytes: 20 << 30,
+                mem_total_bytes: 24 << 30,
+                swap_free_bytes: 0,
+                psi_some_avg10: 1.25,
+                psi_full_avg10: 0.5,
+                pools: vec![
+                    PoolView {
+                        name: "batch".into(),
+                        constraint: ConstraintKind::Budget,
+                        limit_bytes: Some(512 << 20),
+                        usage_bytes: 300 << 20,
+                        vms: 2,
+                    },
+                    PoolView {
+                        name: "web".into(),
+                        constraint: ConstraintKind::Memcg,
+                        limit_bytes: None,
+                        usage_bytes: 5 << 20,
+                        vms: 1,
+                    },
+                ],
+            },
+        };
+        assert_eq!(
+            oom_text(&oom),
+            "\
+action                 kill
+kill_fastest_grower    false
+dump_vms               true
+reclaim_first          true
+no_progress_ms         2000
+min_kill_interval_ms   1000
+psi_some_threshold_us  150000
+psi_window_us          1000000
+memory                 20480MiB available of 24576MiB, swap free 0MiB
+psi avg10              some 1.25%, full 0.50%
+
+POOL   CONSTRAINT   LIMIT   USAGE  VMS
+batch  budget      512MiB  300MiB    2
+web    memcg            -    5MiB    1
+"
+        );
+    }
+
+    fn decision() -> Value {
+        json!({
+            "seq": 7, "time_ms": 1_700_000_000_000_u64, "kind": "oom_decision",
+            "trigger": "manual", "dry_run": true,
+            "constraint": "CONSTRAINT_NONE (host)", "basis": "host RAM + swap",
+            "totalpages": 6_291_456, "victim": "b", "action": "none (dry run)",
+            "reason": "highest badness: 20000 pages (oom_score 6)", "decision_us": 80,
+            "table": [
+                {"id": "a", "rss_bytes": 8 << 20, "swap_bytes": 0, "pgtables_bytes": 90 << 10,
+                 "oom_score_adj": -1000, "badness": null, "oom_score": 0, "growth_bytes_per_s": 0},
+                {"id": "b", "rss_bytes": 78 << 20, "swap_bytes": 1 << 20, "pgtables_bytes": 300 << 10,
+                 "oom_score_adj": 0, "badness": 20000, "oom_score": 6, "growth_bytes_per_s": 2048},
+            ],
+        })
+    }
+
+    #[test]
+    fn decisions_show_domain_table_reason_and_victim() {
+        assert_eq!(
+            decision_text(&decision()),
+            "\
+OOM decision #7 (dry run), trigger manual, at 2023-11-14T22:13:20.000Z
+constraint  CONSTRAINT_NONE (host): host RAM + swap, 6291456 pages
+action      none (dry run)
+
+   ID    RSS  SWAP  PGTABLES    ADJ  BADNESS  SCORE  GROWTH
+   a    8MiB  0MiB    0.1MiB  -1000        -      0  0KiB/s
+*  b   78MiB  1MiB    0.3MiB      0    20000      6  2KiB/s
+
+reason  highest badness: 20000 pages (oom_score 6)
+victim  b
+"
+        );
+        // Pages instead of bytes, no table, no victim.
+        let pages = json!({"rss_pages": 256});
+        assert_eq!(
+            row_bytes(&pages, "rss"),
+            Some(256 * crate::oom::host::page_size())
+        );
+        let none = json!({"seq": 8, "kind": "oom_decision", "victim": null, "table": [],
+                          "reason": "no eligible VM"});
+        let text = decision_text(&none);
+        assert!(text.contains("(no candidates)"), "{text}");
+        assert!(
+            text.ends_with("reason  no eligible VM\nvictim  none\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn event_lines() {
+        assert_eq!(
+            event_line(&decision()),
+            "2023-11-14T22:13:20.000Z  #7  oom_decision victim=b action=\"none (dry run)\" \
+             basis=\"host RAM + swap\" constraint=\"CONSTRAINT_NONE (host)\" decision_us=80 \
+             dry_run=true reason=\"highest badness: 20000 pages (oom_score 6)\" candidates=2 \
+             totalpages=6291456 trigger=manual"
+        );
+        assert_eq!(
+            event_line(
+                &json!({"seq": 1, "time_ms": 0, "kind": "vm_created", "vm": "a",
+                               "pool": null, "nested": {"x": 1}})
+            ),
+            "1970-01-01T00:00:00.000Z  #1  vm_created vm=a nested={\"x\":1} pool=-"
+        );
+        assert_eq!(event_line(&json!({"odd": true})), "-  #?  ? odd=true");
+    }
+
+    #[test]
+    fn balloon_option() {
+        assert_eq!(
+            parse_balloon("amount_mib=64, deflate_on_oom=true").unwrap(),
+            BalloonConfig {
+                amount_mib: 64,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 0,
+                free_page_reporting: false,
+            }
+        );
+        assert!(parse_balloon("").is_ok());
+        assert!(parse_balloon("size=1")
+            .unwrap_err()
+            .starts_with("unknown balloon option 'size'"));
+        assert!(parse_balloon("amount_mib")
+            .unwrap_err()
+            .contains("not key=value"));
+        assert!(parse_balloon("amount_mib=x")
+            .unwrap_err()
+            .starts_with("amount_mib: 'x'"));
+    }
+
+    /// The client end to end: real argument parsing, a real socket, the
+    /// fake daemon behind the real server.
+    mod end_to_end {
+        use std::sync::{Arc, Mutex};
+        use std::thread;
+        use std::time::{Duration, Instant};
+
+        use clap::Parser;
+
+        use super::*;
+        use crate::daemon_api::fake::{FakeDaemon, TempDir};
+        use crate::daemon_api::DaemonApiServer;
+
+        #[derive(Parser)]
+        enum Top {
+            Ctl(CtlArgs),
+        }
+
+        struct Daemon {
+            fake: Arc<FakeDaemon>,
+            server: DaemonApiServer,
+            _dir: TempDir,
+        }
+
+        fn daemon() -> Daemon {
+            let dir = TempDir::new("ctl");
+            let fake = Arc::new(FakeDaemon::default());
+            let server = DaemonApiServer::start(dir.sock(), fake.clone()).unwrap();
+            Daemon {
+                fake,
+                server,
+                _dir: dir,
+            }
+        }
+
+        fn parse(d: &Daemon, args: &str) -> CtlArgs {
+            let sock = d.server.path().display().to_string();
+            let argv = ["vmm", "ctl", "--socket", &sock]
+                .into_iter()
+                .map(String::from)
+                .chain(args.split_whitespace().map(String::from));
+            match Top::try_parse_from(argv) {
+                Ok(Top::Ctl(args)) => args,
+                Err(e) => panic!("{args}: {e}"),
+            }
+        }
+
+        fn ctl(d: &Daemon, args: &str) -> Result<String, CtlError> {
+            let mut out = Vec::new();
+            execute(&parse(d, args), &mut out)?;
+            Ok(String::from_utf8(out).unwrap())
+        }
+
+        #[test]
+        fn commands_print_tables_and_json() {
+            let d = daemon();
+            let out = ctl(
+                &d,
+                "create --mem 128M --id web-1 --oom-score-adj -500 --balloon amount_mib=16,deflate_on_oom=true --pool batch",
+            )
+            .unwrap();
+            assert!(
+                out.starts_with("id             web-1\nstate          running\n"),
+                "{out}"
+            );
+            assert!(out.contains("\noom_score_adj  -500\n"), "{out}");
+            assert!(
+                out.contains("balloon        16 MiB of 16 MiB target"),
+                "{out}"
+            );
+            ctl(
+                &d,
+                "create --mem 64M --vcpus 2 --kernel vmlinux --cmdline console=ttyS0",
+            )
+            .unwrap();
+            // A relative kernel path went out absolute.
+            let created = d.fake.calls()[1].clone();
+            let cwd = std::env::current_dir().unwrap();
+            assert!(
+                created.contains(&format!("kernel: Some(\"{}/vmlinux\")", cwd.display())),
+                "{created}"
+            );
+
+            let list = ctl(&d, "list").unwrap();
+            let lines: Vec<&str> = list.lines().collect();
+            assert_eq!(lines.len(), 3, "{list}");
+            assert!(lines[0].starts_with("ID      PID  STATE    POOL"), "{list}");
+            assert!(
+                lines[2].starts_with("web-1  4001  running  batch  128MiB"),
+                "{list}"
+            );
+
+            let json: Value = serde_json::from_str(&ctl(&d, "--json get web-1").unwrap()).unwrap();
+            assert_eq!(
+                (json["id"].as_str(), json["pool"].as_str()),
+                (Some("web-1"), Some("batch"))
+            );
+            // --json also after the command.
+            let json: Value = serde_json::from_str(&ctl(&d, "list --json").unwrap()).unwrap();
+            assert_eq!(json.as_array().unwrap().len(), 2);
+
+            let out = ctl(&d, "set web-1 --oom-score-adj -1000 --balloon-target-mib 8").unwrap();
+            assert!(out.contains("\nbadness        -\n"), "{out}");
+            assert!(out.contains("16 MiB of 8 MiB target"), "{out}");
+
+            let out = ctl(&d, "oom").unwrap();
+            assert!(out.starts_with("action                 kill\n"), "{out}");
+            let out = ctl(
+                &d,
+                "oom set --action notify --dump-vms false --psi-window-us 2000000",
+            )
+            .unwrap();
+            assert!(out.contains("action                 notify\n"), "{out}");
+            assert!(out.contains("dump_vms               false\n"), "{out}");
+            assert!(out.contains("psi_window_us          2000000\n"), "{out}");
+
+            let out = ctl(&d, "oom trigger --dry-run").unwrap();
+            assert!(
+                out.starts_with("OOM decision #3 (dry run), trigger manual"),
+                "{out}"
+            );
+            assert!(out.contains("*  vm2"), "{out}");
+            assert!(out.ends_with("victim  vm2\n"), "{out}");
+            let json: Value =
+                serde_json::from_str(&ctl(&d, "oom trigger --json --pool batch").unwrap()).unwrap();
+            assert_eq!(
+                json["constraint"],
+                "CONSTRAINT_BUDGET (pool batch, 512 MiB)"
+            );
+
+            let out = ctl(&d, "events --since 1").unwrap();
+            let kinds: Vec<&str> = out
+                .lines()
+                .map(|l| l.split_whitespace().nth(2).unwrap())
+                .collect();
+            assert_eq!(
+                kinds,
+                ["vm_created", "oom_decision", "oom_decision"],
+                "{out}"
+            );
+            let out = ctl(&d, "events --json").unwrap();
+            assert_eq!(out.lines().count(), 4);
+            assert!(out
+                .lines()
+                .all(|l| serde_json::from_str::<Value>(l).is_ok()));
+
+            assert!(ctl(&d, "metrics")
+                .unwrap()
+                .contains("vmm_vms{state=\"running\"} 2"));
+            assert_eq!(ctl(&d, "delete vm2").unwrap(), "deleted vm2\n");
+            assert_eq!(ctl(&d, "--json delete web-1").unwrap(), "");
+        }
+
+        #[test]
+        fn errors_carry_the_fault_message() {
+            let d = daemon();
+            let err = ctl(&d, "get nope").unwrap_err();
+            assert_eq!(err.to_string(), "no VM 'nope' (HTTP 404)");
+            let err = ctl(&d, "create --mem 4M").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "mem_mib: 4 is below the minimum of 8 (HTTP 400)"
+            );
+            let err = ctl(&d, "create --mem 1500K").unwrap_err();
+            assert!(err.to_string().contains("whole number of MiB"), "{err}");
+            let err = ctl(&d, "oom set --psi-some-threshold-us 5000000").unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("psi_some_threshold_us: 5000000 µs is longer"),
+                "{err}"
+            );
+            // Nothing to set is a usage error before any request.
+            let sock = d.server.path().display().to_string();
+            assert!(Top::try_parse_from(["vmm", "ctl", "--socket", &sock, "set", "a"]).is_err());
+            assert!(Top::try_parse_from(["vmm", "ctl", "oom", "set"]).is_err());
+            assert!(
+                Top::try_parse_from(["vmm", "ctl", "oom", "set", "--action", "explode"]).is_err()
+            );
+
+            let gone = CtlArgs {
+                socket: Some(d.server.path().with_extension("missing")),
+                json: false,
+                command: CtlCommand::List,
+            };
+            let err = execute(&gone, &mut Vec::new()).unwrap_err();
+            assert!(err.to_string().starts_with("cannot connect to "), "{err}");
+        }
+
+        /// Collects what `events --follow` prints, from another thread.
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        impl Shared {
+            fn lines(&self) -> Vec<String> {
+                String::from_utf8(self.0.lock().unwrap().clone())
+                    .unwrap()
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            }
+
+            fn wait_for(&self, n: usize) -> Vec<String> {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let lines = self.lines();
+                    if lines.len() >= n {
+                        return lines;
+                    }
+                    assert!(Instant::now() < deadline, "got only {lines:?}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+
+        #[test]
+        fn events_follow_prints_each_event_as_it_happens() {
+            let d = daemon();
+            d.fake
+                .push_event("vm_created", serde_json::json!({"vm": "a"}));
+            let out = Shared::default();
+            let args = parse(&d, "events --follow");
+            let mut writer = out.clone();
+            let follower = thread::spawn(move || execute(&args, &mut writer));
+
+            assert!(out.wait_for(1)[0].ends_with("#1  vm_created vm=a"));
+            d.fake.push_event(
+                "vm_exited",
+                serde_json::json!({"vm": "a", "how": "exit status 0"}),
+            );
+            assert!(out.wait_for(2)[1].ends_with("#2  vm_exited vm=a how=\"exit status 0\""));
+            // The daemon ends the stream: the command ends, successfully.
+            d.fake.end_streams();
+            follower.join().unwrap().unwrap();
+
+            let out = Shared::default();
+            let args = parse(&d, "events --follow --since 1 --json");
+            let mut writer = out.clone();
+            let follower = thread::spawn(move || execute(&args, &mut writer));
+            let line: Value = serde_json::from_str(&out.wait_for(1)[0]).unwrap();
+            assert_eq!(line["seq"], 2);
+            d.fake.end_streams();
+            follower.join().unwrap().unwrap();
+        }
+    }
+}

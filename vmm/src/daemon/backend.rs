@@ -1,0 +1,185 @@
+//! The daemon behind its control API: [`DaemonBackend`] for [`Daemon`].
+
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+
+use serde_json::Value;
+
+use super::{vm_client, Daemon, DaemonError};
+use crate::daemon_api::{
+    BalloonView, ConstraintKind, DaemonBackend, OomPatch, OomTrigger, OomView, PoolView,
+    PressureView, VmPatch, VmSpec, VmView,
+};
+use crate::http::ApiError;
+use crate::memstat::{self, MmCounters};
+use crate::oom::badness::{oom_badness, oom_score, VmUsage};
+use crate::oom::host::ProcFs;
+use crate::oom::psi::Pressure;
+
+use super::vms::{is_live, VmRecord};
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        match e {
+            DaemonError::NoSuchVm(_) => ApiError::NotFound(e.to_string()),
+            DaemonError::Exists(_) | DaemonError::NotRunning(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            DaemonError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            other => ApiError::Internal(format!("{:#}", anyhow::Error::from(other))),
+        }
+    }
+}
+
+impl Daemon {
+    /// The API view of one VM, with its memory and badness read now.
+    fn view(&self, vm: &VmRecord, totalpages: u64, page_size: u64) -> VmView {
+        let mem = vm.memory().unwrap_or_default();
+        let pid = vm.pid().filter(|_| is_live(vm.state));
+        let badness = pid
+            .and_then(|p| MmCounters::read(Some(p)).ok().flatten())
+            .map(|c| VmUsage::from_counters(&c, page_size, vm.oom_score_adj))
+            .and_then(|u| oom_badness(&u, totalpages));
+        let balloon = vm
+            .spec
+            .balloon
+            .filter(|_| is_live(vm.state))
+            .and_then(|_| vm_client::balloon(&vm.api_sock).ok())
+            .map(|b| BalloonView {
+                target_mib: b["target_mib"].as_u64().unwrap_or(0) as u32,
+                actual_mib: b["actual_mib"].as_u64().unwrap_or(0) as u32,
+            });
+        VmView {
+            id: vm.id.clone(),
+            pid: vm.pid(),
+            state: vm.state,
+            pool: vm.spec.pool.clone(),
+            mem_mib: vm.spec.mem_mib,
+            vcpus: vm.spec.vcpus,
+            oom_score_adj: vm.oom_score_adj.get(),
+            rss_bytes: mem.rss,
+            swap_bytes: mem.swap,
+            page_tables_bytes: mem.page_tables,
+            guest_ram_resident_bytes: pid.map_or(0, |p| guest_ram_resident(p, vm.spec.mem_mib)),
+            balloon,
+            badness,
+            oom_score: pid.map(|_| oom_score(badness, totalpages)),
+            exit: vm.exit.clone(),
+            created_at_ms: vm.created_at_ms,
+        }
+    }
+
+    fn host_totalpages(&self) -> u64 {
+        ProcFs::host()
+            .meminfo()
+            .map_or(1, |m| m.totalpages(self.page_size).max(1))
+    }
+}
+
+/// Resident bytes of the guest-RAM mapping of VMM `pid`: the anonymous
+/// mapping of exactly the guest's size (below 3 GiB, guest RAM is one
+/// region, its own VMA; see `vm::memory`).
+fn guest_ram_resident(pid: u32, mem_mib: u32) -> u64 {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return 0;
+    };
+    memstat::rss_of_mapping_sized(&smaps, u64::from(mem_mib) << 20)
+}
+
+impl DaemonBackend for Daemon {
+    fn create_vm(&self, spec: VmSpec) -> Result<VmView, ApiError> {
+        let id = Daemon::create_vm(self, spec)?;
+        self.get_vm(&id)
+    }
+
+    fn list_vms(&self) -> Vec<VmView> {
+        let total = self.host_totalpages();
+        self.with_vms(|vms| {
+            vms.values()
+                .map(|vm| self.view(vm, total, self.page_size))
+                .collect()
+        })
+    }
+
+    fn get_vm(&self, id: &str) -> Result<VmView, ApiError> {
+        let total = self.host_totalpages();
+        self.with_vms(|vms| vms.get(id).map(|vm| self.view(vm, total, self.page_size)))
+            .ok_or_else(|| DaemonError::NoSuchVm(id.into()).into())
+    }
+
+    fn patch_vm(&self, id: &str, patch: VmPatch) -> Result<VmView, ApiError> {
+        if let Some(adj) = patch.oom_score_adj {
+            self.set_oom_score_adj(id, adj)?;
+        }
+        if let Some(mib) = patch.balloon_target_mib {
+            self.set_balloon_target(id, mib)?;
+        }
+        self.get_vm(id)
+    }
+
+    fn delete_vm(&self, id: &str) -> Result<(), ApiError> {
+        Ok(Daemon::delete_vm(self, id)?)
+    }
+
+    fn oom(&self) -> OomView {
+        let meminfo = ProcFs::host().meminfo().ok();
+        let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
+        let pools = self.with_vms(|vms| {
+            let mut pools: std::collections::BTreeMap<String, PoolView> =
+                std::collections::BTreeMap::new();
+            for vm in vms.values().filter(|v| is_live(v.state)) {
+                let Some(name) = vm.spec.pool.clone() else {
+                    continue;
+                };
+                let budget = self.budgets().get(&name).copied();
+                let pool = pools.entry(name.clone()).or_insert(PoolView {
+                    name,
+                    constraint: if budget.is_some() {
+                        ConstraintKind::Budget
+                    } else {
+                        ConstraintKind::Host
+                    },
+                    limit_bytes: budget,
+                    usage_bytes: 0,
+                    vms: 0,
+                });
+                pool.usage_bytes += vm.memory().map_or(0, |m| m.rss + m.swap);
+                pool.vms += 1;
+            }
+            pools.into_values().collect()
+        });
+        OomView {
+            policy: self.policy(),
+            pressure: PressureView {
+                mem_available_bytes: meminfo.map_or(0, |m| m.mem_available),
+                mem_total_bytes: meminfo.map_or(0, |m| m.mem_total),
+                swap_free_bytes: meminfo.map_or(0, |m| m.swap_free),
+                psi_some_avg10: psi.as_ref().map_or(0.0, |p| p.some.avg10),
+                psi_full_avg10: psi.as_ref().and_then(|p| p.full).map_or(0.0, |f| f.avg10),
+                pools,
+            },
+        }
+    }
+
+    fn patch_oom(&self, patch: OomPatch) -> Result<OomView, ApiError> {
+        let next = self.policy().apply(&patch)?;
+        self.set_policy(next);
+        Ok(self.oom())
+    }
+
+    fn trigger_oom(&self, req: OomTrigger) -> Result<Value, ApiError> {
+        Ok(self.oom_decide("manual", req.dry_run, req.pool.as_deref())?)
+    }
+
+    fn events(&self, since: u64) -> Vec<Value> {
+        self.events.since(since)
+    }
+
+    fn follow_events(&self, since: u64) -> Receiver<Value> {
+        self.events.follow(since)
+    }
+
+    fn metrics(&self) -> String {
+        super::metrics::render(self)
+    }
+}

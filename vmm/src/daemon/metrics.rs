@@ -1,0 +1,82 @@
+//! `GET /metrics`: the daemon's state in the Prometheus text format
+//! (version 0.0.4), written by hand: a handful of gauges and counters do
+//! not justify a client library.
+
+use std::fmt::Write;
+
+use super::vms::is_live;
+use super::Daemon;
+use crate::daemon_api::VmState;
+use crate::oom::host::ProcFs;
+
+/// Label values are quoted; backslash, quote and newline must be escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(d: &Daemon) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    metric(
+        "vmm_vm_rss_bytes",
+        "gauge",
+        "Resident memory of each VM's VMM process.",
+    );
+    metric(
+        "vmm_vm_swap_bytes",
+        "gauge",
+        "Swapped-out memory of each VM's VMM process.",
+    );
+    metric(
+        "vmm_vm_oom_score_adj",
+        "gauge",
+        "The operator's oom_score_adj of each VM.",
+    );
+    let mut body = String::new();
+    let (mut live, mut killed) = (0u64, 0u64);
+    d.with_vms(|vms| {
+        for vm in vms.values() {
+            if vm.state == VmState::Killed {
+                killed += 1;
+            }
+            if !is_live(vm.state) {
+                continue;
+            }
+            live += 1;
+            let l = format!(
+                "vm=\"{}\",pool=\"{}\"",
+                label(&vm.id),
+                label(vm.spec.pool.as_deref().unwrap_or(""))
+            );
+            let m = vm.memory().unwrap_or_default();
+            let _ = writeln!(body, "vmm_vm_rss_bytes{{{l}}} {}", m.rss);
+            let _ = writeln!(body, "vmm_vm_swap_bytes{{{l}}} {}", m.swap);
+            let _ = writeln!(
+                body,
+                "vmm_vm_oom_score_adj{{{l}}} {}",
+                vm.oom_score_adj.get()
+            );
+        }
+    });
+    out.push_str(&body);
+    let _ = writeln!(
+        out,
+        "# HELP vmm_vms Live VMs.\n# TYPE vmm_vms gauge\nvmm_vms {live}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP vmm_oom_kills_total VMs killed by the daemon's OOM decisions.\n# TYPE vmm_oom_kills_total counter\nvmm_oom_kills_total {killed}"
+    );
+    if let Ok(m) = ProcFs::host().meminfo() {
+        let _ = writeln!(
+            out,
+            "# HELP vmm_host_mem_available_bytes MemAvailable of the host.\n# TYPE vmm_host_mem_available_bytes gauge\nvmm_host_mem_available_bytes {}",
+            m.mem_available
+        );
+    }
+    out
+}

@@ -1,0 +1,403 @@
+//! `vmm daemon`: the host OOM manager. It starts VMs as child `vmm run`
+//! processes, watches their memory, and when memory runs out it decides,
+//! like the kernel's OOM killer one level up, which VM gives way
+//! (see [`crate::oom`] for the pipeline).
+//!
+//! Threads: the control API serves requests on its own threads; the
+//! supervisor (the thread that calls [`run`]) reaps exited VMs, samples
+//! memory and runs the policy. State lives in [`Daemon`] behind a mutex
+//! that is never held across a kill or a wait.
+
+pub mod backend;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod process;
+pub mod run;
+pub mod vm_client;
+pub mod vms;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::daemon_api::{OomAction, OomPolicy, VmSpec, VmState};
+use crate::memstat::MmCounters;
+use crate::oom::badness::{OomScoreAdj, VmUsage};
+use crate::oom::constraint::{constrained_alloc, Constraint};
+use crate::oom::host::{page_size, ProcFs};
+use crate::oom::select::{select_bad_vm, Candidate, SelectPolicy};
+use events::EventLog;
+use process::{kill_and_reap, ReapMethod};
+use vms::{is_live, VmRecord};
+
+/// The policy the daemon starts with: kill, with the VM table in every
+/// decision, balloons first; PSI wakes it at 150 ms of stall per second
+/// (lmkd's "some" threshold).
+pub fn default_policy() -> OomPolicy {
+    OomPolicy {
+        action: OomAction::Kill,
+        kill_fastest_grower: false,
+        dump_vms: true,
+        reclaim_first: true,
+        no_progress_ms: 2000,
+        min_kill_interval_ms: 1000,
+        psi_some_threshold_us: 150_000,
+        psi_window_us: 1_000_000,
+    }
+}
+
+/// How long a killed VM may take to give its memory back before the
+/// daemon stops waiting (the kernel's reaper gives up after 1 s of tries).
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("no VM '{0}'")]
+    NoSuchVm(String),
+    #[error("a VM '{0}' already exists")]
+    Exists(String),
+    #[error("VM '{0}' is not running")]
+    NotRunning(String),
+    #[error(transparent)]
+    Spawn(#[from] vms::SpawnError),
+    #[error("the VM's own API failed: {0}")]
+    VmApi(#[from] vm_client::VmClientError),
+    #[error("cannot size the OOM domain: {0}")]
+    Constraint(#[from] crate::oom::constraint::ConstraintError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything `vmm daemon` needs.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// The `vmm` binary that runs each VM.
+    pub vmm_bin: PathBuf,
+    pub policy: OomPolicy,
+    /// How a victim's memory is reclaimed.
+    pub reap: ReapMethod,
+    /// Byte budgets per pool (the `budget` constraint).
+    pub budgets: BTreeMap<String, u64>,
+}
+
+/// The daemon's state.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    vms: Mutex<BTreeMap<String, VmRecord>>,
+    pub events: EventLog,
+    policy: Mutex<OomPolicy>,
+    next_id: AtomicU64,
+    page_size: u64,
+    last_kill: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    pub fn new(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| DaemonError::Io { what, source }
+        };
+        std::fs::create_dir_all(cfg.state_dir.join("vms"))
+            .map_err(io("create the state directory"))?;
+        let events = EventLog::new(Some(&cfg.state_dir.join("events.ndjson")))
+            .map_err(io("open events.ndjson"))?;
+        Ok(Daemon {
+            policy: Mutex::new(cfg.policy),
+            cfg,
+            vms: Mutex::new(BTreeMap::new()),
+            events,
+            next_id: AtomicU64::new(1),
+            page_size: page_size(),
+            last_kill: Mutex::new(None),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.cfg.state_dir
+    }
+
+    pub fn policy(&self) -> OomPolicy {
+        *lock(&self.policy)
+    }
+
+    /// Pool budgets from the configuration.
+    pub fn budgets(&self) -> &BTreeMap<String, u64> {
+        &self.cfg.budgets
+    }
+
+    pub fn set_policy(&self, policy: OomPolicy) {
+        self.events.push("oom_policy", json!({ "policy": policy }));
+        *lock(&self.policy) = policy;
+    }
+
+    /// Runs `f` over the VM table.
+    pub fn with_vms<R>(&self, f: impl FnOnce(&mut BTreeMap<String, VmRecord>) -> R) -> R {
+        f(&mut lock(&self.vms))
+    }
+
+    /// Starts a VM; returns its id.
+    pub fn create_vm(&self, mut spec: VmSpec) -> Result<String, DaemonError> {
+        let mut vms = lock(&self.vms);
+        let id = match spec.id.take() {
+            Some(id) => id,
+            None => loop {
+                let id = format!("vm{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+                if !vms.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        if vms.contains_key(&id) {
+            return Err(DaemonError::Exists(id));
+        }
+        spec.id = Some(id.clone());
+        let record = VmRecord::spawn(
+            &self.cfg.vmm_bin,
+            &self.cfg.state_dir,
+            id.clone(),
+            spec,
+            events::now_ms(),
+        )?;
+        self.events.push(
+            "vm_created",
+            json!({ "vm": id, "pid": record.pid(), "mem_mib": record.spec.mem_mib, "oom_score_adj": record.oom_score_adj.get(), "pool": record.spec.pool }),
+        );
+        vms.insert(id.clone(), record);
+        Ok(id)
+    }
+
+    /// Changes a VM's oom_score_adj.
+    pub fn set_oom_score_adj(&self, id: &str, adj: i16) -> Result<(), DaemonError> {
+        let adj = OomScoreAdj::try_from(i64::from(adj))
+            .map_err(|e| DaemonError::Invalid(e.to_string()))?;
+        let mut vms = lock(&self.vms);
+        let vm = vms
+            .get_mut(id)
+            .ok_or_else(|| DaemonError::NoSuchVm(id.into()))?;
+        vm.oom_score_adj = adj;
+        vm.spec.oom_score_adj = adj.get();
+        if let Some(pid) = vm.pid() {
+            let _ = adj.apply_to_process(pid);
+        }
+        self.events.push(
+            "vm_oom_score_adj",
+            json!({ "vm": id, "oom_score_adj": adj.get() }),
+        );
+        Ok(())
+    }
+
+    /// Sets a VM's balloon target through its own API.
+    pub fn set_balloon_target(&self, id: &str, mib: u32) -> Result<(), DaemonError> {
+        let sock = {
+            let vms = lock(&self.vms);
+            let vm = vms
+                .get(id)
+                .ok_or_else(|| DaemonError::NoSuchVm(id.into()))?;
+            if vm.state != VmState::Running {
+                return Err(DaemonError::NotRunning(id.into()));
+            }
+            vm.api_sock.clone()
+        };
+        vm_client::set_balloon_target(&sock, mib)?;
+        self.events.push(
+            "balloon_target",
+            json!({ "vm": id, "target_mib": mib, "by": "operator" }),
+        );
+        Ok(())
+    }
+
+    /// Stops a VM (SIGTERM, then SIGKILL after 2 s) and forgets it.
+    pub fn delete_vm(&self, id: &str) -> Result<(), DaemonError> {
+        let record = lock(&self.vms)
+            .remove(id)
+            .ok_or_else(|| DaemonError::NoSuchVm(id.into()))?;
+        if let Some(pidfd) = &record.pidfd {
+            if is_live(record.state) {
+                let _ = pidfd.send_signal(libc::SIGTERM);
+                if !pidfd.wait_exit(Duration::from_secs(2)) {
+                    let _ = pidfd.send_signal(libc::SIGKILL);
+                    pidfd.wait_exit(REAP_TIMEOUT);
+                }
+            }
+            let _ = pidfd.try_reap();
+        }
+        record.remove_files();
+        self.events.push("vm_deleted", json!({ "vm": id }));
+        Ok(())
+    }
+
+    /// One pass of the supervisor: VMs whose API came up are running,
+    /// exited ones are reaped and cleaned up, live ones sampled.
+    pub fn supervise(&self) {
+        let mut vms = lock(&self.vms);
+        for vm in vms.values_mut() {
+            let Some(pidfd) = &vm.pidfd else { continue };
+            if is_live(vm.state) && pidfd.has_exited() {
+                if let Ok(Some(report)) = pidfd.try_reap() {
+                    let killed = vm.state == VmState::Reaping;
+                    vm.state = if killed {
+                        VmState::Killed
+                    } else {
+                        VmState::Exited
+                    };
+                    vm.exit = Some(report.to_string());
+                    vm.clean_up_after_exit();
+                    if !killed {
+                        self.events.push(
+                            "vm_exited",
+                            json!({ "vm": vm.id, "how": report.to_string() }),
+                        );
+                    }
+                }
+                continue;
+            }
+            if vm.state == VmState::Starting && vm.api_sock.exists() {
+                vm.state = VmState::Running;
+                self.events.push("vm_running", json!({ "vm": vm.id }));
+            }
+            if let Some(m) = vm.memory() {
+                vm.sample(m.rss);
+            }
+        }
+    }
+
+    /// The OOM decision (`POST /oom/trigger`, and the policy once memory
+    /// pressure calls for a kill): size the domain, score the VMs in it,
+    /// pick the victim, act. Returns the decision event.
+    pub fn oom_decide(
+        &self,
+        trigger: &str,
+        dry_run: bool,
+        pool: Option<&str>,
+    ) -> Result<Value, DaemonError> {
+        let t0 = Instant::now();
+        let policy = self.policy();
+        let constraint = match pool {
+            Some(p) => match self.cfg.budgets.get(p) {
+                Some(&bytes) => Constraint::budget(p, bytes)?,
+                None => {
+                    return Err(DaemonError::Invalid(format!(
+                        "pool '{p}' has no budget configured"
+                    )))
+                }
+            },
+            None => Constraint::Host,
+        };
+
+        // Select under the lock; act after releasing it.
+        let (decision, victim) = {
+            let mut vms = lock(&self.vms);
+            let live: Vec<&VmRecord> = vms.values().filter(|v| is_live(v.state)).collect();
+            let scope = constrained_alloc(&constraint, &ProcFs::host(), self.page_size, &live)?;
+            let candidates: Vec<Candidate> = scope
+                .eligible
+                .iter()
+                .filter_map(|vm| {
+                    let counters = MmCounters::read(Some(vm.pid()?)).ok().flatten()?;
+                    let mut usage =
+                        VmUsage::from_counters(&counters, self.page_size, vm.oom_score_adj);
+                    usage.being_reaped = vm.state == VmState::Reaping;
+                    Some(Candidate {
+                        id: vm.id.clone(),
+                        usage,
+                        growth_bytes_per_s: vm.growth_bytes_per_s(),
+                    })
+                })
+                .collect();
+            let selection = select_bad_vm(
+                &candidates,
+                scope.totalpages,
+                SelectPolicy {
+                    kill_fastest_grower: policy.kill_fastest_grower,
+                },
+            );
+            let victim = selection.victim.map(|i| selection.table[i].id.clone());
+            let mut decision = json!({
+                "trigger": trigger,
+                "dry_run": dry_run,
+                "constraint": constraint.to_string(),
+                "basis": scope.basis.to_string(),
+                "totalpages": scope.totalpages,
+                "victim": victim,
+                "reason": selection.reason,
+                "action": if dry_run { "none (dry run)" } else { policy.action.as_str() },
+                "decision_us": t0.elapsed().as_micros() as u64,
+            });
+            if policy.dump_vms || dry_run {
+                decision["table"] = serde_json::to_value(&selection.table).unwrap_or(Value::Null);
+            }
+            let victim = match (&victim, dry_run, policy.action) {
+                (Some(id), false, OomAction::Kill) => {
+                    let vm = vms.get_mut(id).expect("the victim came from the table");
+                    vm.state = VmState::Reaping;
+                    vm.pidfd
+                        .as_ref()
+                        .and_then(|p| p.try_clone().ok())
+                        .map(|p| (id.clone(), p))
+                }
+                (Some(id), false, OomAction::Pause) => {
+                    if let Some(p) = vms.get(id).and_then(|v| v.pidfd.as_ref()) {
+                        let _ = p.send_signal(libc::SIGSTOP);
+                    }
+                    None
+                }
+                _ => None,
+            };
+            (decision, victim)
+        };
+        let decision = self.events.push("oom_decision", decision);
+
+        if let Some((id, pidfd)) = victim {
+            *lock(&self.last_kill) = Some(Instant::now());
+            let report = kill_and_reap(&pidfd, self.cfg.reap, REAP_TIMEOUT);
+            let body = match &report {
+                Ok(r) => json!({
+                    "vm": id,
+                    "pid": pidfd.pid(),
+                    "bytes_freed": r.rss_before,
+                    "method": r.method,
+                    "mrelease_us": r.mrelease_us,
+                    "kill_to_freed_us": r.freed_us,
+                    "decision_to_freed_us": t0.elapsed().as_micros() as u64,
+                    "mrelease_raced": r.mrelease_raced,
+                }),
+                Err(e) => json!({ "vm": id, "error": e.to_string() }),
+            };
+            self.events.push("oom_kill", body);
+            // Reap the zombie now so the VM shows as killed at once.
+            if pidfd.wait_exit(REAP_TIMEOUT) {
+                self.supervise();
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Stops every live VM (daemon shutdown).
+    pub fn stop_all(&self) {
+        let ids: Vec<String> = lock(&self.vms)
+            .iter()
+            .filter(|(_, v)| is_live(v.state))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            let _ = self.delete_vm(&id);
+        }
+    }
+}

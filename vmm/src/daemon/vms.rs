@@ -1,0 +1,208 @@
+//! The VMs the daemon runs: one `vmm run` child process each, in its own
+//! directory of the state directory (`vms/<id>/`: `api.sock`,
+//! `console.log`, `vmm.log`), held by a pidfd.
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::daemon_api::{VmSpec, VmState};
+use crate::memstat::ProcessMemory;
+use crate::oom::badness::OomScoreAdj;
+use crate::oom::constraint::{Placed, Placement};
+
+use super::process::Pidfd;
+
+/// Whether the VM's process may still be alive.
+pub fn is_live(state: VmState) -> bool {
+    matches!(
+        state,
+        VmState::Starting | VmState::Running | VmState::Reaping
+    )
+}
+
+/// Resident-memory samples for growth rates (`kill_fastest_grower`).
+const GROWTH_WINDOW: usize = 10;
+
+/// One VM.
+pub struct VmRecord {
+    pub id: String,
+    pub spec: VmSpec,
+    pub dir: PathBuf,
+    pub api_sock: PathBuf,
+    pub pidfd: Option<Pidfd>,
+    pub state: VmState,
+    pub oom_score_adj: OomScoreAdj,
+    pub placement: Placement,
+    pub created_at_ms: u64,
+    /// How it ended, once it has.
+    pub exit: Option<String>,
+    /// Recent `(when, rss bytes)` samples.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Placed for VmRecord {
+    fn placement(&self) -> &Placement {
+        &self.placement
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot prepare {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {bin}")]
+    Spawn {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open a pidfd for the new VMM")]
+    Pidfd(#[source] std::io::Error),
+}
+
+/// The `vmm run` arguments for `spec`.
+fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
+    let mut args = vec![
+        "run".to_string(),
+        "--mem".into(),
+        format!("{}M", spec.mem_mib),
+        "--vcpus".into(),
+        spec.vcpus.to_string(),
+        "--api-sock".into(),
+        api_sock.display().to_string(),
+        "--serial-out".into(),
+        console.display().to_string(),
+    ];
+    for (flag, value) in [
+        ("--kernel", &spec.kernel),
+        ("--initrd", &spec.initrd),
+        ("--cmdline", &spec.cmdline),
+    ] {
+        if let Some(v) = value {
+            args.push(flag.into());
+            args.push(v.clone());
+        }
+    }
+    if let Some(b) = &spec.balloon {
+        args.push("--balloon".into());
+        args.push(format!(
+            "amount_mib={},deflate_on_oom={},stats_polling_interval_s={},free_page_reporting={}",
+            b.amount_mib, b.deflate_on_oom, b.stats_polling_interval_s, b.free_page_reporting
+        ));
+    }
+    args
+}
+
+impl VmRecord {
+    /// Starts `vmm run` for `spec` (whose `id` is set) under `state_dir`.
+    pub fn spawn(
+        vmm_bin: &Path,
+        state_dir: &Path,
+        id: String,
+        spec: VmSpec,
+        now_ms: u64,
+    ) -> Result<Self, SpawnError> {
+        let dir = state_dir.join("vms").join(&id);
+        let dir_err = |source| SpawnError::Dir {
+            path: dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(dir_err)?;
+        let api_sock = dir.join("api.sock");
+        let log = File::create(dir.join("vmm.log")).map_err(dir_err)?;
+        let mut child = Command::new(vmm_bin)
+            .args(run_args(&spec, &api_sock, &dir.join("console.log")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: a Ctrl-C meant for the daemon's
+            // terminal must not kill every VM behind the daemon's back.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| SpawnError::Spawn {
+                bin: vmm_bin.to_path_buf(),
+                source,
+            })?;
+        let pidfd = match Pidfd::open(child.id()) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SpawnError::Pidfd(e));
+            }
+        };
+        let oom_score_adj =
+            OomScoreAdj::try_from(i64::from(spec.oom_score_adj)).unwrap_or_default();
+        // Mirror the operator's adj into the kernel's, so the kernel's own
+        // OOM killer agrees with ours. Lowering it below 0 needs
+        // CAP_SYS_RESOURCE; without it the daemon's own policy still
+        // honours the value (the decision event shows it).
+        let _ = oom_score_adj.apply_to_process(child.id());
+        Ok(VmRecord {
+            placement: Placement {
+                pool: spec.pool.clone(),
+                cgroup: None,
+                nodes: None,
+            },
+            id,
+            spec,
+            dir,
+            api_sock,
+            pidfd: Some(pidfd),
+            state: VmState::Starting,
+            oom_score_adj,
+            created_at_ms: now_ms,
+            exit: None,
+            samples: VecDeque::new(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pidfd.as_ref().map(Pidfd::pid)
+    }
+
+    /// Memory of the VMM process, if it is alive.
+    pub fn memory(&self) -> Option<ProcessMemory> {
+        self.pid()
+            .filter(|_| is_live(self.state))
+            .and_then(|p| ProcessMemory::read(Some(p)).ok())
+    }
+
+    /// Records an RSS sample for the growth rate.
+    pub fn sample(&mut self, rss: u64) {
+        self.samples.push_back((Instant::now(), rss));
+        while self.samples.len() > GROWTH_WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// RSS growth in bytes per second over the sample window.
+    pub fn growth_bytes_per_s(&self) -> i64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(&(t0, r0)), Some(&(t1, r1))) if t1 > t0 + Duration::from_millis(10) => {
+                ((r1 as i64 - r0 as i64) as f64 / (t1 - t0).as_secs_f64()) as i64
+            }
+            _ => 0,
+        }
+    }
+
+    /// Removes what a dead VM leaves behind that nothing will use again:
+    /// its API socket (a SIGKILLed VMM cannot unlink it). Logs stay until
+    /// the VM is deleted.
+    pub fn clean_up_after_exit(&self) {
+        let _ = fs::remove_file(&self.api_sock);
+    }
+
+    /// Removes the VM's directory.
+    pub fn remove_files(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

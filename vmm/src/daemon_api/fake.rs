@@ -1,0 +1,330 @@
+//! A daemon for tests: VMs in a table, events in a list, followers fed
+//! like the real one feeds them, and a record of every backend call.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+use super::types::{
+    BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView, PoolView,
+    PressureView, VmPatch, VmSpec, VmState, VmView,
+};
+use super::DaemonBackend;
+use crate::http::ApiError;
+
+/// The fake daemon.
+pub(crate) struct FakeDaemon {
+    calls: Mutex<Vec<String>>,
+    vms: Mutex<BTreeMap<String, VmView>>,
+    policy: Mutex<OomPolicy>,
+    log: Mutex<Log>,
+}
+
+#[derive(Default)]
+struct Log {
+    events: Vec<Value>,
+    followers: Vec<Sender<Value>>,
+}
+
+pub(crate) fn policy() -> OomPolicy {
+    OomPolicy {
+        action: OomAction::Kill,
+        kill_fastest_grower: false,
+        dump_vms: true,
+        reclaim_first: true,
+        no_progress_ms: 2000,
+        min_kill_interval_ms: 1000,
+        psi_some_threshold_us: 150_000,
+        psi_window_us: 1_000_000,
+    }
+}
+
+/// A made-up badness: half of guest RAM in pages, plus the adj.
+fn badness(mem_mib: u32, adj: i16) -> Option<i64> {
+    (adj > -1000).then(|| (i64::from(mem_mib) * 128 + i64::from(adj)).max(1))
+}
+
+impl Default for FakeDaemon {
+    fn default() -> Self {
+        FakeDaemon {
+            calls: Mutex::default(),
+            vms: Mutex::default(),
+            policy: Mutex::new(policy()),
+            log: Mutex::default(),
+        }
+    }
+}
+
+impl FakeDaemon {
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    /// The backend calls so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Records an event: numbered, kept, sent to every follower still
+    /// there (those whose receiver is gone are dropped).
+    pub fn push_event(&self, kind: &str, body: Value) -> Value {
+        let mut log = self.log.lock().unwrap();
+        let mut event = json!({
+            "seq": log.events.len() as u64 + 1,
+            "time_ms": 1_700_000_000_000_u64 + log.events.len() as u64 * 1500,
+            "kind": kind,
+        });
+        if let (Some(e), Value::Object(fields)) = (event.as_object_mut(), body) {
+            e.extend(fields);
+        }
+        log.events.push(event.clone());
+        log.followers.retain(|f| f.send(event.clone()).is_ok());
+        event
+    }
+
+    /// Sends `value` to the followers only, and says how many took it:
+    /// a follower whose client went away and whose stream the server
+    /// closed does not.
+    pub fn probe_followers(&self, value: Value) -> usize {
+        let mut log = self.log.lock().unwrap();
+        log.followers.retain(|f| f.send(value.clone()).is_ok());
+        log.followers.len()
+    }
+
+    /// Drops every follower's sender: their streams end.
+    pub fn end_streams(&self) {
+        self.log.lock().unwrap().followers.clear();
+    }
+
+    fn view(id: &str, n: usize, spec: &VmSpec) -> VmView {
+        VmView {
+            id: id.to_string(),
+            pid: Some(4000 + n as u32),
+            state: VmState::Running,
+            pool: spec.pool.clone(),
+            mem_mib: spec.mem_mib,
+            vcpus: spec.vcpus,
+            oom_score_adj: spec.oom_score_adj,
+            rss_bytes: (u64::from(spec.mem_mib) << 20) / 2,
+            swap_bytes: 0,
+            page_tables_bytes: 256 << 10,
+            guest_ram_resident_bytes: (u64::from(spec.mem_mib) << 20) / 2 - (4 << 20),
+            balloon: spec.balloon.map(|b| BalloonView {
+                target_mib: b.amount_mib,
+                actual_mib: b.amount_mib,
+            }),
+            badness: badness(spec.mem_mib, spec.oom_score_adj),
+            oom_score: badness(spec.mem_mib, spec.oom_score_adj).map(|b| b as u32 / 64),
+            exit: None,
+            created_at_ms: 1_700_000_000_000,
+        }
+    }
+}
+
+impl DaemonBackend for FakeDaemon {
+    fn create_vm(&self, spec: VmSpec) -> Result<VmView, ApiError> {
+        self.record(format!("create_vm {spec:?}"));
+        let mut vms = self.vms.lock().unwrap();
+        let n = vms.len() + 1;
+        let id = spec.id.clone().unwrap_or_else(|| format!("vm{n}"));
+        if vms.contains_key(&id) {
+            return Err(ApiError::Conflict(format!("a VM '{id}' already exists")));
+        }
+        let view = Self::view(&id, n, &spec);
+        vms.insert(id.clone(), view.clone());
+        drop(vms);
+        self.push_event("vm_created", json!({ "vm": id, "mem_mib": spec.mem_mib }));
+        Ok(view)
+    }
+
+    fn list_vms(&self) -> Vec<VmView> {
+        self.record("list_vms".into());
+        self.vms.lock().unwrap().values().cloned().collect()
+    }
+
+    fn get_vm(&self, id: &str) -> Result<VmView, ApiError> {
+        self.record(format!("get_vm {id}"));
+        self.vms
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("no VM '{id}'")))
+    }
+
+    fn patch_vm(&self, id: &str, patch: VmPatch) -> Result<VmView, ApiError> {
+        self.record(format!("patch_vm {id} {patch:?}"));
+        let mut vms = self.vms.lock().unwrap();
+        let vm = vms
+            .get_mut(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no VM '{id}'")))?;
+        if let Some(target) = patch.balloon_target_mib {
+            let balloon = vm
+                .balloon
+                .as_mut()
+                .ok_or_else(|| ApiError::Conflict(format!("VM '{id}' has no balloon")))?;
+            balloon.target_mib = target;
+        }
+        if let Some(adj) = patch.oom_score_adj {
+            vm.oom_score_adj = adj;
+            vm.badness = badness(vm.mem_mib, adj);
+            vm.oom_score = vm.badness.map(|b| b as u32 / 64);
+        }
+        Ok(vm.clone())
+    }
+
+    fn delete_vm(&self, id: &str) -> Result<(), ApiError> {
+        self.record(format!("delete_vm {id}"));
+        self.vms
+            .lock()
+            .unwrap()
+            .remove(id)
+            .map(drop)
+            .ok_or_else(|| ApiError::NotFound(format!("no VM '{id}'")))
+    }
+
+    fn oom(&self) -> OomView {
+        self.record("oom".into());
+        OomView {
+            policy: *self.policy.lock().unwrap(),
+            pressure: PressureView {
+                mem_available_bytes: 20 << 30,
+                mem_total_bytes: 24 << 30,
+                swap_free_bytes: 0,
+                psi_some_avg10: 1.25,
+                psi_full_avg10: 0.5,
+                pools: vec![PoolView {
+                    name: "batch".into(),
+                    constraint: ConstraintKind::Budget,
+                    limit_bytes: Some(512 << 20),
+                    usage_bytes: 300 << 20,
+                    vms: 2,
+                }],
+            },
+        }
+    }
+
+    fn patch_oom(&self, patch: OomPatch) -> Result<OomView, ApiError> {
+        self.record(format!("patch_oom {patch:?}"));
+        let next = self.policy.lock().unwrap().apply(&patch)?;
+        *self.policy.lock().unwrap() = next;
+        Ok(self.oom())
+    }
+
+    fn trigger_oom(&self, req: OomTrigger) -> Result<Value, ApiError> {
+        self.record(format!("trigger_oom {req:?}"));
+        if let Some(pool) = &req.pool {
+            if pool != "batch" {
+                return Err(ApiError::BadRequest(format!(
+                    "pool '{pool}' has no budget configured"
+                )));
+            }
+        }
+        let vms = self.vms.lock().unwrap();
+        let table: Vec<Value> = vms
+            .values()
+            .map(|vm| {
+                json!({
+                    "id": vm.id, "rss_pages": vm.rss_bytes / 4096, "swap_pages": 0,
+                    "pgtables_pages": vm.page_tables_bytes / 4096,
+                    "oom_score_adj": vm.oom_score_adj, "badness": vm.badness,
+                    "oom_score": vm.oom_score.unwrap_or(0), "growth_bytes_per_s": 0,
+                })
+            })
+            .collect();
+        let victim = vms
+            .values()
+            .filter(|vm| vm.badness.is_some())
+            .max_by_key(|vm| vm.badness)
+            .map(|vm| (vm.id.clone(), vm.badness.unwrap_or(0), vm.oom_score));
+        drop(vms);
+        let reason = match &victim {
+            Some((_, badness, score)) => format!(
+                "highest badness: {badness} pages (oom_score {})",
+                score.unwrap_or(0)
+            ),
+            None => "no eligible VM: every candidate has oom_score_adj -1000 or none exists".into(),
+        };
+        Ok(self.push_event(
+            "oom_decision",
+            json!({
+                "trigger": "manual",
+                "dry_run": req.dry_run,
+                "constraint": match &req.pool {
+                    Some(p) => format!("CONSTRAINT_BUDGET (pool {p}, 512 MiB)"),
+                    None => "CONSTRAINT_NONE (host)".into(),
+                },
+                "basis": "host RAM + swap",
+                "totalpages": 6_291_456,
+                "victim": victim.map(|v| v.0),
+                "reason": reason,
+                "action": if req.dry_run { "none (dry run)" } else { "kill" },
+                "decision_us": 87,
+                "table": table,
+            }),
+        ))
+    }
+
+    fn events(&self, since: u64) -> Vec<Value> {
+        self.record(format!("events {since}"));
+        let log = self.log.lock().unwrap();
+        log.events
+            .iter()
+            .filter(|e| e["seq"].as_u64().unwrap_or(0) > since)
+            .cloned()
+            .collect()
+    }
+
+    fn follow_events(&self, since: u64) -> Receiver<Value> {
+        self.record(format!("follow_events {since}"));
+        let (tx, rx) = mpsc::channel();
+        let mut log = self.log.lock().unwrap();
+        for event in log
+            .events
+            .iter()
+            .filter(|e| e["seq"].as_u64().unwrap_or(0) > since)
+        {
+            let _ = tx.send(event.clone());
+        }
+        log.followers.push(tx);
+        rx
+    }
+
+    fn metrics(&self) -> String {
+        self.record("metrics".into());
+        format!(
+            "# HELP vmm_vms VMs by state.\n# TYPE vmm_vms gauge\nvmm_vms{{state=\"running\"}} {}\n",
+            self.vms.lock().unwrap().len()
+        )
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub(crate) struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-{what}-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn sock(&self) -> std::path::PathBuf {
+        self.0.join("daemon.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
