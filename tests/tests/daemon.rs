@@ -21,23 +21,30 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &str) -> Daemon {
+        Self::start_with_config(name, None)
+    }
+
+    fn start_with_config(name: &str, config: Option<&str>) -> Daemon {
         require_kvm();
         let base = std::env::temp_dir().join(format!("vmm-daemon-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let sock = base.join("daemon.sock");
         let state = base.join("state");
-        let child = Command::new(vmm_bin())
-            .args([
-                "daemon",
-                "--socket",
-                sock.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(vmm_bin());
+        cmd.args([
+            "daemon",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        if let Some(config) = config {
+            let path = base.join("config.json");
+            std::fs::write(&path, config).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap();
         poll_until(BOOT, || sock.exists().then_some(())).expect("daemon socket never appeared");
         Daemon { child, sock, state }
     }
@@ -216,4 +223,99 @@ fn deleting_a_vm_stops_it_and_removes_its_files() {
     assert!(!pid_alive(pid));
     assert!(!d.state.join("vms/x").exists());
     assert_eq!(d.call("GET", "/vms/x", None).0, 404);
+}
+
+fn events_of(d: &Daemon, kind: &str) -> Vec<Value> {
+    let (_, events) = d.call("GET", "/events?since=0", None);
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// The overcommit scenario in a pool whose budget is below the sum of its
+/// VMs' memory: idle VMs with free memory give it back through their
+/// balloons before anything is killed; when reclaim cannot keep up, the
+/// highest-badness VM dies, never the -1000 one.
+#[test]
+fn balloons_reclaim_first_then_the_worst_vm_dies() {
+    let d = Daemon::start_with_config(
+        "pool",
+        Some(
+            r#"{"budgets": {"p": 377487360}, "policy": {"no_progress_ms": 1500, "min_kill_interval_ms": 500}}"#,
+        ),
+    );
+    let kernel_kills = oom_kills();
+    let idle = |id: &str| {
+        format!(
+            r#"{{"id": "{id}", "pool": "p", "mem_mib": 192, "balloon": {{"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1}},
+                "cmdline": "tiny.alloc=128M tiny.free=112M tiny.balloon=on tiny.report-every=0"}}"#
+        )
+    };
+    d.create(&idle("idle1"));
+    d.create(&idle("idle2"));
+    d.wait_console("idle1", "virtio-balloon features");
+    d.wait_console("idle2", "virtio-balloon features");
+    // 2 x ~135 MiB: under the 360 MiB budget.
+    d.create(r#"{"id": "grower1", "pool": "p", "mem_mib": 256, "oom_score_adj": -1000, "cmdline": "tiny.touch=160M tiny.hold=forever"}"#);
+    d.wait_console("grower1", "tiny-guest: hold");
+
+    // Over budget by ~80 MiB: the idle guests' balloons take it back.
+    poll_until(Duration::from_secs(15), || {
+        (!events_of(&d, "reclaim").is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reclaim: {}", d.call("GET", "/events?since=0", None).1));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        events_of(&d, "oom_kill").is_empty(),
+        "killed although reclaim was possible"
+    );
+    for id in ["idle1", "idle2", "grower1"] {
+        assert_eq!(d.vm(id)["state"], "running", "{id}");
+    }
+    let idle1 = d.vm("idle1");
+    assert!(
+        idle1["balloon"]["actual_mib"].as_u64().unwrap() > 0,
+        "{idle1}"
+    );
+
+    // A second grower needs more than the idle guests can give.
+    d.create(r#"{"id": "grower2", "pool": "p", "mem_mib": 256, "cmdline": "tiny.touch=160M tiny.hold=forever"}"#);
+    let kill = poll_until(Duration::from_secs(20), || {
+        events_of(&d, "oom_kill").first().cloned()
+    })
+    .expect("reclaim could not keep up, yet nothing was killed");
+    assert_eq!(
+        kill["vm"], "grower2",
+        "the highest-badness eligible VM: {kill}"
+    );
+    assert!(
+        kill["kill_to_freed_us"].as_u64().unwrap() < 1_000_000,
+        "{kill}"
+    );
+    let decision = events_of(&d, "oom_decision").last().cloned().unwrap();
+    assert!(
+        decision["constraint"].as_str().unwrap().contains("BUDGET"),
+        "{decision}"
+    );
+    let grower1 = decision["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "grower1")
+        .unwrap()
+        .clone();
+    assert!(
+        grower1["badness"].is_null(),
+        "-1000 is never chosen: {decision}"
+    );
+    assert_eq!(d.vm("grower1")["state"], "running");
+    assert_eq!(
+        oom_kills(),
+        kernel_kills,
+        "the kernel's OOM killer never fired"
+    );
 }

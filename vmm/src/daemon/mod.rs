@@ -12,6 +12,7 @@ pub mod backend;
 pub mod config;
 pub mod events;
 pub mod metrics;
+pub mod policy;
 pub mod process;
 pub mod run;
 pub mod vm_client;
@@ -102,6 +103,7 @@ pub struct Daemon {
     next_id: AtomicU64,
     page_size: u64,
     last_kill: Mutex<Option<Instant>>,
+    pool_states: Mutex<BTreeMap<String, policy::PoolState>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +128,7 @@ impl Daemon {
             next_id: AtomicU64::new(1),
             page_size: page_size(),
             last_kill: Mutex::new(None),
+            pool_states: Mutex::new(BTreeMap::new()),
         })
     }
 

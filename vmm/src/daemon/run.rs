@@ -29,6 +29,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             break signal;
         }
         daemon.supervise();
+        daemon.enforce_budgets();
         std::thread::sleep(TICK);
     };
     daemon
