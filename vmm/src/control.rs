@@ -121,7 +121,18 @@ fn lock(b: &Mutex<Balloon>) -> MutexGuard<'_, Balloon> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn to_api_config(c: &BalloonConfig) -> api::BalloonConfig {
+impl From<api::BalloonConfig> for BalloonConfig {
+    fn from(c: api::BalloonConfig) -> Self {
+        BalloonConfig {
+            amount_mib: c.amount_mib,
+            deflate_on_oom: c.deflate_on_oom,
+            stats_polling_interval_s: c.stats_polling_interval_s,
+            free_page_reporting: c.free_page_reporting,
+        }
+    }
+}
+
+pub fn to_api_config(c: &BalloonConfig) -> api::BalloonConfig {
     api::BalloonConfig {
         amount_mib: c.amount_mib,
         deflate_on_oom: c.deflate_on_oom,
@@ -167,12 +178,7 @@ impl VmBackend for VmControl {
         self.check_amount(config.amount_mib)?;
         match &mut *self.phase() {
             Phase::NotStarted { balloon, start_requested: false } => {
-                *balloon = Some(BalloonConfig {
-                    amount_mib: config.amount_mib,
-                    deflate_on_oom: config.deflate_on_oom,
-                    stats_polling_interval_s: config.stats_polling_interval_s,
-                    free_page_reporting: config.free_page_reporting,
-                });
+                *balloon = Some(config.into());
                 Ok(())
             }
             _ => Err(ApiError::Conflict(

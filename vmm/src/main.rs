@@ -14,7 +14,6 @@ use vmm::size::ByteSize;
 use vmm::vm::boot::KernelImage;
 use vmm::vm::cpuid::CpuidPolicy;
 
-use balloon::BalloonConfig;
 use vmm::api::ApiServer;
 use vmm::control::VmControl;
 use vmm::vm::exit::{status, VmExit};
@@ -100,8 +99,8 @@ struct RunArgs {
     /// `PUT /balloon`: `amount_mib=N,deflate_on_oom=BOOL,
     /// stats_polling_interval_s=N,free_page_reporting=BOOL` (all optional;
     /// `--balloon ""` takes the defaults: 0 MiB, no stats, no reporting).
-    #[arg(long, value_parser = parse_balloon)]
-    balloon: Option<BalloonConfig>,
+    #[arg(long, value_parser = vmm::ctl::parse_balloon)]
+    balloon: Option<vmm::api::BalloonConfig>,
     /// How virtio-mmio devices are announced: `acpi` (DSDT devices, what
     /// stock kernels need) or `cmdline` (`virtio_mmio.device=`, what the
     /// tiny guest reads). Default: cmdline for the embedded tiny guest,
@@ -126,34 +125,6 @@ struct RunArgs {
 enum AnnounceArg {
     Acpi,
     Cmdline,
-}
-
-/// Parses `--balloon key=value,...`.
-fn parse_balloon(spec: &str) -> Result<BalloonConfig, String> {
-    let mut cfg = BalloonConfig {
-        amount_mib: 0,
-        deflate_on_oom: false,
-        stats_polling_interval_s: 0,
-        free_page_reporting: false,
-    };
-    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| format!("'{item}' is not key=value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{key}: '{value}': {e}");
-        match key {
-            "amount_mib" => cfg.amount_mib = value.parse().map_err(|e| bad(&e))?,
-            "deflate_on_oom" => cfg.deflate_on_oom = value.parse().map_err(|e| bad(&e))?,
-            "stats_polling_interval_s" => cfg.stats_polling_interval_s = value.parse().map_err(|e| bad(&e))?,
-            "free_page_reporting" => cfg.free_page_reporting = value.parse().map_err(|e| bad(&e))?,
-            _ => {
-                return Err(format!(
-                    "unknown balloon option '{key}' (amount_mib, deflate_on_oom, stats_polling_interval_s, free_page_reporting)"
-                ))
-            }
-        }
-    }
-    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -193,7 +164,11 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("vmm: cannot block SIGTERM/SIGINT: {e}");
         return ExitCode::from(status::START_FAILED);
     }
-    let control = Arc::new(VmControl::new(args.vcpus, args.mem.0, args.balloon));
+    let control = Arc::new(VmControl::new(
+        args.vcpus,
+        args.mem.0,
+        args.balloon.map(Into::into),
+    ));
     let api = match &args.api_sock {
         Some(path) => match ApiServer::start(path, control.clone()) {
             Ok(server) => Some(server),
@@ -215,7 +190,7 @@ fn run(args: RunArgs) -> ExitCode {
     let mut args = args;
     if args.wait_for_start {
         match control.wait_for_start(vmm::vm::stop_signals::take_pending) {
-            Ok(balloon) => args.balloon = balloon,
+            Ok(balloon) => args.balloon = balloon.as_ref().map(vmm::control::to_api_config),
             Err(signal) => {
                 control.set_exited();
                 quit(api, VmExit::Signal(signal).exit_status());
@@ -298,7 +273,7 @@ fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
         vcpus: args.vcpus,
         cpuid: CpuidPolicy::new(&args.cpuid_keep, &args.cpuid_hide)?,
         serial_out,
-        balloon: args.balloon,
+        balloon: args.balloon.map(Into::into),
         announce,
         dump_acpi: args.dump_acpi,
     };
