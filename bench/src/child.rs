@@ -28,7 +28,8 @@ pub struct Guest {
     events: Receiver<Event>,
     reader: Option<JoinHandle<()>>,
     stderr_path: PathBuf,
-    seen: Vec<String>,
+    /// Every line read so far, with the instant the reader got it.
+    seen: Vec<(Instant, String)>,
     reaped: bool,
 }
 
@@ -83,17 +84,27 @@ impl Guest {
     }
 
     /// Waits for the first line that starts with `prefix` and returns the
-    /// instant the reader got it. Earlier lines are kept for error reports.
+    /// instant the reader got it. Earlier lines are kept (see [`Guest::lines`]).
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        self.wait_line_text(prefix, timeout).map(|(at, _)| at)
+    }
+
+    /// Like [`Guest::wait_line`], with the line itself. Only lines not seen
+    /// by an earlier wait are considered.
+    pub fn wait_line_text(
+        &mut self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(Event::Line(at, line)) => {
                     let hit = line.starts_with(prefix);
-                    self.seen.push(line);
+                    self.seen.push((at, line.clone()));
                     if hit {
-                        return Ok(at);
+                        return Ok((at, line));
                     }
                 }
                 Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => {
@@ -118,6 +129,12 @@ impl Guest {
                 ),
             }
         }
+    }
+
+    /// Every line read so far by the waits, with the instant the reader got
+    /// it, in order.
+    pub fn lines(&self) -> &[(Instant, String)] {
+        &self.seen
     }
 
     /// Waits for the process to exit on its own and reaps it; returns the
@@ -180,7 +197,7 @@ impl Guest {
         let mut s = String::new();
         if !self.seen.is_empty() {
             s.push_str("\n  stdout:\n");
-            for line in &self.seen {
+            for (_, line) in &self.seen {
                 s.push_str("    ");
                 s.push_str(line);
                 s.push('\n');

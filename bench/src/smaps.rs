@@ -19,6 +19,8 @@ pub struct Mapping {
     pub pss_kb: u64,
     pub private_dirty_kb: u64,
     pub anonymous_kb: u64,
+    /// Of Rss, what transparent huge pages (PMD-mapped) hold.
+    pub anon_huge_kb: u64,
     pub swap_kb: u64,
 }
 
@@ -64,6 +66,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Mapping>> {
             "Pss" => &mut cur.pss_kb,
             "Private_Dirty" => &mut cur.private_dirty_kb,
             "Anonymous" => &mut cur.anonymous_kb,
+            "AnonHugePages" => &mut cur.anon_huge_kb,
             "Swap" => &mut cur.swap_kb,
             _ => continue,
         };
@@ -254,6 +257,7 @@ Rss:               65860 kB
 Pss:               65860 kB
 Private_Dirty:     65860 kB
 Anonymous:         65860 kB
+AnonHugePages:     63488 kB
 Swap:                  0 kB
 7f0000000000-7f0004000000 rw-p 00000000 00:00 0 
 Size:              65536 kB
@@ -281,6 +285,7 @@ Private_Dirty:         4 kB
         assert_eq!(maps[0].rss_kb, 400);
         assert_eq!(maps[1].start, 0x7f9294400000);
         assert_eq!(maps[1].size_kb, 131072);
+        assert_eq!(maps[1].anon_huge_kb, 63488);
         assert!(maps[1].is_plain_anonymous());
         assert_eq!(maps[3].pss_kb, 90);
         assert_eq!(maps[4].path, "anon_inode:kvm-vcpu:0");
