@@ -212,6 +212,9 @@ impl Vm {
             &cmdline,
             acpi.rsdp_addr(),
         )?;
+        if let KernelImage::Embedded(image) = &cfg.kernel {
+            crate::guest_image::unmap_resident_pages(image);
+        }
 
         let serial = Arc::new(Mutex::new(new_serial(serial_irq(&vm_fd)?, cfg.serial_out)));
         let pio = PioBus::new(
