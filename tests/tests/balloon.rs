@@ -46,16 +46,14 @@ fn patch_target(sock: &Path, mib: u32) {
     assert_eq!(status, 204, "{body}");
 }
 
+/// `body`'s field `key` (at any depth of one object level, as the API
+/// nests `rejections`), as a number.
 fn json_u64(body: &str, key: &str) -> u64 {
-    let at = body
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("no {key} in {body}"));
-    body[at + key.len() + 3..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v.get(key)
+        .or_else(|| v.get("rejections").and_then(|r| r.get(key)))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
 }
 
 #[test]

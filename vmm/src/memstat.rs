@@ -184,9 +184,33 @@ RssFile:\t    4096 kB\nRssShmem:\t     368 kB\nVmPTE:\t     180 kB\nVmSwap:\t   
         let m = ProcessMemory::read(None).unwrap();
         assert!(m.rss > 0 && m.rss >= m.rss_anon);
         assert!(m.page_tables > 0);
-        let buf = vec![1u8; 8 << 20];
-        let start = buf.as_ptr() as u64;
-        // A heap block is rarely its own mapping; just check it parses.
-        let _ = resident_in_mappings(None, &[start]).unwrap();
+    }
+
+    #[test]
+    fn counts_exactly_the_touched_pages_of_a_mapping() {
+        const LEN: usize = 8 << 20;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // Its own VMA, as guest RAM is (see vm::memory).
+        // SAFETY: advice on the mapping just created.
+        unsafe { libc::madvise(p, LEN, libc::MADV_NOHUGEPAGE) };
+        // SAFETY: writes inside the mapping: the first 3 MiB, one byte a page.
+        for off in (0..3 << 20).step_by(4096) {
+            unsafe { *(p as *mut u8).add(off) = 1 };
+        }
+        let resident = resident_in_mappings(None, &[p as u64]).unwrap();
+        // SAFETY: unmapping what we mapped.
+        unsafe { libc::munmap(p, LEN) };
+        assert_eq!(resident, 3 << 20);
     }
 }

@@ -1,24 +1,21 @@
-//! The daemon's client for a VMM's per-VM API (`vmm run --api-sock`).
+//! The daemon's calls into a VMM's per-VM API (`vmm run --api-sock`),
+//! over the shared [`crate::http::Client`].
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+use crate::http::{Client, ClientError};
 
 /// A VMM that does not answer within this is treated as unresponsive.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmClientError {
-    #[error("cannot talk to the VMM at {path}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the VMM answered {status}: {body}")]
-    Status { status: u16, body: String },
-    #[error("the VMM sent a malformed response")]
+    #[error(transparent)]
+    Http(#[from] ClientError),
+    #[error("the VMM answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the VMM sent a body that is not JSON")]
     Malformed,
 }
 
@@ -29,35 +26,16 @@ pub fn request(
     path: &str,
     body: Option<&str>,
 ) -> Result<String, VmClientError> {
-    let io = |source| VmClientError::Io {
-        path: sock.display().to_string(),
-        source,
-    };
-    let mut stream = UnixStream::connect(sock).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).map_err(io)?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(io)?;
-    let status: u16 = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(VmClientError::Malformed)?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    if !(200..300).contains(&status) {
-        return Err(VmClientError::Status { status, body });
+    let res = Client::new(sock)
+        .with_timeout(Some(TIMEOUT))
+        .request(method, path, body)?;
+    if !(200..300).contains(&res.status) {
+        return Err(VmClientError::Status {
+            status: res.status,
+            message: res.fault_message(),
+        });
     }
-    Ok(body)
+    Ok(res.text())
 }
 
 /// `PATCH /balloon {"amount_mib": mib}`.

@@ -1,5 +1,6 @@
 //! How a VM ends, and the one-shot signal vCPU threads use to say so.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
@@ -50,6 +51,9 @@ impl VmExit {
 /// end) are dropped, so the reported reason is the one that happened first.
 pub struct ExitSignal {
     reason: Mutex<Option<VmExit>>,
+    /// Set once `reason` is: lets vCPUs check on every VM exit without
+    /// taking the lock.
+    requested: AtomicBool,
     event: EventFd,
 }
 
@@ -57,6 +61,7 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(ExitSignal {
             reason: Mutex::new(None),
+            requested: AtomicBool::new(false),
             event: EventFd::new(0)?,
         })
     }
@@ -66,6 +71,7 @@ impl ExitSignal {
         let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         if reason.is_none() {
             *reason = Some(exit);
+            self.requested.store(true, Ordering::Release);
             // A full counter (impossible with one write per VM) would only
             // mean the waiter is already woken.
             let _ = self.event.write(1);
@@ -74,7 +80,7 @@ impl ExitSignal {
 
     /// Whether an end has been requested.
     pub fn is_requested(&self) -> bool {
-        self.requested().is_some()
+        self.requested.load(Ordering::Acquire)
     }
 
     /// The end, once one has been requested.
