@@ -319,3 +319,263 @@ fn balloons_reclaim_first_then_the_worst_vm_dies() {
         "the kernel's OOM killer never fired"
     );
 }
+
+/// This process's memory cgroup directory when the memory controller is a
+/// cgroup v1 hierarchy here (the daemon, our child, creates its pools
+/// below it).
+fn own_memcg_v1() -> Option<PathBuf> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let memory = r.next() == Some("cgroup") && r.nth(1)?.split(',').any(|o| o == "memory");
+        let mut left = left.split_whitespace();
+        (memory && left.nth(3)? == "/").then(|| PathBuf::from(left.next().unwrap()))
+    })?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
+/// The `vmm-*` cgroups in `dir`.
+fn vmm_cgroups(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vmm-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// On drop, kills by pid whatever is left in the cgroup `dir` and removes
+/// it: nothing stays behind even if the daemon died first.
+struct CgroupGuard(PathBuf);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let _ = poll_until(Duration::from_secs(10), || {
+            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) of a pid read from the pool cgroup, which
+                // only this test's daemon puts its VMs in.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            match std::fs::remove_dir(&self.0) {
+                Ok(()) => Some(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+                Err(_) => None,
+            }
+        });
+    }
+}
+
+/// The overcommit scenario in a memcg pool: the daemon places the pool's
+/// VMs in a cgroup v1 memory cgroup it creates below its own, with a limit
+/// below the sum of their memory and the kernel's OOM killer off there. A
+/// grower that fills the pool waits for memory while the idle guests'
+/// balloons give it back; when reclaim cannot keep up, the highest-badness
+/// VM dies by the daemon's decision under CONSTRAINT_MEMCG, never the -1000
+/// one, and never by the kernel's OOM killer. The cgroup is gone after.
+#[test]
+fn in_a_memcg_pool_balloons_reclaim_first_then_the_worst_vm_dies() {
+    require_kvm();
+    let Some(own) = own_memcg_v1() else {
+        eprintln!("skipped: the memory controller is not a cgroup v1 hierarchy here");
+        return;
+    };
+    let pool = format!("mc{}", std::process::id());
+    let dir = own.join(format!("vmm-{pool}"));
+    let before = vmm_cgroups(&own);
+    let _guard = CgroupGuard(dir.clone());
+    let limit = 360 * MIB;
+    let d = Daemon::start_with_config(
+        "memcg",
+        Some(&format!(
+            r#"{{"memcg_pools": {{"{pool}": {limit}}}, "policy": {{"no_progress_ms": 1500, "min_kill_interval_ms": 500}}}}"#
+        )),
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(read("memory.limit_in_bytes").trim(), limit.to_string());
+    assert!(read("memory.oom_control").contains("oom_kill_disable 1"));
+    let kernel_kills = oom_kills();
+
+    let idle = |id: &str| {
+        format!(
+            r#"{{"id": "{id}", "pool": "{pool}", "mem_mib": 192, "balloon": {{"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1}},
+                "cmdline": "tiny.alloc=128M tiny.free=112M tiny.balloon=on tiny.report-every=0"}}"#
+        )
+    };
+    d.create(&idle("idle1"));
+    d.create(&idle("idle2"));
+    d.wait_console("idle1", "virtio-balloon features");
+    d.wait_console("idle2", "virtio-balloon features");
+    for id in ["idle1", "idle2"] {
+        poll_until(BOOT, || {
+            (d.vm(id)["rss_bytes"].as_u64().unwrap() >= 128 * MIB).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{id} never allocated its 128 MiB"));
+    }
+    let procs = read("cgroup.procs");
+    for id in ["idle1", "idle2"] {
+        let pid = d.vm(id)["pid"].as_u64().unwrap().to_string();
+        assert!(
+            procs.lines().any(|l| l == pid),
+            "{id} is in the pool: {procs}"
+        );
+    }
+    // 2 x ~135 MiB, charged to the pool's cgroup.
+    let (_, oom) = d.call("GET", "/oom", None);
+    let view = oom["pressure"]["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool.as_str())
+        .unwrap_or_else(|| panic!("{oom}"))
+        .clone();
+    assert_eq!(view["constraint"], "memcg", "{view}");
+    assert_eq!(view["limit_bytes"], limit, "{view}");
+    assert_eq!(view["vms"], 2, "{view}");
+    assert!(view["usage_bytes"].as_u64().unwrap() > 200 * MIB, "{view}");
+    let (_, metrics) = api(&d.sock, "GET", "/metrics", None);
+    assert!(
+        metrics.contains(&format!(
+            "vmm_memcg_pool_limit_bytes{{pool=\"{pool}\"}} {limit}"
+        )),
+        "{metrics}"
+    );
+
+    // 160 MiB more fills the pool: grower1's vCPU waits for memory (the
+    // kernel does not kill, it is off there) while the idle guests'
+    // balloons give it back.
+    d.create(&format!(
+        r#"{{"id": "grower1", "pool": "{pool}", "mem_mib": 256, "oom_score_adj": -1000, "cmdline": "tiny.touch=160M tiny.hold=forever"}}"#
+    ));
+    poll_until(Duration::from_secs(30), || {
+        let vm = d.vm("grower1");
+        (vm["guest_ram_resident_bytes"].as_u64().unwrap() >= 160 * MIB).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "grower1 never got its memory: {}",
+            d.call("GET", "/events?since=0", None).1
+        )
+    });
+    // The pool settles: the reserve the daemon lent while its VMMs
+    // reclaimed is back. (Until then the test leaves the idle VMMs alone:
+    // asking one for its balloon in a full cgroup is asking for trouble.)
+    poll_until(Duration::from_secs(10), || {
+        let lent = events_of(&d, "memcg_reserve_lent").len();
+        (lent > 0 && events_of(&d, "memcg_reserve_returned").len() == lent).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the pool never settled: {}",
+            d.call("GET", "/events?since=0", None).1
+        )
+    });
+    assert!(
+        !events_of(&d, "reclaim").is_empty(),
+        "no reclaim: {}",
+        d.call("GET", "/events?since=0", None).1
+    );
+    assert!(
+        events_of(&d, "oom_kill").is_empty(),
+        "killed although reclaim was possible: {}",
+        d.call("GET", "/events?since=0", None).1
+    );
+    for id in ["idle1", "idle2", "grower1"] {
+        let vm = d.vm(id);
+        assert_eq!(
+            vm["state"],
+            "running",
+            "{vm} {}",
+            std::fs::read_to_string(d.state.join("vms").join(id).join("vmm.log"))
+                .unwrap_or_default()
+        );
+    }
+    // Their balloons hold what they gave (their VMMs answer again once
+    // the pool has room).
+    for id in ["idle1", "idle2"] {
+        poll_until(BOOT, || {
+            (d.vm(id)["balloon"]["actual_mib"].as_u64()? > 0).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{id}'s balloon holds nothing: {} {}",
+                d.vm(id),
+                d.call("GET", "/events?since=0", None).1
+            )
+        });
+    }
+
+    // A second grower needs more than the idle guests can give.
+    d.create(&format!(
+        r#"{{"id": "grower2", "pool": "{pool}", "mem_mib": 256, "cmdline": "tiny.touch=160M tiny.hold=forever"}}"#
+    ));
+    let kill = poll_until(Duration::from_secs(45), || {
+        events_of(&d, "oom_kill").first().cloned()
+    })
+    .expect("reclaim could not keep up, yet nothing was killed");
+    let events = || d.call("GET", "/events?since=0", None).1;
+    assert_eq!(
+        kill["vm"],
+        "grower2",
+        "the highest-badness eligible VM: {}",
+        events()
+    );
+    let decision = events_of(&d, "oom_decision").first().cloned().unwrap();
+    assert_eq!(decision["trigger"], "memcg", "{decision}");
+    assert_eq!(
+        decision["constraint"],
+        format!("CONSTRAINT_MEMCG ({})", dir.display()),
+        "{decision}"
+    );
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    assert_eq!(decision["totalpages"], limit / page, "{decision}");
+    assert!(
+        kill["kill_to_freed_us"].as_u64().unwrap() < 1_000_000,
+        "the victim's memory is back within 1 s: {kill}"
+    );
+    let grower1 = decision["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "grower1")
+        .unwrap()
+        .clone();
+    assert!(
+        grower1["badness"].is_null(),
+        "-1000 is never chosen: {decision}"
+    );
+    // The tiny guest re-touches the pages its balloon gives back, so the
+    // pool may fill again and lose another VM; never grower1.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(events_of(&d, "oom_kill")
+        .iter()
+        .all(|k| k["vm"] != "grower1"));
+    assert_eq!(d.vm("grower1")["state"], "running");
+    assert!(
+        read("memory.oom_control").contains("oom_kill 0"),
+        "the kernel's memcg OOM killer never fired: {}",
+        read("memory.oom_control")
+    );
+    assert_eq!(
+        oom_kills(),
+        kernel_kills,
+        "the kernel's OOM killer never fired"
+    );
+
+    // Stopping the daemon stops the VMs and removes the pool's cgroup.
+    drop(d);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(vmm_cgroups(&own), before);
+}

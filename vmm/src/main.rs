@@ -229,6 +229,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         policy: vmm::daemon::default_policy(),
         reap: vmm::daemon::process::ReapMethod::SigkillMrelease,
         budgets: Default::default(),
+        memcg_pools: Default::default(),
     };
     if let Some(path) = args.config {
         let text = std::fs::read_to_string(&path)

@@ -146,6 +146,7 @@ impl DaemonBackend for Daemon {
                 pool.usage_bytes += vm.memory().map_or(0, |m| m.rss + m.swap);
                 pool.vms += 1;
             }
+            self.memcg_pool_views(&mut pools);
             pools.into_values().collect()
         });
         OomView {

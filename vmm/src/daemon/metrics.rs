@@ -78,5 +78,6 @@ pub fn render(d: &Daemon) -> String {
             m.mem_available
         );
     }
+    d.render_memcg_metrics(&mut out);
     out
 }

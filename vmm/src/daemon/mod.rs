@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod metrics;
 pub mod policy;
+pub mod pools;
 pub mod process;
 pub mod run;
 pub mod vm_client;
@@ -72,6 +73,11 @@ pub enum DaemonError {
     Constraint(#[from] crate::oom::constraint::ConstraintError),
     #[error("{0}")]
     Invalid(String),
+    #[error("memcg pool '{pool}': {error}")]
+    MemcgPool {
+        pool: String,
+        error: crate::oom::cgroup::CgroupError,
+    },
     #[error("{what}")]
     Io {
         what: String,
@@ -92,6 +98,9 @@ pub struct DaemonConfig {
     pub reap: ReapMethod,
     /// Byte budgets per pool (the `budget` constraint).
     pub budgets: BTreeMap<String, u64>,
+    /// Memory-cgroup limits per pool (the `memcg` constraint; see
+    /// [`pools`]).
+    pub memcg_pools: BTreeMap<String, u64>,
 }
 
 /// The daemon's state.
@@ -104,6 +113,7 @@ pub struct Daemon {
     page_size: u64,
     last_kill: Mutex<Option<Instant>>,
     pool_states: Mutex<BTreeMap<String, policy::PoolState>>,
+    memcg: pools::MemcgPools,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,7 +130,8 @@ impl Daemon {
             .map_err(io("create the state directory"))?;
         let events = EventLog::new(Some(&cfg.state_dir.join("events.ndjson")))
             .map_err(io("open events.ndjson"))?;
-        Ok(Daemon {
+        let memcg = pools::MemcgPools::create(&cfg.memcg_pools)?;
+        let daemon = Daemon {
             policy: Mutex::new(cfg.policy),
             cfg,
             vms: Mutex::new(BTreeMap::new()),
@@ -129,7 +140,10 @@ impl Daemon {
             page_size: page_size(),
             last_kill: Mutex::new(None),
             pool_states: Mutex::new(BTreeMap::new()),
-        })
+            memcg,
+        };
+        daemon.announce_memcg_pools();
+        Ok(daemon)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -171,12 +185,14 @@ impl Daemon {
             return Err(DaemonError::Exists(id));
         }
         spec.id = Some(id.clone());
+        let pool = spec.pool.clone();
         let record = VmRecord::spawn(
             &self.cfg.vmm_bin,
             &self.cfg.state_dir,
             id.clone(),
             spec,
             events::now_ms(),
+            self.memcg_of(pool.as_deref()),
         )?;
         self.events.push(
             "vm_created",
@@ -293,14 +309,7 @@ impl Daemon {
         let t0 = Instant::now();
         let policy = self.policy();
         let constraint = match pool {
-            Some(p) => match self.cfg.budgets.get(p) {
-                Some(&bytes) => Constraint::budget(p, bytes)?,
-                None => {
-                    return Err(DaemonError::Invalid(format!(
-                        "pool '{p}' has no budget configured"
-                    )))
-                }
-            },
+            Some(p) => self.pool_constraint(p)?,
             None => Constraint::Host,
         };
 
@@ -402,5 +411,6 @@ impl Daemon {
         for id in ids {
             let _ = self.delete_vm(&id);
         }
+        self.remove_memcg_pools();
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::daemon_api::{VmSpec, VmState};
 use crate::memstat::ProcessMemory;
 use crate::oom::badness::OomScoreAdj;
+use crate::oom::cgroup::PoolCgroup;
 use crate::oom::constraint::{Placed, Placement};
 
 use super::process::Pidfd;
@@ -64,6 +65,15 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start {bin} in memory cgroup {cgroup}")]
+    Cgroup {
+        bin: PathBuf,
+        cgroup: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot place the VM in its pool's memory cgroup: {0}")]
+    Placement(crate::oom::cgroup::CgroupError),
     #[error("cannot open a pidfd for the new VMM")]
     Pidfd(#[source] std::io::Error),
 }
@@ -102,13 +112,16 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
 }
 
 impl VmRecord {
-    /// Starts `vmm run` for `spec` (whose `id` is set) under `state_dir`.
+    /// Starts `vmm run` for `spec` (whose `id` is set) under `state_dir`,
+    /// in memory cgroup `cgroup` if given: the child joins it between fork
+    /// and exec, before the VMM allocates anything.
     pub fn spawn(
         vmm_bin: &Path,
         state_dir: &Path,
         id: String,
         spec: VmSpec,
         now_ms: u64,
+        cgroup: Option<&PoolCgroup>,
     ) -> Result<Self, SpawnError> {
         let dir = state_dir.join("vms").join(&id);
         let dir_err = |source| SpawnError::Dir {
@@ -118,7 +131,28 @@ impl VmRecord {
         fs::create_dir_all(&dir).map_err(dir_err)?;
         let api_sock = dir.join("api.sock");
         let log = File::create(dir.join("vmm.log")).map_err(dir_err)?;
-        let mut child = Command::new(vmm_bin)
+        let mut cmd = Command::new(vmm_bin);
+        let procs = cgroup
+            .map(PoolCgroup::open_procs)
+            .transpose()
+            .map_err(SpawnError::Placement)?;
+        if let Some(procs) = &procs {
+            use std::os::fd::AsRawFd;
+            let fd = procs.as_raw_fd();
+            // SAFETY: only write(2), async-signal-safe, on an fd that stays
+            // open until spawn returns (close-on-exec, so the VMM never
+            // sees it). "0" moves the writer itself.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .args(run_args(&spec, &api_sock, &dir.join("console.log")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -127,10 +161,18 @@ impl VmRecord {
             // terminal must not kill every VM behind the daemon's back.
             .process_group(0)
             .spawn()
-            .map_err(|source| SpawnError::Spawn {
-                bin: vmm_bin.to_path_buf(),
-                source,
+            .map_err(|source| match cgroup {
+                Some(cg) => SpawnError::Cgroup {
+                    bin: vmm_bin.to_path_buf(),
+                    cgroup: cg.dir().to_path_buf(),
+                    source,
+                },
+                None => SpawnError::Spawn {
+                    bin: vmm_bin.to_path_buf(),
+                    source,
+                },
             })?;
+        drop(procs);
         let pidfd = match Pidfd::open(child.id()) {
             Ok(p) => p,
             Err(e) => {
@@ -149,7 +191,7 @@ impl VmRecord {
         Ok(VmRecord {
             placement: Placement {
                 pool: spec.pool.clone(),
-                cgroup: None,
+                cgroup: cgroup.map(|cg| cg.dir().to_path_buf()),
                 nodes: None,
             },
             id,

@@ -40,6 +40,8 @@
 //! (`vmm/tests/fixtures/oom/`) for 2- and 4-node hosts and cgroup v1/v2.
 
 pub mod badness;
+pub mod cgroup;
+pub mod charge_wait;
 pub mod constraint;
 pub mod host;
 pub mod psi;

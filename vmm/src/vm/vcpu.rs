@@ -72,6 +72,10 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self, buses: &IoBuses, exit: &ExitSignal) -> VmExit {
+        // In a full memory cgroup, KVM_RUN fails instead of waiting for
+        // memory; this waits and runs again (see its documentation).
+        let mut charge = crate::oom::charge_wait::ChargeWait::for_this_process();
+        let me = format!("vcpu{}", self.index);
         loop {
             if exit.is_requested() {
                 // Another vCPU ended the VM; its reason is the one reported.
@@ -111,6 +115,7 @@ impl Vcpu {
                     Some(VmExit::VmmError(self.describe(&what)))
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) if charge.retry_after(e.errno(), &me, &|| exit.is_requested()) => None,
                 Err(e) => Some(VmExit::VmmError(format!(
                     "vcpu{}: KVM_RUN failed: {e}",
                     self.index
