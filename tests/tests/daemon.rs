@@ -320,6 +320,165 @@ fn balloons_reclaim_first_then_the_worst_vm_dies() {
     );
 }
 
+/// Host-wide pressure, with no pool: once `MemAvailable` is under the
+/// operator's line (here 1000 ‰, so the host is short at once, without
+/// putting real pressure on this machine), balloons across all VMs are
+/// inflated first; without progress the decision runs under
+/// CONSTRAINT_NONE and the highest-badness VM dies, never the -1000 one.
+/// Turning the line off again ends the pressure.
+#[test]
+fn host_pressure_reclaims_then_kills_the_worst_vm() {
+    let d = Daemon::start_with_config(
+        "host",
+        Some(
+            r#"{"policy": {"host_min_available_permille": 0, "no_progress_ms": 1500, "min_kill_interval_ms": 500}}"#,
+        ),
+    );
+    let kernel_kills = oom_kills();
+    d.create(r#"{"id": "idle", "mem_mib": 192, "balloon": {"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1},
+                 "cmdline": "tiny.alloc=128M tiny.free=112M tiny.balloon=on tiny.report-every=0"}"#);
+    d.create(r#"{"id": "big", "mem_mib": 256, "cmdline": "tiny.touch=160M tiny.hold=forever"}"#);
+    d.create(r#"{"id": "kept", "mem_mib": 256, "oom_score_adj": -1000, "cmdline": "tiny.touch=192M tiny.hold=forever"}"#);
+    d.wait_console("idle", "virtio-balloon features");
+    for id in ["big", "kept"] {
+        d.wait_console(id, "tiny-guest: hold");
+    }
+    poll_until(BOOT, || {
+        let stats = d.vm("idle");
+        (stats["rss_bytes"].as_u64().unwrap() >= 128 * MIB).then_some(())
+    })
+    .expect("idle never allocated its memory");
+    std::thread::sleep(Duration::from_secs(2)); // a stats round
+    assert!(events_of(&d, "reclaim").is_empty(), "no pressure yet");
+
+    let (status, oom) = d.call(
+        "PATCH",
+        "/oom",
+        Some(r#"{"host_min_available_permille": 1000}"#),
+    );
+    assert_eq!(status, 200, "{oom}");
+    let kill = poll_until(Duration::from_secs(30), || {
+        events_of(&d, "oom_kill").first().cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nothing killed: {}",
+            d.call("GET", "/events?since=0", None).1
+        )
+    });
+    let reclaim = events_of(&d, "reclaim");
+    let first = reclaim
+        .first()
+        .expect("balloons were asked before the kill");
+    assert_eq!(first["constraint"], "host", "{first}");
+    assert!(first.get("pool").is_none(), "{first}");
+    assert_eq!(first["balloons"][0]["vm"], "idle", "{first}");
+    assert!(
+        first["seq"].as_u64() < kill["seq"].as_u64(),
+        "reclaim came first: {first} {kill}"
+    );
+    assert!(
+        d.vm("idle")["balloon"]["actual_mib"].as_u64().unwrap() > 0,
+        "the idle guest gave memory back"
+    );
+    assert_eq!(kill["vm"], "big", "the highest-badness VM: {kill}");
+    let pressure = events_of(&d, "oom_pressure");
+    let pressure = pressure.first().unwrap();
+    assert_eq!(pressure["constraint"], "host", "{pressure}");
+    assert!(
+        pressure["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("the host is short of memory"),
+        "{pressure}"
+    );
+    let decision = events_of(&d, "oom_decision").first().cloned().unwrap();
+    assert!(
+        decision["constraint"]
+            .as_str()
+            .unwrap()
+            .starts_with("CONSTRAINT_NONE"),
+        "{decision}"
+    );
+
+    // Pressure stays: next the idle VM; "kept" never.
+    poll_until(Duration::from_secs(30), || {
+        (d.vm("idle")["state"] == "killed").then_some(())
+    })
+    .expect("the next VM was not killed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.vm("kept")["state"], "running");
+    let (status, _) = d.call(
+        "PATCH",
+        "/oom",
+        Some(r#"{"host_min_available_permille": 0}"#),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        oom_kills(),
+        kernel_kills,
+        "the kernel's OOM killer never fired"
+    );
+}
+
+/// A guest that stops following its balloon: reported free memory, but no
+/// inflation. The daemon calls the balloon stalled (an event with the rate
+/// it saw), stops counting on it, and goes on to the decision.
+#[test]
+fn a_stalled_balloon_is_detected_and_does_not_hold_up_the_decision() {
+    let d = Daemon::start_with_config(
+        "stall",
+        Some(
+            r#"{"budgets": {"p": 314572800}, "policy": {"no_progress_ms": 2500, "min_kill_interval_ms": 500}}"#,
+        ),
+    );
+    // Its driver reports statistics, then stops after 3 s: the last
+    // statistics still say it has ~100 MiB free.
+    d.create(r#"{"id": "lazy", "pool": "p", "mem_mib": 192, "balloon": {"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1},
+                 "cmdline": "tiny.alloc=128M tiny.free=112M tiny.balloon=on tiny.report-every=0 tiny.exit-after=3s tiny.hold=forever"}"#);
+    d.wait_console("lazy", "balloon loop done");
+    // ~135 + ~200 MiB: over the 300 MiB budget.
+    d.create(r#"{"id": "grower", "pool": "p", "mem_mib": 256, "cmdline": "tiny.touch=200M tiny.hold=forever"}"#);
+    let stalled = poll_until(Duration::from_secs(20), || {
+        events_of(&d, "balloon_stalled").first().cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no stall seen: {}",
+            d.call("GET", "/events?since=0", None).1
+        )
+    });
+    assert_eq!(stalled["vm"], "lazy", "{stalled}");
+    assert_eq!(stalled["pool"], "p", "{stalled}");
+    assert_eq!(stalled["actual_mib"], 0, "{stalled}");
+    assert!(stalled["target_mib"].as_u64().unwrap() > 0, "{stalled}");
+    assert!(stalled["rate_mib_s"].as_f64().unwrap() < 14.0, "{stalled}");
+    let kill = poll_until(Duration::from_secs(20), || {
+        events_of(&d, "oom_kill").first().cloned()
+    })
+    .expect("the stalled balloon held up the decision");
+    assert_eq!(kill["vm"], "grower", "{kill}");
+    let pressure = events_of(&d, "oom_pressure");
+    assert_eq!(
+        pressure.first().unwrap()["stalled_balloons"][0],
+        "lazy",
+        "{pressure:?}"
+    );
+    // Not asked again while backed off.
+    let asked_after: Vec<_> = events_of(&d, "reclaim")
+        .into_iter()
+        .filter(|e| e["seq"].as_u64() > stalled["seq"].as_u64())
+        .filter(|e| {
+            e["balloons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["vm"] == "lazy")
+        })
+        .collect();
+    assert!(asked_after.is_empty(), "{asked_after:?}");
+}
+
 /// This process's memory cgroup directory when the memory controller is a
 /// cgroup v1 hierarchy here (the daemon, our child, creates its pools
 /// below it).

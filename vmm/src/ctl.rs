@@ -190,6 +190,10 @@ pub struct OomSetArgs {
     /// PSI trigger window, in µs (500000 to 10000000).
     #[arg(long, value_name = "US", group = "knob")]
     pub psi_window_us: Option<u64>,
+    /// Host-wide action below this much MemAvailable, in thousandths of
+    /// MemTotal (0 turns it off).
+    #[arg(long, value_name = "PERMILLE", group = "knob")]
+    pub host_min_available_permille: Option<u16>,
 }
 
 /// `vmm ctl events`.
@@ -402,6 +406,7 @@ fn oom_patch(args: &OomSetArgs) -> OomPatch {
         min_kill_interval_ms: args.min_kill_interval_ms,
         psi_some_threshold_us: args.psi_some_threshold_us,
         psi_window_us: args.psi_window_us,
+        host_min_available_permille: args.host_min_available_permille,
     }
 }
 
@@ -696,6 +701,10 @@ pub fn oom_text(oom: &OomView) -> String {
         ("min_kill_interval_ms", p.min_kill_interval_ms.to_string()),
         ("psi_some_threshold_us", p.psi_some_threshold_us.to_string()),
         ("psi_window_us", p.psi_window_us.to_string()),
+        (
+            "host_min_available",
+            format!("{}‰", p.host_min_available_permille),
+        ),
         (
             "memory",
             format!(
@@ -1013,6 +1022,7 @@ exit           -
                 min_kill_interval_ms: 1000,
                 psi_some_threshold_us: 150_000,
                 psi_window_us: 1_000_000,
+                host_min_available_permille: 50,
             },
             pressure: PressureView {
                 mem_available_bytes: 20 << 30,
@@ -1049,6 +1059,7 @@ no_progress_ms         2000
 min_kill_interval_ms   1000
 psi_some_threshold_us  150000
 psi_window_us          1000000
+host_min_available     50‰
 memory                 20480MiB available of 24576MiB, swap free 0MiB
 psi avg10              some 1.25%, full 0.50%
 

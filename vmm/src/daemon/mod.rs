@@ -9,6 +9,7 @@
 //! that is never held across a kill or a wait.
 
 pub mod backend;
+pub mod balloon_stall;
 pub mod config;
 pub mod events;
 pub mod metrics;
@@ -50,6 +51,8 @@ pub fn default_policy() -> OomPolicy {
         min_kill_interval_ms: 1000,
         psi_some_threshold_us: 150_000,
         psi_window_us: 1_000_000,
+        // earlyoom's SIGKILL line.
+        host_min_available_permille: 50,
     }
 }
 

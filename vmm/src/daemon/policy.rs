@@ -1,41 +1,95 @@
-//! The automatic policy for pools with a limit: reclaim first, then
-//! decide. Each tick (the supervisor's) compares a pool's usage with its
-//! limit, whatever sets it ([`PoolLimit`]): a byte **budget** the daemon
-//! alone enforces (usage: RSS + swap of the pool's VMMs; pressure: over
-//! the budget), or a **memory cgroup** the kernel enforces
-//! ([`super::pools`]; usage: what the cgroup is charged, which can never
-//! pass the limit; pressure: tasks wait for memory there, see
-//! [`super::pools`] for when exactly). Under pressure:
+//! The automatic policy: reclaim first, then decide. Each tick (the
+//! supervisor's, or at once when a PSI trigger fires) compares the usage
+//! of each OOM domain with its limit, whatever sets it ([`PoolLimit`]):
 //!
-//! 1. **Reclaim**: inflate the balloons of the pool's VMs that report free
-//!    memory (guest statistics), each by its share of the excess, weighted
-//!    by what it can give beyond a floor it keeps. The kernel cannot do
-//!    this: it sees a VMM as one big process, not a guest with free pages.
+//! - a pool's byte **budget** the daemon alone enforces (usage: RSS + swap
+//!   of the pool's VMMs; pressure: over the budget);
+//! - a pool's **memory cgroup** the kernel enforces ([`super::pools`];
+//!   usage: what the cgroup is charged, which can never pass the limit;
+//!   pressure: tasks wait for memory there, see [`super::pools`] for when
+//!   exactly);
+//! - the **host** (usage: `MemTotal - MemAvailable`; pressure: available
+//!   memory, and swap if there is any, under
+//!   `host_min_available_permille`, earlyoom's rule), whose members are
+//!   all VMs, whatever their pool, as the kernel's global OOM killer
+//!   considers every task.
+//!
+//! Under pressure:
+//!
+//! 1. **Reclaim**: inflate the balloons of the domain's VMs that report
+//!    free memory (guest statistics), each by its share of the excess,
+//!    weighted by what it can give beyond a floor it keeps. The kernel
+//!    cannot do this: it sees a VMM as one big process, not a guest with
+//!    free pages. A balloon that does not follow is **stalled**
+//!    ([`super::balloon_stall`]): it gets no more asks for a while and
+//!    the events say so.
 //! 2. **Decide**: only when reclaim has made no progress (neither did the
 //!    pool's usage fall nor did any of its VMs shrink) for
 //!    `no_progress_ms`, no earlier
 //!    victim is still releasing memory ([`crate::oom::select`] checks), and
 //!    the last kill is at least `min_kill_interval_ms` old, run the OOM
-//!    decision for the pool (`CONSTRAINT_BUDGET` or `CONSTRAINT_MEMCG`).
+//!    decision for the domain (`CONSTRAINT_BUDGET`, `CONSTRAINT_MEMCG` or
+//!    `CONSTRAINT_NONE`).
 //!
 //! A VM that shrinks counts as progress because in a memory cgroup at its
 //! limit whatever the balloons free is taken at once by the VM waiting for
 //! it: the pool's usage stays at the limit while reclaim works, but memory
 //! moves from the idle guests to the one that needs it.
 //!
-//! Back under 90 % of the limit, the balloons are deflated again.
+//! Well clear of the limit again (90 % of a pool's limit; twice the
+//! minimum available on the host), the balloons the domain inflated are
+//! deflated, unless another domain still holds them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::balloon_stall::{InflateState, InflateWatch};
 use super::vms::is_live;
 use super::{lock, vm_client, Daemon};
 use crate::daemon_api::VmState;
+use crate::oom::host::{Meminfo, ProcFs};
+use crate::oom::psi::Pressure;
 
-/// What the policy remembers about a pool between ticks.
+/// An OOM domain the policy watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain<'a> {
+    /// The whole host: every VM.
+    Host,
+    /// One pool with a budget or a memory cgroup: its VMs.
+    Pool(&'a str),
+}
+
+impl Domain<'_> {
+    /// The key of its [`PoolState`]; pool names cannot start with `(`.
+    fn key(self) -> String {
+        match self {
+            Domain::Host => "(host)".into(),
+            Domain::Pool(p) => p.into(),
+        }
+    }
+
+    fn pool(self) -> Option<String> {
+        match self {
+            Domain::Host => None,
+            Domain::Pool(p) => Some(p.into()),
+        }
+    }
+}
+
+impl fmt::Display for Domain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Domain::Host => f.write_str("the host"),
+            Domain::Pool(p) => write!(f, "pool {p}"),
+        }
+    }
+}
+
+/// What the policy remembers about a domain between ticks.
 #[derive(Debug, Default)]
 pub struct PoolState {
     /// Usage at the last progress, and when that was.
@@ -47,27 +101,38 @@ pub struct PoolState {
     shrunk: u64,
     /// Balloon targets the policy asked for, per VM, in MiB.
     requested_mib: BTreeMap<String, u32>,
+    /// How each balloon asked follows its target.
+    inflating: BTreeMap<String, InflateWatch>,
 }
 
-/// A pool's limit and usage as read this tick, whatever enforces the limit.
+/// A domain's limit and usage as read this tick, whatever enforces the
+/// limit.
 pub struct PoolLimit {
-    /// What sets the limit: `budget` (the daemon alone) or `memcg` (a
-    /// memory cgroup, the kernel); names the trigger of the decision.
+    /// What sets the limit: `budget` (the daemon alone), `memcg` (a
+    /// memory cgroup, the kernel) or `host`; names the trigger of the
+    /// decision.
     pub kind: &'static str,
-    /// Bytes the pool uses.
+    /// Bytes the domain uses.
     pub usage: u64,
-    /// The budget or the cgroup's limit, in bytes.
+    /// The budget, the cgroup's limit or the host's RAM, in bytes.
     pub limit: u64,
-    /// What reclaim aims to bring usage down to: the budget itself, or
-    /// 95 % of a cgroup's limit.
+    /// What reclaim aims to bring usage down to: the budget itself, 95 %
+    /// of a cgroup's limit, or the host's RAM less its minimum available.
     pub high: u64,
-    /// Whether the pool is under pressure now.
+    /// Below this usage the balloons the domain inflated are let go.
+    pub release_below: u64,
+    /// Whether the domain is under pressure now.
     pub pressure: bool,
-    /// Tasks of the pool wait for memory (memory cgroups).
+    /// Tasks of the domain wait for memory (memory cgroups).
     pub waiting: bool,
-    /// More for the events (a cgroup's path and counters).
+    /// More for the events (a cgroup's path and counters, the host's
+    /// figures).
     pub detail: Value,
 }
+
+/// Deflate once a pool's usage is below this fraction of its limit
+/// (percent).
+pub const RELEASE_BELOW_PERCENT: u64 = 90;
 
 impl PoolLimit {
     fn budget(usage: u64, budget: u64) -> Self {
@@ -76,20 +141,57 @@ impl PoolLimit {
             usage,
             limit: budget,
             high: budget,
+            release_below: budget / 100 * RELEASE_BELOW_PERCENT,
             pressure: usage > budget,
             waiting: false,
             detail: Value::Null,
         }
     }
 
-    /// The event body about this pool.
-    fn event(&self, pool: &str) -> Value {
+    /// The host against `host_min_available_permille` (earlyoom's rule:
+    /// available memory short and, if there is swap, free swap short too).
+    pub fn host(m: &Meminfo, permille: u16, psi: Option<&Pressure>) -> Self {
+        let share = |total: u64| (u128::from(total) * u128::from(permille) / 1000) as u64;
+        let min_available = share(m.mem_total);
+        let swap_short = m.swap_total == 0 || m.swap_free < share(m.swap_total);
+        let usage = m.mem_total.saturating_sub(m.mem_available);
+        PoolLimit {
+            kind: "host",
+            usage,
+            limit: m.mem_total,
+            high: m.mem_total - min_available,
+            release_below: m.mem_total.saturating_sub(2 * min_available),
+            pressure: m.mem_available < min_available && swap_short,
+            waiting: false,
+            detail: json!({
+                "mem_available_bytes": m.mem_available,
+                "mem_total_bytes": m.mem_total,
+                "swap_free_bytes": m.swap_free,
+                "swap_total_bytes": m.swap_total,
+                "min_available_bytes": min_available,
+                "psi_some_avg10": psi.map(|p| p.some.avg10),
+                "psi_full_avg10": psi.and_then(|p| p.full).map(|f| f.avg10),
+            }),
+        }
+    }
+
+    /// The least change that counts as progress: 0.1 % of the limit, at
+    /// least 1 MiB. On a host of many GiB, the noise of every other
+    /// process's allocations must not pass for reclaim working.
+    fn progress_step(&self) -> u64 {
+        (self.limit / 1000).max(1 << 20)
+    }
+
+    /// The event body about this domain.
+    fn event(&self, domain: Domain<'_>) -> Value {
         let mut body = json!({
-            "pool": pool,
             "constraint": self.kind,
             "usage_bytes": self.usage,
             "limit_bytes": self.limit,
         });
+        if let Domain::Pool(pool) = domain {
+            body["pool"] = json!(pool);
+        }
         if self.kind == "budget" {
             body["budget_bytes"] = json!(self.limit);
         }
@@ -99,25 +201,28 @@ impl PoolLimit {
         body
     }
 
-    fn why(&self, pool: &str, no_progress_ms: u64) -> String {
+    fn why(&self, domain: Domain<'_>, no_progress_ms: u64) -> String {
         let (usage, limit) = (self.usage >> 20, self.limit >> 20);
         let state = match self.kind {
-            "budget" => format!("over its budget ({usage} MiB > {limit} MiB)"),
-            _ if self.waiting => format!(
-                "at {usage} MiB of its memory cgroup limit of {limit} MiB, tasks waiting for memory,"
+            "budget" => format!("is over its budget ({usage} MiB > {limit} MiB)"),
+            "host" => format!(
+                "is short of memory ({} MiB available, under its minimum of {} MiB)",
+                (self.limit - self.usage) >> 20,
+                (self.limit - self.high) >> 20
             ),
-            _ => format!("at {usage} MiB of its memory cgroup limit of {limit} MiB"),
+            _ if self.waiting => format!(
+                "is at {usage} MiB of its memory cgroup limit of {limit} MiB, tasks waiting for memory,"
+            ),
+            _ => format!("is at {usage} MiB of its memory cgroup limit of {limit} MiB"),
         };
-        format!("pool {pool} {state} with no progress for {no_progress_ms} ms")
+        format!("{domain} {state} with no progress for {no_progress_ms} ms")
     }
 }
 
 /// A guest keeps at least this much of its free memory.
 const FLOOR_MIB: u64 = 16;
-/// Deflate once usage is below this fraction of the limit (percent).
-const RELEASE_BELOW_PERCENT: u64 = 90;
 
-/// One member of a pool, as read this tick.
+/// One member of a domain, as read this tick.
 struct Member {
     id: String,
     sock: PathBuf,
@@ -135,24 +240,41 @@ struct Balloon<'m> {
 }
 
 impl Daemon {
-    /// One policy pass over every pool with a limit: byte budgets and
-    /// memory-cgroup pools.
-    pub fn enforce_budgets(&self) {
+    /// One policy pass over every domain with a limit: byte budgets,
+    /// memory-cgroup pools, and the host.
+    pub fn enforce_limits(&self) {
         for (pool, &budget) in self.budgets() {
-            let members = self.members(pool);
+            let members = self.members(Domain::Pool(pool));
             let usage = members.iter().map(|m| m.usage).sum();
-            self.enforce_pool(pool, PoolLimit::budget(usage, budget), &members);
+            self.enforce(
+                Domain::Pool(pool),
+                PoolLimit::budget(usage, budget),
+                &members,
+            );
         }
         for (pool, limit) in self.memcg_limits() {
-            let members = self.members(&pool);
-            self.enforce_pool(&pool, limit, &members);
+            let members = self.members(Domain::Pool(&pool));
+            self.enforce(Domain::Pool(&pool), limit, &members);
+        }
+        let permille = self.policy().host_min_available_permille;
+        if permille > 0 {
+            // Unreadable meminfo leaves the host to the kernel this tick.
+            if let Ok(m) = ProcFs::host().meminfo() {
+                let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
+                let lim = PoolLimit::host(&m, permille, psi.as_ref());
+                self.enforce(Domain::Host, lim, &self.members(Domain::Host));
+            }
         }
     }
 
-    fn members(&self, pool: &str) -> Vec<Member> {
+    fn members(&self, domain: Domain<'_>) -> Vec<Member> {
         self.with_vms(|vms| {
             vms.values()
-                .filter(|v| v.spec.pool.as_deref() == Some(pool) && is_live(v.state))
+                .filter(|v| is_live(v.state))
+                .filter(|v| match domain {
+                    Domain::Host => true,
+                    Domain::Pool(p) => v.spec.pool.as_deref() == Some(p),
+                })
                 .map(|v| Member {
                     id: v.id.clone(),
                     sock: v.api_sock.clone(),
@@ -164,33 +286,44 @@ impl Daemon {
         })
     }
 
-    fn enforce_pool(&self, pool: &str, lim: PoolLimit, members: &[Member]) {
+    fn enforce(&self, domain: Domain<'_>, lim: PoolLimit, members: &[Member]) {
         let usage = lim.usage;
         let policy = self.policy();
         let pressure = lim.pressure;
-        // Balloons are asked before the pool's state is locked.
+        // Balloons are asked before the domain's state is locked.
         let balloons = if pressure && policy.reclaim_first {
             balloons(members)
         } else {
             Vec::new()
         };
-        let mut pools = lock(&self.pool_states);
-        let st = pools.entry(pool.to_string()).or_default();
+        let mut states = lock(&self.pool_states);
+        let key = domain.key();
 
         if !pressure {
+            let st = states.entry(key.clone()).or_default();
             st.last_progress = None;
             st.last_usage.clear();
-            if usage * 100 < lim.limit * RELEASE_BELOW_PERCENT && !st.requested_mib.is_empty() {
-                for (id, _) in std::mem::take(&mut st.requested_mib) {
-                    if let Some(m) = members.iter().find(|m| m.id == id) {
+            st.inflating.clear();
+            if usage < lim.release_below && !st.requested_mib.is_empty() {
+                let released = std::mem::take(&mut st.requested_mib);
+                // A VM another domain still reclaims from keeps its balloon.
+                let states = &*states;
+                let held = |id: &String| {
+                    states
+                        .iter()
+                        .any(|(k, s)| *k != key && s.requested_mib.contains_key(id))
+                };
+                for id in released.keys().filter(|id| !held(id)) {
+                    if let Some(m) = members.iter().find(|m| &m.id == id) {
                         let _ = vm_client::set_balloon_target(&m.sock, 0);
                     }
                 }
-                self.events.push("reclaim_released", lim.event(pool));
+                self.events.push("reclaim_released", lim.event(domain));
             }
             return;
         }
 
+        let st = states.entry(key).or_default();
         let now = Instant::now();
         for m in members {
             let before = st.last_usage.insert(m.id.clone(), m.usage);
@@ -198,31 +331,119 @@ impl Daemon {
         }
         st.last_usage
             .retain(|id, _| members.iter().any(|m| &m.id == id));
-        if st.last_progress.is_none() || usage + (1 << 20) < st.best_usage || st.shrunk >= 1 << 20 {
+        let step = lim.progress_step();
+        if st.last_progress.is_none() || usage + step < st.best_usage || st.shrunk >= step {
             st.best_usage = usage;
             st.shrunk = 0;
             st.last_progress = Some(now);
         }
+        let mut stalled = Vec::new();
         if policy.reclaim_first {
             let excess = usage.saturating_sub(lim.high).max(1 << 20);
-            reclaim(self, pool, excess, &balloons, st);
+            stalled = self.reclaim(domain, lim.kind, excess, &balloons, st, now);
         }
-        let stalled = now.duration_since(st.last_progress.unwrap_or(now))
+        let no_progress = now.duration_since(st.last_progress.unwrap_or(now))
             >= Duration::from_millis(policy.no_progress_ms);
         let rate_ok = lock(&self.last_kill).is_none_or(|t| {
             now.duration_since(t) >= Duration::from_millis(policy.min_kill_interval_ms)
         });
-        if stalled && rate_ok {
-            drop(pools);
-            let mut body = lim.event(pool);
-            body["why"] = json!(lim.why(pool, policy.no_progress_ms));
+        if no_progress && rate_ok {
+            drop(states);
+            let mut body = lim.event(domain);
+            body["why"] = json!(lim.why(domain, policy.no_progress_ms));
+            if !stalled.is_empty() {
+                body["stalled_balloons"] = json!(stalled);
+            }
             self.events.push("oom_pressure", body);
-            let _ = self.oom_decide(lim.kind, false, Some(pool));
-            if let Some(st) = lock(&self.pool_states).get_mut(pool) {
+            let _ = self.oom_decide(lim.kind, false, domain.pool().as_deref());
+            if let Some(st) = lock(&self.pool_states).get_mut(&domain.key()) {
                 // A new round: the kill is the progress.
                 st.last_progress = None;
             }
         }
+    }
+
+    /// Inflates balloons of members with free memory by their fair share
+    /// of `excess` bytes; only ever raises a target it asked for before,
+    /// and leaves stalled balloons alone. Returns the VMs whose balloons
+    /// are stalled now.
+    fn reclaim(
+        &self,
+        domain: Domain<'_>,
+        kind: &'static str,
+        excess: u64,
+        balloons: &[Balloon<'_>],
+        st: &mut PoolState,
+        now: Instant,
+    ) -> Vec<String> {
+        let mut stalled = Vec::new();
+        let mut usable = Vec::new();
+        for b in balloons {
+            let id = &b.member.id;
+            let state = match st.inflating.get_mut(id) {
+                Some(w) => w.observe(now, b.actual_mib),
+                None => InflateState::Settled,
+            };
+            match state {
+                InflateState::Stalled { rate_mib_s } => {
+                    let mut body = json!({
+                        "vm": id,
+                        "target_mib": st.requested_mib.get(id),
+                        "actual_mib": b.actual_mib,
+                        "rate_mib_s": (rate_mib_s * 10.0).round() / 10.0,
+                        "backoff_s": super::balloon_stall::STALL_BACKOFF.as_secs(),
+                    });
+                    if let Domain::Pool(p) = domain {
+                        body["pool"] = json!(p);
+                    }
+                    self.events.push("balloon_stalled", body);
+                    stalled.push(id.clone());
+                }
+                InflateState::BackingOff => stalled.push(id.clone()),
+                InflateState::Settled | InflateState::Inflating => usable.push(b),
+            }
+        }
+        // What each guest can give: its reported free memory minus a floor,
+        // minus what its balloon already holds.
+        let givers: Vec<(&Balloon<'_>, u64)> = usable
+            .into_iter()
+            .map(|b| {
+                let floor = (FLOOR_MIB << 20).max((b.member.mem_mib << 20) / 20);
+                (b, b.free.saturating_sub(floor))
+            })
+            .filter(|(_, can_give)| *can_give >= 1 << 20)
+            .collect();
+        let total: u64 = givers.iter().map(|(_, g)| g).sum();
+        let mut asked = Vec::new();
+        for (b, can_give) in givers {
+            let m = b.member;
+            // Fair share, weighted by what each can give; rounded up to MiB.
+            let share = (excess.min(total) as u128 * can_give as u128 / total as u128) as u64;
+            let share_mib = share.div_ceil(1 << 20).min(can_give >> 20) as u32;
+            let target = b.actual_mib + share_mib;
+            let prev = st.requested_mib.get(&m.id).copied().unwrap_or(0);
+            if share_mib == 0 || target <= prev {
+                continue;
+            }
+            if vm_client::set_balloon_target(&m.sock, target).is_ok() {
+                st.requested_mib.insert(m.id.clone(), target);
+                st.inflating
+                    .entry(m.id.clone())
+                    .or_default()
+                    .asked(now, target, b.actual_mib);
+                asked.push(
+                    json!({ "vm": m.id, "target_mib": target, "can_give_mib": can_give >> 20 }),
+                );
+            }
+        }
+        if !asked.is_empty() {
+            let mut body = json!({ "constraint": kind, "excess_bytes": excess, "balloons": asked });
+            if let Domain::Pool(p) = domain {
+                body["pool"] = json!(p);
+            }
+            self.events.push("reclaim", body);
+        }
+        stalled
     }
 }
 
@@ -243,42 +464,53 @@ fn balloons(members: &[Member]) -> Vec<Balloon<'_>> {
         .collect()
 }
 
-/// Inflates balloons of members with free memory by their fair share of
-/// `excess` bytes. Only ever raises a target it asked for before.
-fn reclaim(d: &Daemon, pool: &str, excess: u64, balloons: &[Balloon<'_>], st: &mut PoolState) {
-    // What each guest can give: its reported free memory minus a floor,
-    // minus what its balloon already holds.
-    let givers: Vec<(&Member, u64, u32)> = balloons
-        .iter()
-        .map(|b| {
-            let floor = (FLOOR_MIB << 20).max((b.member.mem_mib << 20) / 20);
-            (b.member, b.free.saturating_sub(floor), b.actual_mib)
-        })
-        .filter(|(_, can_give, _)| *can_give >= 1 << 20)
-        .collect();
-    let total: u64 = givers.iter().map(|(_, g, _)| g).sum();
-    if total == 0 {
-        return;
-    }
-    let mut asked = Vec::new();
-    for (m, can_give, actual_mib) in givers {
-        // Fair share, weighted by what each can give; rounded up to MiB.
-        let share = (excess.min(total) as u128 * can_give as u128 / total as u128) as u64;
-        let share_mib = share.div_ceil(1 << 20).min(can_give >> 20) as u32;
-        let target = actual_mib + share_mib;
-        let prev = st.requested_mib.get(&m.id).copied().unwrap_or(0);
-        if share_mib == 0 || target <= prev {
-            continue;
-        }
-        if vm_client::set_balloon_target(&m.sock, target).is_ok() {
-            st.requested_mib.insert(m.id.clone(), target);
-            asked.push(json!({ "vm": m.id, "target_mib": target, "can_give_mib": can_give >> 20 }));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn meminfo(available: u64, swap_total: u64, swap_free: u64) -> Meminfo {
+        Meminfo {
+            mem_total: 16 * GIB,
+            mem_free: available / 2,
+            mem_available: available,
+            swap_total,
+            swap_free,
         }
     }
-    if !asked.is_empty() {
-        d.events.push(
-            "reclaim",
-            json!({ "pool": pool, "excess_bytes": excess, "balloons": asked }),
+
+    #[test]
+    fn the_host_is_short_when_available_memory_and_swap_both_are() {
+        // 5 % of 16 GiB is 819 MiB.
+        let short = PoolLimit::host(&meminfo(800 << 20, 0, 0), 50, None);
+        assert!(short.pressure);
+        assert_eq!(short.kind, "host");
+        assert_eq!(short.usage, 16 * GIB - (800 << 20));
+        let min = 16 * GIB * 50 / 1000;
+        assert_eq!(short.limit - short.high, min);
+        // Reclaim aims for the minimum; release waits for twice that.
+        assert_eq!(short.release_below, 16 * GIB - 2 * min);
+        assert!(!PoolLimit::host(&meminfo(900 << 20, 0, 0), 50, None).pressure);
+        // Plenty of free swap: not short yet (earlyoom's rule).
+        assert!(!PoolLimit::host(&meminfo(800 << 20, 8 * GIB, 4 * GIB), 50, None).pressure);
+        assert!(PoolLimit::host(&meminfo(800 << 20, 8 * GIB, 400 << 20), 50, None).pressure);
+        // 1000 ‰: always short; the why names the figures.
+        let all = PoolLimit::host(&meminfo(15 * GIB, 0, 0), 1000, None);
+        assert!(all.pressure);
+        assert_eq!(
+            all.why(Domain::Host, 2000),
+            "the host is short of memory (15360 MiB available, under its minimum of 16384 MiB) \
+             with no progress for 2000 ms"
         );
+        assert_eq!(all.event(Domain::Host)["min_available_bytes"], 16 * GIB);
+        assert!(all.event(Domain::Host).get("pool").is_none());
+    }
+
+    #[test]
+    fn progress_is_at_least_a_thousandth_of_the_limit() {
+        let host = PoolLimit::host(&meminfo(GIB, 0, 0), 50, None);
+        assert_eq!(host.progress_step(), 16 * GIB / 1000);
+        assert_eq!(PoolLimit::budget(0, 360 << 20).progress_step(), 1 << 20);
     }
 }

@@ -308,6 +308,7 @@ impl Daemon {
             usage: s.usage_bytes,
             limit,
             high,
+            release_below: limit / 100 * super::policy::RELEASE_BELOW_PERCENT,
             pressure,
             waiting,
             detail: json!({

@@ -63,7 +63,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             break signal;
         }
         daemon.supervise();
-        daemon.enforce_budgets();
+        daemon.enforce_limits();
         // Sleep until the next tick, or until the kernel reports memory
         // stalls (a PSI trigger): pressure wakes the daemon at once.
         match &psi {

@@ -38,6 +38,7 @@ pub(crate) fn policy() -> OomPolicy {
         min_kill_interval_ms: 1000,
         psi_some_threshold_us: 150_000,
         psi_window_us: 1_000_000,
+        host_min_available_permille: 50,
     }
 }
 

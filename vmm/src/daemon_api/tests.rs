@@ -168,7 +168,7 @@ fn every_route_works() {
             "get_vm web-1",
             "patch_vm web-1 VmPatch { oom_score_adj: Some(-1000), balloon_target_mib: Some(32) }",
             "oom",
-            "patch_oom OomPatch { action: Some(Notify), kill_fastest_grower: None, dump_vms: None, reclaim_first: None, no_progress_ms: None, min_kill_interval_ms: None, psi_some_threshold_us: None, psi_window_us: Some(2000000) }",
+            "patch_oom OomPatch { action: Some(Notify), kill_fastest_grower: None, dump_vms: None, reclaim_first: None, no_progress_ms: None, min_kill_interval_ms: None, psi_some_threshold_us: None, psi_window_us: Some(2000000), host_min_available_permille: None }",
             "oom",
             "trigger_oom OomTrigger { dry_run: true, pool: None }",
             "trigger_oom OomTrigger { dry_run: false, pool: None }",
@@ -493,6 +493,7 @@ fn openapi_document_covers_every_route_field_and_status() {
         min_kill_interval_ms: Some(1),
         psi_some_threshold_us: Some(1),
         psi_window_us: Some(1),
+        host_min_available_permille: Some(1),
     };
     let oom = serde_json::to_value(daemon.oom()).unwrap();
     let bodies = [

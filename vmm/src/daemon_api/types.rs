@@ -327,6 +327,14 @@ pub struct OomPolicy {
     pub psi_some_threshold_us: u64,
     /// PSI trigger window, in µs (500 ms to 10 s).
     pub psi_window_us: u64,
+    /// Host-wide pressure, in thousandths of the host's memory: the host
+    /// is short when `MemAvailable` is below this share of `MemTotal` and,
+    /// if it has swap, `SwapFree` below this share of `SwapTotal`
+    /// (earlyoom's rule). Then balloons are inflated across all VMs and,
+    /// without progress, the decision runs under `CONSTRAINT_NONE`. 0
+    /// turns host-wide action off (the kernel's OOM killer is then the
+    /// host's only defence).
+    pub host_min_available_permille: u16,
 }
 
 impl OomPolicy {
@@ -350,6 +358,9 @@ impl OomPolicy {
                 .psi_some_threshold_us
                 .unwrap_or(self.psi_some_threshold_us),
             psi_window_us: patch.psi_window_us.unwrap_or(self.psi_window_us),
+            host_min_available_permille: patch
+                .host_min_available_permille
+                .unwrap_or(self.host_min_available_permille),
         };
         if next.psi_some_threshold_us > next.psi_window_us {
             return Err(bad(format!(
@@ -449,6 +460,9 @@ pub struct OomPatch {
     /// See [`OomPolicy::psi_window_us`]; 500 000 to 10 000 000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub psi_window_us: Option<u64>,
+    /// See [`OomPolicy::host_min_available_permille`]; 0 to 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_min_available_permille: Option<u16>,
 }
 
 impl OomPatch {
@@ -456,7 +470,7 @@ impl OomPatch {
     /// [`OomPolicy::apply`] checks them together.
     pub fn validate(&self) -> Result<(), ApiError> {
         if *self == OomPatch::default() {
-            return Err(bad("nothing to change: give at least one knob (action, kill_fastest_grower, dump_vms, reclaim_first, no_progress_ms, min_kill_interval_ms, psi_some_threshold_us, psi_window_us)".into()));
+            return Err(bad("nothing to change: give at least one knob (action, kill_fastest_grower, dump_vms, reclaim_first, no_progress_ms, min_kill_interval_ms, psi_some_threshold_us, psi_window_us, host_min_available_permille)".into()));
         }
         for (field, value) in [
             ("no_progress_ms", self.no_progress_ms),
@@ -467,6 +481,11 @@ impl OomPatch {
                     "{field}: {ms} is longer than the limit of {MAX_POLICY_MS} (one hour)"
                 )));
             }
+        }
+        if let Some(permille) = self.host_min_available_permille.filter(|p| *p > 1000) {
+            return Err(bad(format!(
+                "host_min_available_permille: {permille} is out of range: 0 (off) to 1000"
+            )));
         }
         if let Some(window) = self.psi_window_us {
             if !PSI_WINDOW_US.contains(&window) {
@@ -585,6 +604,11 @@ mod tests {
             ..OomPatch::default()
         };
         assert!(msg(p.validate()).starts_with("psi_some_threshold_us: 0"));
+        let p = OomPatch {
+            host_min_available_permille: Some(1001),
+            ..OomPatch::default()
+        };
+        assert!(msg(p.validate()).starts_with("host_min_available_permille: 1001 is out of range"));
     }
 
     #[test]
@@ -598,6 +622,7 @@ mod tests {
             min_kill_interval_ms: 1000,
             psi_some_threshold_us: 150_000,
             psi_window_us: 1_000_000,
+            host_min_available_permille: 50,
         };
         let next = policy
             .apply(&OomPatch {
@@ -633,6 +658,7 @@ mod tests {
                 min_kill_interval_ms: 2,
                 psi_some_threshold_us: 3,
                 psi_window_us: 500_000,
+                host_min_available_permille: 4,
             },
             pressure: PressureView {
                 mem_available_bytes: 1,
