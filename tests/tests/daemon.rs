@@ -194,6 +194,26 @@ fn bad_requests_are_refused_and_change_nothing() {
         ("PATCH", "/vms/nope", r#"{"oom_score_adj": 0}"#, 404),
         ("DELETE", "/vms/nope", "", 404),
         ("PATCH", "/oom", r#"{"action": "explode"}"#, 400),
+        (
+            "PATCH",
+            "/oom",
+            r#"{"host_min_available_permille": 1001}"#,
+            400,
+        ),
+        ("POST", "/vms", r#"{"mem_mib": 64, "numa_nodes": "9"}"#, 400),
+        (
+            "POST",
+            "/vms",
+            r#"{"mem_mib": 64, "numa_nodes": "0-"}"#,
+            400,
+        ),
+        ("POST", "/oom/trigger", r#"{"nodes": "9"}"#, 400),
+        (
+            "POST",
+            "/oom/trigger",
+            r#"{"nodes": "0", "pool": "p"}"#,
+            400,
+        ),
         ("GET", "/nowhere", "", 404),
     ] {
         let (got, body) = d.call(
@@ -318,6 +338,48 @@ fn balloons_reclaim_first_then_the_worst_vm_dies() {
         kernel_kills,
         "the kernel's OOM killer never fired"
     );
+}
+
+/// The nodes constraint: a VM bound to node 0 (its guest RAM carries the
+/// `MPOL_BIND` policy) and an unbound one are both candidates of a
+/// decision under node 0 (`CONSTRAINT_MEMORY_POLICY`); with one node here,
+/// node 0 holds all memory, so `totalpages` is the host's, as the kernel
+/// would count it.
+#[test]
+fn a_decision_under_numa_nodes_takes_bound_and_unbound_vms() {
+    let d = Daemon::start("nodes");
+    let bound = d.create(r#"{"id": "bound", "mem_mib": 96, "numa_nodes": "0", "cmdline": "tiny.touch=48M tiny.hold=forever"}"#);
+    assert_eq!(bound["id"], "bound", "{bound}");
+    d.create(r#"{"id": "free", "mem_mib": 64, "cmdline": "tiny.touch=16M tiny.hold=forever"}"#);
+    for id in ["bound", "free"] {
+        d.wait_console(id, "tiny-guest: hold");
+    }
+    let pid = d.vm("bound")["pid"].as_u64().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap();
+    assert!(maps.contains(" bind:0 "), "{maps}");
+    let created = events_of(&d, "vm_created");
+    assert_eq!(created[0]["numa_nodes"], "0", "{created:?}");
+
+    let (status, decision) = d.call(
+        "POST",
+        "/oom/trigger",
+        Some(r#"{"dry_run": true, "nodes": "0"}"#),
+    );
+    assert_eq!(status, 200, "{decision}");
+    assert!(
+        decision["constraint"]
+            .as_str()
+            .unwrap()
+            .starts_with("CONSTRAINT_MEMORY_POLICY (nodes 0)"),
+        "{decision}"
+    );
+    assert_eq!(
+        decision["basis"], "the nodes hold all memory: host RAM + swap",
+        "{decision}"
+    );
+    assert_eq!(decision["table"].as_array().unwrap().len(), 2, "{decision}");
+    assert_eq!(decision["victim"], "bound", "{decision}");
+    assert_eq!(d.vm("bound")["state"], "running", "a dry run");
 }
 
 /// Host-wide pressure, with no pool: once `MemAvailable` is under the

@@ -61,3 +61,14 @@ fn missing_kvm_is_explained() {
     assert_eq!(out.status.code(), Some(250), "{stderr}");
     assert!(stderr.contains("/dev/kvm does not exist"), "{stderr}");
 }
+
+#[test]
+fn bad_numa_nodes() {
+    let missing = refused(&["run", "--numa-nodes", "0,9"]);
+    assert!(
+        missing.contains("--numa-nodes: NUMA node 9 does not exist here (nodes with memory: 0"),
+        "{missing}"
+    );
+    let garbage = refused(&["run", "--numa-nodes", "1-"]);
+    assert!(garbage.contains("bad NUMA node list"), "{garbage}");
+}

@@ -149,3 +149,33 @@ fn serial_output_can_go_to_a_file() {
         "nothing on stdout when serial goes to a file"
     );
 }
+
+/// `--numa-nodes 0`: guest RAM carries an `MPOL_BIND` policy to node 0,
+/// and the pages the guest touched are on it (`/proc/<pid>/numa_maps`).
+#[test]
+fn numa_nodes_binds_guest_ram() {
+    require_kvm();
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--mem",
+        "64M",
+        "--numa-nodes",
+        "0",
+        "--cmdline",
+        "tiny.touch=16M tiny.hold=forever",
+    ]);
+    vm.wait_for("tiny-guest: hold", BOOT)
+        .unwrap_or_else(|| panic!("no hold line:\n{}", vm.output()));
+    let maps = std::fs::read_to_string(format!("/proc/{}/numa_maps", vm.pid())).unwrap();
+    vm.kill();
+    let bound: Vec<&str> = maps.lines().filter(|l| l.contains(" bind:0 ")).collect();
+    assert_eq!(bound.len(), 1, "one guest RAM region, bound: {maps}");
+    // At least the 16 MiB touched, all of it on node 0.
+    let n0: u64 = bound[0]
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("N0="))
+        .unwrap_or_else(|| panic!("{}", bound[0]))
+        .parse()
+        .unwrap();
+    assert!(n0 >= 4096, "{}", bound[0]);
+}

@@ -106,6 +106,9 @@ pub struct CreateArgs {
     /// The pool the VM belongs to.
     #[arg(long)]
     pub pool: Option<String>,
+    /// Bind guest RAM to these NUMA nodes (e.g. 0 or 0-1,3).
+    #[arg(long)]
+    pub numa_nodes: Option<String>,
     /// The VM's id [default: one the daemon makes up].
     #[arg(long)]
     pub id: Option<String>,
@@ -146,8 +149,11 @@ pub enum OomCommand {
         #[arg(long)]
         dry_run: bool,
         /// Decide within this pool only.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nodes")]
         pool: Option<String>,
+        /// Decide among the VMs bound to these NUMA nodes (e.g. 0-1).
+        #[arg(long)]
+        nodes: Option<String>,
     },
 }
 
@@ -308,10 +314,15 @@ pub fn execute(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 let (raw, oom): (Value, OomView) = api.call("PATCH", "/oom", Some(&body))?;
                 print_oom(out, json, &raw, &oom)
             }
-            Some(OomCommand::Trigger { dry_run, pool }) => {
+            Some(OomCommand::Trigger {
+                dry_run,
+                pool,
+                nodes,
+            }) => {
                 let trigger = OomTrigger {
                     dry_run: *dry_run,
                     pool: pool.clone(),
+                    nodes: nodes.clone(),
                 };
                 let (raw, _): (Value, Value) =
                     api.call("POST", "/oom/trigger", Some(&to_json(&trigger)?))?;
@@ -389,6 +400,7 @@ fn create_spec(args: &CreateArgs) -> Result<VmSpec, CtlError> {
         balloon: args.balloon,
         oom_score_adj: args.oom_score_adj.unwrap_or(0),
         pool: args.pool.clone(),
+        numa_nodes: args.numa_nodes.clone(),
     })
 }
 

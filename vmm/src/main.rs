@@ -119,6 +119,10 @@ struct RunArgs {
     /// `PUT /balloon` first). Needs --api-sock.
     #[arg(long, requires = "api_sock")]
     wait_for_start: bool,
+    /// Bind guest RAM to these NUMA nodes (a node list like `0` or `0-1,3`;
+    /// `MPOL_BIND`): every guest page comes from them.
+    #[arg(long, value_name = "NODES")]
+    numa_nodes: Option<vmm::oom::constraint::NodeSet>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -277,6 +281,7 @@ fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
         balloon: args.balloon.map(Into::into),
         announce,
         dump_acpi: args.dump_acpi,
+        numa_nodes: args.numa_nodes,
     };
     Ok(Vm::boot(cfg)?)
 }

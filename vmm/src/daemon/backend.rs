@@ -15,6 +15,7 @@ use crate::memstat::{self, MmCounters};
 use crate::oom::badness::{oom_badness, oom_score, VmUsage};
 use crate::oom::host::ProcFs;
 use crate::oom::psi::Pressure;
+use crate::oom::Constraint;
 
 use super::vms::{is_live, VmRecord};
 
@@ -169,7 +170,19 @@ impl DaemonBackend for Daemon {
     }
 
     fn trigger_oom(&self, req: OomTrigger) -> Result<Value, ApiError> {
-        Ok(self.oom_decide("manual", req.dry_run, req.pool.as_deref())?)
+        let constraint = match (&req.pool, &req.nodes) {
+            (Some(pool), _) => self.pool_constraint(pool)?,
+            (None, Some(nodes)) => {
+                let nodes = nodes
+                    .parse()
+                    .map_err(|e| DaemonError::Invalid(format!("nodes: {e}")))?;
+                crate::vm::numa::check_nodes(&nodes, &ProcFs::host())
+                    .map_err(|e| DaemonError::Invalid(format!("nodes: {e}")))?;
+                Constraint::nodes(nodes).map_err(DaemonError::Constraint)?
+            }
+            (None, None) => Constraint::Host,
+        };
+        Ok(self.oom_decide("manual", req.dry_run, constraint)?)
     }
 
     fn events(&self, since: u64) -> Vec<Value> {

@@ -187,6 +187,15 @@ impl Daemon {
         if vms.contains_key(&id) {
             return Err(DaemonError::Exists(id));
         }
+        if let Some(nodes) = &spec.numa_nodes {
+            // Refused here, with the nodes that exist, rather than as the
+            // VMM's exit status 250 a moment later.
+            let nodes = nodes
+                .parse()
+                .map_err(|e| DaemonError::Invalid(format!("numa_nodes: {e}")))?;
+            crate::vm::numa::check_nodes(&nodes, &ProcFs::host())
+                .map_err(|e| DaemonError::Invalid(format!("numa_nodes: {e}")))?;
+        }
         spec.id = Some(id.clone());
         let pool = spec.pool.clone();
         let record = VmRecord::spawn(
@@ -199,7 +208,7 @@ impl Daemon {
         )?;
         self.events.push(
             "vm_created",
-            json!({ "vm": id, "pid": record.pid(), "mem_mib": record.spec.mem_mib, "oom_score_adj": record.oom_score_adj.get(), "pool": record.spec.pool }),
+            json!({ "vm": id, "pid": record.pid(), "mem_mib": record.spec.mem_mib, "oom_score_adj": record.oom_score_adj.get(), "pool": record.spec.pool, "numa_nodes": record.spec.numa_nodes }),
         );
         vms.insert(id.clone(), record);
         Ok(id)
@@ -307,14 +316,10 @@ impl Daemon {
         &self,
         trigger: &str,
         dry_run: bool,
-        pool: Option<&str>,
+        constraint: Constraint,
     ) -> Result<Value, DaemonError> {
         let t0 = Instant::now();
         let policy = self.policy();
-        let constraint = match pool {
-            Some(p) => self.pool_constraint(p)?,
-            None => Constraint::Host,
-        };
 
         // Select under the lock; act after releasing it.
         let (decision, victim) = {

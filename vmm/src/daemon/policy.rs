@@ -51,6 +51,7 @@ use super::balloon_stall::{InflateState, InflateWatch};
 use super::vms::is_live;
 use super::{lock, vm_client, Daemon};
 use crate::daemon_api::VmState;
+use crate::oom::constraint::Constraint;
 use crate::oom::host::{Meminfo, ProcFs};
 use crate::oom::psi::Pressure;
 
@@ -69,13 +70,6 @@ impl Domain<'_> {
         match self {
             Domain::Host => "(host)".into(),
             Domain::Pool(p) => p.into(),
-        }
-    }
-
-    fn pool(self) -> Option<String> {
-        match self {
-            Domain::Host => None,
-            Domain::Pool(p) => Some(p.into()),
         }
     }
 }
@@ -355,7 +349,13 @@ impl Daemon {
                 body["stalled_balloons"] = json!(stalled);
             }
             self.events.push("oom_pressure", body);
-            let _ = self.oom_decide(lim.kind, false, domain.pool().as_deref());
+            let constraint = match domain {
+                Domain::Host => Ok(Constraint::Host),
+                Domain::Pool(pool) => self.pool_constraint(pool),
+            };
+            if let Ok(constraint) = constraint {
+                let _ = self.oom_decide(lim.kind, false, constraint);
+            }
             if let Some(st) = lock(&self.pool_states).get_mut(&domain.key()) {
                 // A new round: the kill is the progress.
                 st.last_progress = None;

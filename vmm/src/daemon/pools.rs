@@ -533,14 +533,16 @@ mod tests {
         assert!(metrics.contains(&format!(
             "vmm_memcg_pool_kernel_oom_kills_total{{pool=\"{pool}\"}} 0"
         )));
-        let decision = d.oom_decide("manual", true, Some(&pool)).unwrap();
+        let decision = d
+            .oom_decide("manual", true, d.pool_constraint(&pool).unwrap())
+            .unwrap();
         assert_eq!(
             decision["constraint"],
             format!("CONSTRAINT_MEMCG ({})", dir.display())
         );
         assert_eq!(decision["totalpages"], (64 << 20) / crate::oom::page_size());
         assert!(decision["victim"].is_null());
-        let e = d.oom_decide("manual", true, Some("nope")).unwrap_err();
+        let e = d.pool_constraint("nope").unwrap_err();
         assert_eq!(
             e.to_string(),
             "pool 'nope' has no budget or memory cgroup configured"

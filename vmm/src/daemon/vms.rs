@@ -101,6 +101,10 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
             args.push(v.clone());
         }
     }
+    if let Some(nodes) = &spec.numa_nodes {
+        args.push("--numa-nodes".into());
+        args.push(nodes.clone());
+    }
     if let Some(b) = &spec.balloon {
         args.push("--balloon".into());
         args.push(format!(
@@ -192,7 +196,8 @@ impl VmRecord {
             placement: Placement {
                 pool: spec.pool.clone(),
                 cgroup: cgroup.map(|cg| cg.dir().to_path_buf()),
-                nodes: None,
+                // Checked by VmSpec::validate.
+                nodes: spec.numa_nodes.as_deref().and_then(|n| n.parse().ok()),
             },
             id,
             spec,

@@ -306,6 +306,7 @@ mod tests {
                 Call::TriggerOom(OomTrigger {
                     dry_run: true,
                     pool: Some("p".into()),
+                    nodes: None,
                 }),
             ),
             (

@@ -162,16 +162,16 @@ fn every_route_works() {
     assert_eq!(
         h.daemon.calls(),
         [
-            "create_vm VmSpec { id: Some(\"web-1\"), kernel: None, initrd: None, cmdline: None, mem_mib: 128, vcpus: 1, balloon: Some(BalloonConfig { amount_mib: 0, deflate_on_oom: true, stats_polling_interval_s: 0, free_page_reporting: false }), oom_score_adj: 100, pool: None }",
-            "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None }",
+            "create_vm VmSpec { id: Some(\"web-1\"), kernel: None, initrd: None, cmdline: None, mem_mib: 128, vcpus: 1, balloon: Some(BalloonConfig { amount_mib: 0, deflate_on_oom: true, stats_polling_interval_s: 0, free_page_reporting: false }), oom_score_adj: 100, pool: None, numa_nodes: None }",
+            "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None, numa_nodes: None }",
             "list_vms",
             "get_vm web-1",
             "patch_vm web-1 VmPatch { oom_score_adj: Some(-1000), balloon_target_mib: Some(32) }",
             "oom",
             "patch_oom OomPatch { action: Some(Notify), kill_fastest_grower: None, dump_vms: None, reclaim_first: None, no_progress_ms: None, min_kill_interval_ms: None, psi_some_threshold_us: None, psi_window_us: Some(2000000), host_min_available_permille: None }",
             "oom",
-            "trigger_oom OomTrigger { dry_run: true, pool: None }",
-            "trigger_oom OomTrigger { dry_run: false, pool: None }",
+            "trigger_oom OomTrigger { dry_run: true, pool: None, nodes: None }",
+            "trigger_oom OomTrigger { dry_run: false, pool: None, nodes: None }",
             "events 1",
             "events 0",
             "metrics",
@@ -482,6 +482,7 @@ fn openapi_document_covers_every_route_field_and_status() {
         initrd: Some("/i".into()),
         cmdline: Some(String::new()),
         pool: Some("p".into()),
+        numa_nodes: Some("0".into()),
         ..VmSpec::with_mem(64)
     };
     let all_knobs = OomPatch {
@@ -511,6 +512,7 @@ fn openapi_document_covers_every_route_field_and_status() {
         serde_json::to_value(OomTrigger {
             dry_run: true,
             pool: Some("p".into()),
+            nodes: Some("0".into()),
         })
         .unwrap(),
         daemon.trigger_oom(OomTrigger::default()).unwrap(),

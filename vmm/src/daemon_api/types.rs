@@ -108,6 +108,11 @@ pub struct VmSpec {
     /// The pool the VM belongs to (pools have budgets and cgroups).
     #[serde(default)]
     pub pool: Option<String>,
+    /// NUMA nodes guest RAM is bound to (`MPOL_BIND`), a node list like
+    /// `0` or `0-1,3`; absent: unbound. Bound VMs are the candidates of a
+    /// decision under those nodes (`CONSTRAINT_MEMORY_POLICY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_nodes: Option<String>,
 }
 
 impl VmSpec {
@@ -123,6 +128,7 @@ impl VmSpec {
             balloon: None,
             oom_score_adj: 0,
             pool: None,
+            numa_nodes: None,
         }
     }
 
@@ -133,6 +139,9 @@ impl VmSpec {
         }
         if let Some(pool) = &self.pool {
             validate_name("pool", pool)?;
+        }
+        if let Some(nodes) = &self.numa_nodes {
+            validate_nodes("numa_nodes", nodes)?;
         }
         if let Some(kernel) = &self.kernel {
             validate_path("kernel", kernel)?;
@@ -517,15 +526,38 @@ pub struct OomTrigger {
     /// Decide within this pool only (its constraint); absent: the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Decide among the VMs bound to these NUMA nodes (or unbound), sized
+    /// by the nodes' present pages (`CONSTRAINT_MEMORY_POLICY`); not with
+    /// `pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
 }
 
 impl OomTrigger {
-    /// Checks the pool name.
+    /// Checks the pool name and the node list, and that not both are given.
     pub fn validate(&self) -> Result<(), ApiError> {
-        match &self.pool {
-            Some(pool) => validate_name("pool", pool),
-            None => Ok(()),
+        if let Some(pool) = &self.pool {
+            validate_name("pool", pool)?;
         }
+        if let Some(nodes) = &self.nodes {
+            validate_nodes("nodes", nodes)?;
+        }
+        if self.pool.is_some() && self.nodes.is_some() {
+            return Err(bad(
+                "give pool or nodes, not both: a decision has one OOM domain".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a NUMA node list (`0-3,5`); whether the nodes exist is for the
+/// host to say.
+fn validate_nodes(field: &str, nodes: &str) -> Result<(), ApiError> {
+    match nodes.parse::<crate::oom::constraint::NodeSet>() {
+        Ok(set) if set.is_empty() => Err(bad(format!("{field}: no node given"))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(bad(format!("{field}: {e}"))),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod cpuid;
 pub mod exit;
 pub mod layout;
 pub mod memory;
+pub mod numa;
 pub mod regs;
 pub mod stop_signals;
 pub mod vcpu;
@@ -57,6 +58,8 @@ pub struct VmConfig {
     pub announce: Announce,
     /// Also write the ACPI tables, one `<SIG>.dat` file each, here.
     pub dump_acpi: Option<PathBuf>,
+    /// Bind guest RAM to these NUMA nodes (`MPOL_BIND`).
+    pub numa_nodes: Option<crate::oom::constraint::NodeSet>,
 }
 
 /// Most vCPUs we start: the MADT and APIC IDs are 8-bit here.
@@ -83,6 +86,8 @@ pub enum VmError {
     VcpuCount(u8),
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Numa(#[from] numa::NumaError),
     #[error(transparent)]
     Boot(#[from] boot::BootError),
     #[error("ACPI tables: {0}")]
@@ -163,6 +168,9 @@ impl Vm {
             .map_err(kvm_err("create the in-kernel PIT"))?;
 
         let mem = memory::create_guest_ram(cfg.mem_size)?;
+        if let Some(nodes) = &cfg.numa_nodes {
+            numa::bind_guest_ram(&mem, nodes)?;
+        }
         memory::register_guest_ram(&vm_fd, &mem)?;
 
         let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Io {
