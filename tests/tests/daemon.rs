@@ -340,6 +340,58 @@ fn balloons_reclaim_first_then_the_worst_vm_dies() {
     );
 }
 
+/// `action: pause`: the chosen VM is stopped, not killed; it is no
+/// candidate again while paused (the next decision picks another VM), and
+/// the operator resumes it.
+#[test]
+fn pause_stops_the_worst_vm_and_resume_continues_it() {
+    let d = Daemon::start("pause");
+    d.create(r#"{"id": "big", "mem_mib": 128, "cmdline": "tiny.touch=64M tiny.hold=forever"}"#);
+    d.create(r#"{"id": "small", "mem_mib": 64, "cmdline": "tiny.touch=16M tiny.hold=forever"}"#);
+    for id in ["big", "small"] {
+        d.wait_console(id, "tiny-guest: hold");
+    }
+    let (status, _) = d.call("PATCH", "/oom", Some(r#"{"action": "pause"}"#));
+    assert_eq!(status, 200);
+    let proc_state = |id: &str| {
+        let pid = d.vm(id)["pid"].as_u64().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let first = d.trigger(false);
+    assert_eq!(first["victim"], "big", "{first}");
+    assert_eq!(first["action"], "pause", "{first}");
+    assert_eq!(d.vm("big")["state"], "paused");
+    assert!(proc_state("big").starts_with('T'), "{}", proc_state("big"));
+    let second = d.trigger(false);
+    assert_eq!(
+        second["victim"], "small",
+        "a paused VM is no candidate: {second}"
+    );
+    assert!(events_of(&d, "oom_kill").is_empty(), "nothing killed");
+
+    let (status, vm) = d.call("PATCH", "/vms/big", Some(r#"{"state": "running"}"#));
+    assert_eq!(status, 200, "{vm}");
+    assert_eq!(vm["state"], "running", "{vm}");
+    assert!(!proc_state("big").starts_with('T'), "{}", proc_state("big"));
+    let resumed = events_of(&d, "vm_resumed");
+    assert_eq!(resumed[0]["by"], "operator", "{resumed:?}");
+    let paused = events_of(&d, "vm_paused");
+    assert_eq!(paused[0]["by"], "oom", "{paused:?}");
+    // Resuming a running VM is a no-op; a paused VM still deletes cleanly.
+    let (status, _) = d.call("PATCH", "/vms/big", Some(r#"{"state": "running"}"#));
+    assert_eq!(status, 200);
+    let (status, _) = d.call("DELETE", "/vms/small", None);
+    assert_eq!(status, 204);
+    let (status, _) = d.call("GET", "/vms/small", None);
+    assert_eq!(status, 404);
+}
+
 /// The nodes constraint: a VM bound to node 0 (its guest RAM carries the
 /// `MPOL_BIND` policy) and an unbound one are both candidates of a
 /// decision under node 0 (`CONSTRAINT_MEMORY_POLICY`); with one node here,

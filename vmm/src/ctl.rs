@@ -26,7 +26,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::BalloonConfig;
-use crate::daemon_api::{OomAction, OomPatch, OomTrigger, OomView, VmPatch, VmSpec, VmView};
+use crate::daemon_api::{
+    OomAction, OomPatch, OomTrigger, OomView, RunState, VmPatch, VmSpec, VmView,
+};
 use crate::http::{Client, ClientError};
 use crate::size::ByteSize;
 
@@ -126,6 +128,16 @@ pub struct SetArgs {
     /// New balloon target in MiB.
     #[arg(long, group = "change")]
     pub balloon_target_mib: Option<u32>,
+    /// Pause (SIGSTOP) or resume the VM.
+    #[arg(long, value_enum, group = "change")]
+    pub state: Option<RunStateArg>,
+}
+
+/// A VM's state, for `set --state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunStateArg {
+    Running,
+    Paused,
 }
 
 /// `vmm ctl oom [set|trigger]`.
@@ -292,6 +304,10 @@ pub fn execute(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             let patch = VmPatch {
                 oom_score_adj: set.oom_score_adj,
                 balloon_target_mib: set.balloon_target_mib,
+                state: set.state.map(|s| match s {
+                    RunStateArg::Running => RunState::Running,
+                    RunStateArg::Paused => RunState::Paused,
+                }),
             };
             let (raw, vm): (Value, VmView) =
                 api.call("PATCH", &vm_path(&set.id), Some(&to_json(&patch)?))?;

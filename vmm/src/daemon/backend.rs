@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{vm_client, Daemon, DaemonError};
 use crate::daemon_api::{
     BalloonView, ConstraintKind, DaemonBackend, OomPatch, OomTrigger, OomView, PoolView,
-    PressureView, VmPatch, VmSpec, VmView,
+    PressureView, VmPatch, VmSpec, VmState, VmView,
 };
 use crate::http::ApiError;
 use crate::memstat::{self, MmCounters};
@@ -44,7 +44,8 @@ impl Daemon {
         let balloon = vm
             .spec
             .balloon
-            .filter(|_| is_live(vm.state))
+            // A paused VMM cannot answer.
+            .filter(|_| vm.state == VmState::Running)
             .and_then(|_| vm_client::balloon(&vm.api_sock).ok())
             .map(|b| BalloonView {
                 target_mib: b["target_mib"].as_u64().unwrap_or(0) as u32,
@@ -114,6 +115,9 @@ impl DaemonBackend for Daemon {
         }
         if let Some(mib) = patch.balloon_target_mib {
             self.set_balloon_target(id, mib)?;
+        }
+        if let Some(state) = patch.state {
+            self.set_run_state(id, state, "operator")?;
         }
         self.get_vm(id)
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::daemon_api::{OomAction, OomPolicy, VmSpec, VmState};
+use crate::daemon_api::{OomAction, OomPolicy, RunState, VmSpec, VmState};
 use crate::memstat::MmCounters;
 use crate::oom::badness::{OomScoreAdj, VmUsage};
 use crate::oom::constraint::{constrained_alloc, Constraint};
@@ -254,6 +254,48 @@ impl Daemon {
         Ok(())
     }
 
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) a running or paused VM; `by`
+    /// names who asked, for the event.
+    pub fn set_run_state(&self, id: &str, to: RunState, by: &str) -> Result<(), DaemonError> {
+        let mut vms = lock(&self.vms);
+        let vm = vms
+            .get_mut(id)
+            .ok_or_else(|| DaemonError::NoSuchVm(id.into()))?;
+        let (from, signal, next, kind) = match to {
+            RunState::Paused => (
+                VmState::Running,
+                libc::SIGSTOP,
+                VmState::Paused,
+                "vm_paused",
+            ),
+            RunState::Running => (
+                VmState::Paused,
+                libc::SIGCONT,
+                VmState::Running,
+                "vm_resumed",
+            ),
+        };
+        if vm.state == next {
+            return Ok(());
+        }
+        if vm.state != from {
+            return Err(DaemonError::NotRunning(id.into()));
+        }
+        let pidfd = vm
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| DaemonError::NotRunning(id.into()))?;
+        pidfd
+            .send_signal(signal)
+            .map_err(|source| DaemonError::Io {
+                what: format!("cannot signal VM '{id}'"),
+                source,
+            })?;
+        vm.state = next;
+        self.events.push(kind, json!({ "vm": id, "by": by }));
+        Ok(())
+    }
+
     /// Stops a VM (SIGTERM, then SIGKILL after 2 s) and forgets it.
     pub fn delete_vm(&self, id: &str) -> Result<(), DaemonError> {
         let record = lock(&self.vms)
@@ -262,6 +304,10 @@ impl Daemon {
         if let Some(pidfd) = &record.pidfd {
             if is_live(record.state) {
                 let _ = pidfd.send_signal(libc::SIGTERM);
+                if record.state == VmState::Paused {
+                    // A stopped process acts on SIGTERM once continued.
+                    let _ = pidfd.send_signal(libc::SIGCONT);
+                }
                 if !pidfd.wait_exit(Duration::from_secs(2)) {
                     let _ = pidfd.send_signal(libc::SIGKILL);
                     pidfd.wait_exit(REAP_TIMEOUT);
@@ -322,6 +368,7 @@ impl Daemon {
         let policy = self.policy();
 
         // Select under the lock; act after releasing it.
+        let mut pause = None;
         let (decision, victim) = {
             let mut vms = lock(&self.vms);
             let live: Vec<&VmRecord> = vms.values().filter(|v| is_live(v.state)).collect();
@@ -334,6 +381,10 @@ impl Daemon {
                     let mut usage =
                         VmUsage::from_counters(&counters, self.page_size, vm.oom_score_adj);
                     usage.being_reaped = vm.state == VmState::Reaping;
+                    // Paused already: choosing it again frees nothing.
+                    if vm.state == VmState::Paused {
+                        return None;
+                    }
                     Some(Candidate {
                         id: vm.id.clone(),
                         usage,
@@ -373,9 +424,7 @@ impl Daemon {
                         .map(|p| (id.clone(), p))
                 }
                 (Some(id), false, OomAction::Pause) => {
-                    if let Some(p) = vms.get(id).and_then(|v| v.pidfd.as_ref()) {
-                        let _ = p.send_signal(libc::SIGSTOP);
-                    }
+                    pause = Some(id.clone());
                     None
                 }
                 _ => None,
@@ -383,6 +432,14 @@ impl Daemon {
             (decision, victim)
         };
         let decision = self.events.push("oom_decision", decision);
+        if let Some(id) = pause {
+            if let Err(e) = self.set_run_state(&id, RunState::Paused, "oom") {
+                self.events.push(
+                    "oom_pause_failed",
+                    json!({ "vm": id, "error": e.to_string() }),
+                );
+            }
+        }
 
         if let Some((id, pidfd)) = victim {
             *lock(&self.last_kill) = Some(Instant::now());

@@ -21,7 +21,7 @@ use super::process::Pidfd;
 pub fn is_live(state: VmState) -> bool {
     matches!(
         state,
-        VmState::Starting | VmState::Running | VmState::Reaping
+        VmState::Starting | VmState::Running | VmState::Paused | VmState::Reaping
     )
 }
 

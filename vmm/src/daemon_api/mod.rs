@@ -59,5 +59,5 @@ pub use backend::DaemonBackend;
 pub use server::DaemonApiServer;
 pub use types::{
     BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView, PoolView,
-    PressureView, VmPatch, VmSpec, VmState, VmView,
+    PressureView, RunState, VmPatch, VmSpec, VmState, VmView,
 };

@@ -278,7 +278,7 @@ mod tests {
                     "a".into(),
                     VmPatch {
                         oom_score_adj: Some(-1000),
-                        balloon_target_mib: None,
+                        ..VmPatch::default()
                     },
                 ),
             ),
@@ -387,7 +387,7 @@ mod tests {
         );
         assert_eq!(
             fault("PATCH", "/vms/a", "{}").1,
-            "nothing to change: give oom_score_adj and/or balloon_target_mib"
+            "nothing to change: give oom_score_adj, balloon_target_mib and/or state"
         );
         let (_, msg) = fault("PATCH", "/vms/a", r#"{"oom_score_adj": 5000}"#);
         assert!(

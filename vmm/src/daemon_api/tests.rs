@@ -166,7 +166,7 @@ fn every_route_works() {
             "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None, numa_nodes: None }",
             "list_vms",
             "get_vm web-1",
-            "patch_vm web-1 VmPatch { oom_score_adj: Some(-1000), balloon_target_mib: Some(32) }",
+            "patch_vm web-1 VmPatch { oom_score_adj: Some(-1000), balloon_target_mib: Some(32), state: None }",
             "oom",
             "patch_oom OomPatch { action: Some(Notify), kill_fastest_grower: None, dump_vms: None, reclaim_first: None, no_progress_ms: None, min_kill_interval_ms: None, psi_some_threshold_us: None, psi_window_us: Some(2000000), host_min_available_permille: None }",
             "oom",
@@ -503,6 +503,7 @@ fn openapi_document_covers_every_route_field_and_status() {
         serde_json::to_value(VmPatch {
             oom_score_adj: Some(0),
             balloon_target_mib: Some(0),
+            state: Some(RunState::Paused),
         })
         .unwrap(),
         serde_json::to_value(all_knobs).unwrap(),

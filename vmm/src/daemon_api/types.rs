@@ -192,6 +192,10 @@ pub enum VmState {
     Starting,
     /// Running.
     Running,
+    /// Stopped (SIGSTOP) by the OOM action `pause` or an operator: its
+    /// memory stays, nothing in it runs or grows. Not a candidate again
+    /// until resumed.
+    Paused,
     /// Chosen by the OOM killer; its memory is being released.
     Reaping,
     /// Killed by the OOM killer and reaped.
@@ -206,6 +210,7 @@ impl VmState {
         match self {
             VmState::Starting => "starting",
             VmState::Running => "running",
+            VmState::Paused => "paused",
             VmState::Reaping => "reaping",
             VmState::Killed => "killed",
             VmState::Exited => "exited",
@@ -273,14 +278,26 @@ pub struct VmPatch {
     /// A new balloon target in MiB (the VM needs a balloon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon_target_mib: Option<u32>,
+    /// `paused` stops the VM, `running` resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+}
+
+/// What `PATCH /vms/{id}` may set a VM's state to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
 }
 
 impl VmPatch {
     /// Checks every field, and that there is one.
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.oom_score_adj.is_none() && self.balloon_target_mib.is_none() {
+        if self.oom_score_adj.is_none() && self.balloon_target_mib.is_none() && self.state.is_none()
+        {
             return Err(bad(
-                "nothing to change: give oom_score_adj and/or balloon_target_mib".into(),
+                "nothing to change: give oom_score_adj, balloon_target_mib and/or state".into(),
             ));
         }
         if let Some(adj) = self.oom_score_adj {
@@ -617,7 +634,7 @@ mod tests {
         assert!(msg(VmPatch::default().validate()).starts_with("nothing to change"));
         let p = VmPatch {
             oom_score_adj: Some(1001),
-            balloon_target_mib: None,
+            ..VmPatch::default()
         };
         assert!(msg(p.validate()).starts_with("oom_score_adj: 1001"));
         assert!(msg(OomPatch::default().validate()).starts_with("nothing to change"));
