@@ -578,6 +578,9 @@ fn a_stalled_balloon_is_detected_and_does_not_hold_up_the_decision() {
         "lazy",
         "{pressure:?}"
     );
+    // Pressure seen → decision: the no-progress wait (2.5 s), not more.
+    let waited = pressure[0]["pressure_to_decision_ms"].as_u64().unwrap();
+    assert!((2500..8000).contains(&waited), "{pressure:?}");
     // Not asked again while backed off.
     let asked_after: Vec<_> = events_of(&d, "reclaim")
         .into_iter()

@@ -97,6 +97,8 @@ pub struct PoolState {
     requested_mib: BTreeMap<String, u32>,
     /// How each balloon asked follows its target.
     inflating: BTreeMap<String, InflateWatch>,
+    /// When this episode of pressure was first seen.
+    pressure_since: Option<Instant>,
 }
 
 /// A domain's limit and usage as read this tick, whatever enforces the
@@ -296,6 +298,7 @@ impl Daemon {
         if !pressure {
             let st = states.entry(key.clone()).or_default();
             st.last_progress = None;
+            st.pressure_since = None;
             st.last_usage.clear();
             st.inflating.clear();
             if usage < lim.release_below && !st.requested_mib.is_empty() {
@@ -319,6 +322,7 @@ impl Daemon {
 
         let st = states.entry(key).or_default();
         let now = Instant::now();
+        let since = *st.pressure_since.get_or_insert(now);
         for m in members {
             let before = st.last_usage.insert(m.id.clone(), m.usage);
             st.shrunk += before.map_or(0, |b| b.saturating_sub(m.usage));
@@ -345,6 +349,9 @@ impl Daemon {
             drop(states);
             let mut body = lim.event(domain);
             body["why"] = json!(lim.why(domain, policy.no_progress_ms));
+            // Pressure seen → this decision; the decision and kill events
+            // carry the rest of the chain.
+            body["pressure_to_decision_ms"] = json!(now.duration_since(since).as_millis() as u64);
             if !stalled.is_empty() {
                 body["stalled_balloons"] = json!(stalled);
             }
