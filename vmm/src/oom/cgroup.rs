@@ -670,16 +670,16 @@ impl MemcgStats {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A scratch directory tree standing in for cgroupfs (which creates a
     /// new cgroup's files itself; here the test writes them), removed on
     /// drop.
-    struct Tree(PathBuf);
+    pub(crate) struct Tree(PathBuf);
 
     impl Tree {
-        fn new(name: &str) -> Tree {
+        pub(crate) fn new(name: &str) -> Tree {
             let root = std::env::temp_dir()
                 .join(format!("vmm-cgroup-fixture-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&root);
@@ -689,7 +689,7 @@ mod tests {
 
         /// Writes `files` (name, contents) into the directory `dir` below
         /// the root, creating it.
-        fn dir(&self, dir: &str, files: &[(&str, &str)]) -> PathBuf {
+        pub(crate) fn dir(&self, dir: &str, files: &[(&str, &str)]) -> PathBuf {
             let d = self.0.join(dir);
             fs::create_dir_all(&d).unwrap();
             for (name, text) in files {

@@ -214,36 +214,9 @@ impl ChargeWait {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cgroup::tests::Tree;
     use super::*;
     use std::fs::{self, OpenOptions};
-
-    /// A scratch directory standing in for a cgroup, removed on drop.
-    struct Tree(PathBuf);
-
-    impl Tree {
-        fn new(name: &str) -> Tree {
-            let root =
-                std::env::temp_dir().join(format!("vmm-charge-wait-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&root);
-            fs::create_dir_all(&root).unwrap();
-            Tree(root)
-        }
-
-        fn dir(&self, dir: &str, files: &[(&str, &str)]) -> PathBuf {
-            let d = self.0.join(dir);
-            fs::create_dir_all(&d).unwrap();
-            for (name, text) in files {
-                fs::write(d.join(name), text).unwrap();
-            }
-            d
-        }
-    }
-
-    impl Drop for Tree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn v1_wait_files(t: &Tree, usage: &str, limit: &str, failcnt: &str) -> PathBuf {
         t.dir(
