@@ -42,6 +42,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -192,6 +193,15 @@ impl Daemon {
                 }),
             );
         }
+    }
+
+    /// The `memory.pressure` file of each cgroup v2 pool, for a PSI
+    /// trigger (v1 has none).
+    pub(super) fn memcg_pressure_files(&self) -> impl Iterator<Item = (String, PathBuf)> + '_ {
+        self.memcg
+            .iter()
+            .filter(|(_, cg)| cg.version() == CgroupVersion::V2)
+            .map(|(pool, cg)| (pool.clone(), cg.dir().join("memory.pressure")))
     }
 
     /// The cgroup directory a new VM of `pool` joins, if it is a memcg pool.

@@ -1,9 +1,11 @@
 //! The daemon's main loop.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use serde_json::json;
 
 use super::{Daemon, DaemonConfig};
 use crate::daemon_api::DaemonApiServer;
@@ -16,32 +18,39 @@ const TICK: Duration = Duration::from_millis(100);
 /// window while the stall lasts.
 const PSI_EVENT_EVERY: Duration = Duration::from_secs(1);
 
-/// The host-wide PSI trigger of the policy (`psi_some_threshold_us` per
-/// `psi_window_us`), adapted to what an unprivileged process may ask for;
-/// `None`, with an event saying why, where PSI is unavailable.
-fn open_psi_trigger(daemon: &Daemon) -> Option<PsiTrigger> {
+/// The policy's PSI trigger (`psi_some_threshold_us` per `psi_window_us`,
+/// adapted to what an unprivileged process may ask for) on the host's
+/// `/proc/pressure/memory` and on the `memory.pressure` of each cgroup v2
+/// pool; where PSI is unavailable, an event says why and the tick alone
+/// wakes the daemon.
+fn open_psi_triggers(daemon: &Daemon) -> Vec<(Option<String>, PsiTrigger)> {
     let policy = daemon.policy();
     let spec = TriggerSpec {
         stall: Stall::Some,
         threshold: Duration::from_micros(policy.psi_some_threshold_us),
         window: Duration::from_micros(policy.psi_window_us),
     };
-    match PsiTrigger::open_adapting("/proc/pressure/memory", spec) {
-        Ok(t) => {
-            daemon.events.push(
-                "psi_trigger",
-                serde_json::json!({ "trigger": t.spec().to_string() }),
-            );
-            Some(t)
-        }
-        Err(e) => {
-            daemon.events.push(
-                "psi_unavailable",
-                serde_json::json!({ "error": e.to_string() }),
-            );
-            None
+    let files = std::iter::once((None, PathBuf::from("/proc/pressure/memory")))
+        .chain(daemon.memcg_pressure_files().map(|(p, f)| (Some(p), f)));
+    let mut triggers = Vec::new();
+    for (pool, file) in files {
+        match PsiTrigger::open_adapting(&file, spec) {
+            Ok(t) => {
+                daemon.events.push(
+                    "psi_trigger",
+                    json!({ "pool": pool, "file": file, "trigger": t.spec().to_string() }),
+                );
+                triggers.push((pool, t));
+            }
+            Err(e) => {
+                daemon.events.push(
+                    "psi_unavailable",
+                    json!({ "pool": pool, "file": file, "error": e.to_string() }),
+                );
+            }
         }
     }
+    triggers
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; then stops every VM and
@@ -54,9 +63,10 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve the control API on {}", socket.display()))?;
     daemon.events.push(
         "daemon_started",
-        serde_json::json!({ "socket": socket, "state_dir": daemon.state_dir(), "policy": daemon.policy() }),
+        json!({ "socket": socket, "state_dir": daemon.state_dir(), "policy": daemon.policy() }),
     );
-    let psi = open_psi_trigger(&daemon);
+    let psi = open_psi_triggers(&daemon);
+    let armed: Vec<&PsiTrigger> = psi.iter().map(|(_, t)| t).collect();
     let mut last_psi_event: Option<Instant> = None;
     let signal = loop {
         if let Some(signal) = stop_signals::take_pending() {
@@ -66,29 +76,35 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         daemon.enforce_limits();
         // Sleep until the next tick, or until the kernel reports memory
         // stalls (a PSI trigger): pressure wakes the daemon at once.
-        match &psi {
-            Some(trigger) => {
-                if trigger.wait(TICK).unwrap_or(false)
-                    && last_psi_event.is_none_or(|t| t.elapsed() >= PSI_EVENT_EVERY)
-                {
-                    last_psi_event = Some(Instant::now());
-                    let pressure = Pressure::read(trigger.path()).ok();
-                    daemon.events.push(
-                        "psi_pressure",
-                        serde_json::json!({
-                            "some_avg10": pressure.as_ref().map(|p| p.some.avg10),
-                            "full_avg10": pressure.as_ref().and_then(|p| p.full).map(|f| f.avg10),
-                            "trigger": trigger.spec().to_string(),
-                        }),
-                    );
-                }
+        if armed.is_empty() {
+            std::thread::sleep(TICK);
+            continue;
+        }
+        let fired = PsiTrigger::wait_any(&armed, TICK).unwrap_or_else(|_| {
+            // A trigger gone bad (its cgroup removed): the tick still runs.
+            std::thread::sleep(TICK);
+            Vec::new()
+        });
+        if !fired.is_empty() && last_psi_event.is_none_or(|t| t.elapsed() >= PSI_EVENT_EVERY) {
+            last_psi_event = Some(Instant::now());
+            for i in fired {
+                let (pool, trigger) = &psi[i];
+                let pressure = Pressure::read(trigger.path()).ok();
+                daemon.events.push(
+                    "psi_pressure",
+                    json!({
+                        "pool": pool,
+                        "some_avg10": pressure.as_ref().map(|p| p.some.avg10),
+                        "full_avg10": pressure.as_ref().and_then(|p| p.full).map(|f| f.avg10),
+                        "trigger": trigger.spec().to_string(),
+                    }),
+                );
             }
-            None => std::thread::sleep(TICK),
         }
     };
     daemon
         .events
-        .push("daemon_stopping", serde_json::json!({ "signal": signal }));
+        .push("daemon_stopping", json!({ "signal": signal }));
     server.shutdown();
     daemon.stop_all();
     Ok(())

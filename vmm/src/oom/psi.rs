@@ -307,40 +307,56 @@ impl PsiTrigger {
     /// Blocks until the trigger fires (`Ok(true)`) or `timeout` passes
     /// (`Ok(false)`). Retries on `EINTR` with the time that is left.
     pub fn wait(&self, timeout: Duration) -> Result<bool, PsiError> {
+        Ok(!Self::wait_any(&[self], timeout)?.is_empty())
+    }
+
+    /// Blocks until one or more of `triggers` fire, or `timeout` passes:
+    /// the indices of those that fired, none on a timeout. One `poll(2)`
+    /// over all of them, so the host's and every pool's trigger wake the
+    /// same loop. Retries on `EINTR` with the time that is left.
+    pub fn wait_any(triggers: &[&PsiTrigger], timeout: Duration) -> Result<Vec<usize>, PsiError> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd {
-                fd: self.file.as_raw_fd(),
+        let mut pfds: Vec<libc::pollfd> = triggers
+            .iter()
+            .map(|t| libc::pollfd {
+                fd: t.file.as_raw_fd(),
                 events: libc::POLLPRI,
                 revents: 0,
-            };
+            })
+            .collect();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
             // Round up: a timeout cut short by rounding would spin once more.
             let ms =
                 libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-            // SAFETY: one valid pollfd that outlives the call; fd is owned
-            // by self.file and open for the whole call.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            // SAFETY: `pfds` is a live array of `pfds.len()` pollfds for the
+            // whole call; each fd is owned by a trigger borrowed for as long.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(PsiError::Poll {
-                    path: self.path.clone(),
+                    path: triggers
+                        .first()
+                        .map_or_else(PathBuf::new, |t| t.path.clone()),
                     source: err,
                 });
             }
-            if pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            if let Some(gone) = pfds
+                .iter()
+                .position(|p| p.revents & (libc::POLLERR | libc::POLLNVAL) != 0)
+            {
                 return Err(PsiError::Gone {
-                    path: self.path.clone(),
+                    path: triggers[gone].path.clone(),
                 });
             }
-            if pfd.revents & libc::POLLPRI != 0 {
-                return Ok(true);
-            }
-            if left.is_zero() {
-                return Ok(false);
+            let fired: Vec<usize> = (0..pfds.len())
+                .filter(|&i| pfds[i].revents & libc::POLLPRI != 0)
+                .collect();
+            if !fired.is_empty() || left.is_zero() {
+                return Ok(fired);
             }
         }
     }
@@ -548,8 +564,11 @@ mod tests {
             file: &file,
         });
         let t0 = Instant::now();
-        let fired = trigger.wait(Duration::from_secs(20)).unwrap();
+        // Polled together with the one that never fires: wait_any says
+        // which one woke it.
+        let woke = PsiTrigger::wait_any(&[&never, &trigger], Duration::from_secs(20)).unwrap();
         let waited = t0.elapsed();
+        let fired = woke == [1];
         drop(thrash);
         drop(cg);
         let _ = std::fs::remove_file(&file);
@@ -560,6 +579,9 @@ mod tests {
             stalled.some.avg10,
             stalled.some.total
         );
-        assert!(fired, "no PSI event in 20 s of thrashing");
+        assert!(
+            fired,
+            "no PSI event of the right trigger in 20 s of thrashing: {woke:?}"
+        );
     }
 }
