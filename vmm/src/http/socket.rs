@@ -1,6 +1,6 @@
 //! The API's Unix socket file: made with mode 0600 before anyone can
-//! connect, a stale one replaced, a live one refused, and removed at the
-//! end only if it is still ours.
+//! connect, in place only once it listens, a stale one replaced, a live
+//! one refused, and removed at the end only if it is still ours.
 
 use std::fs;
 use std::io;
@@ -44,14 +44,29 @@ impl SocketFile {
 /// The listener is non-blocking (the accept loop polls it). The socket is
 /// bound, then made 0600, and only then listens: until `listen` every
 /// `connect` is refused, so no one connects through a laxer mode.
+///
+/// All of that happens under a temporary name in the same directory, and
+/// the listening socket is renamed to `path` last: whoever waits for
+/// `path` to appear (the daemon for a VM's socket, a script) can connect
+/// as soon as it sees it, never in the window between `bind` and `listen`
+/// where a connect is refused. Where the temporary name would not fit in a
+/// socket address, the socket is bound at `path` directly and that window
+/// exists.
 pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerError> {
     let io_err = |what, source| ServerError::Io {
         what,
         path: path.to_path_buf(),
         source,
     };
-    let addr = socket_address(path)?;
+    socket_address(path)?;
     clear_stale(path)?;
+    let staging = staging_path(path).filter(|s| socket_address(s).is_ok());
+    let bind_at = staging.as_deref().unwrap_or(path);
+    let addr = socket_address(bind_at)?;
+    // A staging name left by a process that died mid-start.
+    if staging.is_some() {
+        let _ = fs::remove_file(bind_at);
+    }
 
     // SAFETY: plain system call; the result is checked before use.
     let fd = unsafe {
@@ -67,7 +82,8 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerErro
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
 
-    let addr_len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + path.as_os_str().len() + 1;
+    let addr_len =
+        std::mem::offset_of!(libc::sockaddr_un, sun_path) + bind_at.as_os_str().len() + 1;
     // SAFETY: `addr` is a valid sockaddr_un and `addr_len` does not exceed
     // its size (checked in `socket_address`).
     let rc = unsafe {
@@ -84,17 +100,17 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerErro
         }
         return Err(io_err("bind", err));
     }
-    let meta = match fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .and_then(|()| fs::symlink_metadata(path))
+    let meta = match fs::set_permissions(bind_at, fs::Permissions::from_mode(0o600))
+        .and_then(|()| fs::symlink_metadata(bind_at))
     {
         Ok(meta) => meta,
         Err(e) => {
-            let _ = fs::remove_file(path);
+            let _ = fs::remove_file(bind_at);
             return Err(io_err("chmod 0600", e));
         }
     };
-    let file = SocketFile {
-        path: path.to_path_buf(),
+    let mut file = SocketFile {
+        path: bind_at.to_path_buf(),
         dev: meta.dev(),
         ino: meta.ino(),
     };
@@ -104,7 +120,22 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServerErro
         file.remove();
         return Err(io_err("listen", err));
     }
+    if bind_at != path {
+        // rename(2) keeps the inode: `file` still knows it.
+        if let Err(e) = fs::rename(bind_at, path) {
+            file.remove();
+            return Err(io_err("move the socket into place", e));
+        }
+        file.path = path.to_path_buf();
+    }
     Ok((UnixListener::from(fd), file))
+}
+
+/// `<dir>/.<name>.<pid>.bind`: where the socket for `path` is made before
+/// it is moved into place; `None` for a path without a file name.
+fn staging_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_string_lossy();
+    Some(path.with_file_name(format!(".{name}.{}.bind", std::process::id())))
 }
 
 fn socket_address(path: &Path) -> Result<libc::sockaddr_un, ServerError> {
@@ -168,5 +199,68 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-sock-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A client that connects the moment the path appears is never
+    /// refused: the socket shows up listening, with mode 0600, and no
+    /// staging name is left behind.
+    #[test]
+    fn the_socket_appears_only_once_it_listens() {
+        let dir = scratch("appear");
+        for round in 0..100 {
+            let path = dir.join(format!("api{round}.sock"));
+            let seen = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (path, seen) = (path.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    while !path.exists() {
+                        std::hint::spin_loop();
+                    }
+                    seen.store(true, Ordering::SeqCst);
+                    UnixStream::connect(&path).map(|_| ())
+                })
+            };
+            let (_listener, file) = bind(&path).unwrap();
+            let connected = watcher.join().unwrap();
+            assert!(seen.load(Ordering::SeqCst));
+            assert!(connected.is_ok(), "round {round}: {connected:?}");
+            let mode = fs::symlink_metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(file.path(), path);
+            file.remove();
+            assert!(!path.exists());
+        }
+        let left: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A path so long that the staging name would not fit is bound in
+    /// place, as before.
+    #[test]
+    fn a_path_near_the_limit_is_bound_in_place() {
+        let dir = scratch("long");
+        let room = 107 - dir.as_os_str().len() - 1;
+        let path = dir.join("x".repeat(room - 2));
+        assert!(socket_address(&path).is_ok());
+        assert!(socket_address(&staging_path(&path).unwrap()).is_err());
+        let (_listener, file) = bind(&path).unwrap();
+        UnixStream::connect(&path).unwrap();
+        file.remove();
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
