@@ -12,7 +12,12 @@
 //!   memory, and swap if there is any, under
 //!   `host_min_available_permille`, earlyoom's rule), whose members are
 //!   all VMs, whatever their pool, as the kernel's global OOM killer
-//!   considers every task.
+//!   considers every task;
+//! - each **NUMA node set** VMs are bound to, unless it holds all of the
+//!   host's memory (usage: the nodes' memory less what could be allocated
+//!   there, from their own meminfo; pressure: that under the same
+//!   `host_min_available_permille`), whose members are the VMs bound to
+//!   those nodes and the unbound ones.
 //!
 //! Under pressure:
 //!
@@ -28,8 +33,8 @@
 //!    `no_progress_ms`, no earlier
 //!    victim is still releasing memory ([`crate::oom::select`] checks), and
 //!    the last kill is at least `min_kill_interval_ms` old, run the OOM
-//!    decision for the domain (`CONSTRAINT_BUDGET`, `CONSTRAINT_MEMCG` or
-//!    `CONSTRAINT_NONE`).
+//!    decision for the domain (`CONSTRAINT_BUDGET`, `CONSTRAINT_MEMCG`,
+//!    `CONSTRAINT_NONE` or `CONSTRAINT_MEMORY_POLICY`).
 //!
 //! A VM that shrinks counts as progress because in a memory cgroup at its
 //! limit whatever the balloons free is taken at once by the VM waiting for
@@ -51,8 +56,8 @@ use super::balloon_stall::{InflateState, InflateWatch};
 use super::vms::is_live;
 use super::{lock, vm_client, Daemon};
 use crate::daemon_api::VmState;
-use crate::oom::constraint::Constraint;
-use crate::oom::host::{Meminfo, ProcFs};
+use crate::oom::constraint::{node_present_pages, Constraint, NodeSet};
+use crate::oom::host::{Meminfo, NodeMeminfo, ProcFs};
 use crate::oom::psi::Pressure;
 
 /// An OOM domain the policy watches.
@@ -62,14 +67,29 @@ pub enum Domain<'a> {
     Host,
     /// One pool with a budget or a memory cgroup: its VMs.
     Pool(&'a str),
+    /// A NUMA node set some VMs are bound to: those VMs and the unbound
+    /// ones (who may have pages there too), as the kernel's
+    /// `CONSTRAINT_MEMORY_POLICY` counts them.
+    Nodes(&'a NodeSet),
 }
 
 impl Domain<'_> {
     /// The key of its [`PoolState`]; pool names cannot start with `(`.
+    /// Names the domain in an event body: `pool` or `nodes`; the host is
+    /// the domain of an event that names neither.
+    fn tag(self, body: &mut Value) {
+        match self {
+            Domain::Host => {}
+            Domain::Pool(pool) => body["pool"] = json!(pool),
+            Domain::Nodes(nodes) => body["nodes"] = json!(nodes.to_string()),
+        }
+    }
+
     fn key(self) -> String {
         match self {
             Domain::Host => "(host)".into(),
             Domain::Pool(p) => p.into(),
+            Domain::Nodes(n) => format!("(nodes {n})"),
         }
     }
 }
@@ -79,6 +99,7 @@ impl fmt::Display for Domain<'_> {
         match self {
             Domain::Host => f.write_str("the host"),
             Domain::Pool(p) => write!(f, "pool {p}"),
+            Domain::Nodes(n) => write!(f, "NUMA nodes {n}"),
         }
     }
 }
@@ -178,6 +199,30 @@ impl PoolLimit {
         (self.limit / 1000).max(1 << 20)
     }
 
+    /// A NUMA node set against `host_min_available_permille`, from the
+    /// nodes' own meminfo: short when what could be allocated there
+    /// ([`NodeMeminfo::available`]) is under that share of their memory.
+    /// Swap does not help a bound VM's node, so it is not counted.
+    pub fn nodes(nodes: &[NodeMeminfo], permille: u16) -> Self {
+        let total: u64 = nodes.iter().map(|n| n.mem_total).sum();
+        let available: u64 = nodes.iter().map(|n| n.available()).sum::<u64>().min(total);
+        let min_available = (u128::from(total) * u128::from(permille) / 1000) as u64;
+        PoolLimit {
+            kind: "nodes",
+            usage: total - available,
+            limit: total,
+            high: total - min_available,
+            release_below: total.saturating_sub(2 * min_available),
+            pressure: available < min_available,
+            waiting: false,
+            detail: json!({
+                "available_bytes": available,
+                "min_available_bytes": min_available,
+                "mem_free_bytes": nodes.iter().map(|n| n.mem_free).sum::<u64>(),
+            }),
+        }
+    }
+
     /// The event body about this domain.
     fn event(&self, domain: Domain<'_>) -> Value {
         let mut body = json!({
@@ -185,9 +230,7 @@ impl PoolLimit {
             "usage_bytes": self.usage,
             "limit_bytes": self.limit,
         });
-        if let Domain::Pool(pool) = domain {
-            body["pool"] = json!(pool);
-        }
+        domain.tag(&mut body);
         if self.kind == "budget" {
             body["budget_bytes"] = json!(self.limit);
         }
@@ -201,8 +244,9 @@ impl PoolLimit {
         let (usage, limit) = (self.usage >> 20, self.limit >> 20);
         let state = match self.kind {
             "budget" => format!("is over its budget ({usage} MiB > {limit} MiB)"),
-            "host" => format!(
-                "is short of memory ({} MiB available, under its minimum of {} MiB)",
+            "host" | "nodes" => format!(
+                "{} short of memory ({} MiB available, under the minimum of {} MiB)",
+                if self.kind == "host" { "is" } else { "are" },
                 (self.limit - self.usage) >> 20,
                 (self.limit - self.high) >> 20
             ),
@@ -214,6 +258,9 @@ impl PoolLimit {
         format!("{domain} {state} with no progress for {no_progress_ms} ms")
     }
 }
+
+/// Where the kernel lists NUMA nodes and their meminfo.
+const SYS_NODE: &str = "/sys/devices/system/node";
 
 /// A guest keeps at least this much of its free memory.
 const FLOOR_MIB: u64 = 16;
@@ -260,7 +307,40 @@ impl Daemon {
                 let lim = PoolLimit::host(&m, permille, psi.as_ref());
                 self.enforce(Domain::Host, lim, &self.members(Domain::Host));
             }
+            for nodes in self.bound_node_sets() {
+                let sys = Path::new(SYS_NODE);
+                // A node that cannot be read leaves its set to the host's
+                // domain this tick.
+                let infos: Result<Vec<_>, _> =
+                    nodes.iter().map(|n| NodeMeminfo::read(sys, n)).collect();
+                if let Ok(infos) = infos {
+                    let lim = PoolLimit::nodes(&infos, permille);
+                    let members = self.members(Domain::Nodes(&nodes));
+                    self.enforce(Domain::Nodes(&nodes), lim, &members);
+                }
+            }
         }
+    }
+
+    /// The NUMA node sets live VMs are bound to, except those that hold
+    /// all of the host's memory (the host's domain is theirs).
+    fn bound_node_sets(&self) -> Vec<NodeSet> {
+        let with_memory: Option<NodeSet> = node_present_pages(&ProcFs::host()).ok().map(|p| {
+            p.into_iter()
+                .filter(|(_, pages)| *pages > 0)
+                .map(|(n, _)| n)
+                .collect()
+        });
+        let mut sets: Vec<NodeSet> = self.with_vms(|vms| {
+            vms.values()
+                .filter(|v| is_live(v.state))
+                .filter_map(|v| v.placement.nodes.clone())
+                .collect()
+        });
+        sets.sort_by_key(|s| s.to_string());
+        sets.dedup();
+        sets.retain(|s| with_memory.as_ref().is_some_and(|all| !all.is_subset(s)));
+        sets
     }
 
     fn members(&self, domain: Domain<'_>) -> Vec<Member> {
@@ -270,6 +350,7 @@ impl Daemon {
                 .filter(|v| match domain {
                     Domain::Host => true,
                     Domain::Pool(p) => v.spec.pool.as_deref() == Some(p),
+                    Domain::Nodes(n) => v.placement.nodes.as_ref().is_none_or(|b| b.intersects(n)),
                 })
                 .map(|v| Member {
                     id: v.id.clone(),
@@ -359,6 +440,7 @@ impl Daemon {
             let constraint = match domain {
                 Domain::Host => Ok(Constraint::Host),
                 Domain::Pool(pool) => self.pool_constraint(pool),
+                Domain::Nodes(nodes) => Constraint::nodes(nodes.clone()).map_err(Into::into),
             };
             if let Ok(constraint) = constraint {
                 let _ = self.oom_decide(lim.kind, false, constraint);
@@ -400,9 +482,7 @@ impl Daemon {
                         "rate_mib_s": (rate_mib_s * 10.0).round() / 10.0,
                         "backoff_s": super::balloon_stall::STALL_BACKOFF.as_secs(),
                     });
-                    if let Domain::Pool(p) = domain {
-                        body["pool"] = json!(p);
-                    }
+                    domain.tag(&mut body);
                     self.events.push("balloon_stalled", body);
                     stalled.push(id.clone());
                 }
@@ -445,9 +525,7 @@ impl Daemon {
         }
         if !asked.is_empty() {
             let mut body = json!({ "constraint": kind, "excess_bytes": excess, "balloons": asked });
-            if let Domain::Pool(p) = domain {
-                body["pool"] = json!(p);
-            }
+            domain.tag(&mut body);
             self.events.push("reclaim", body);
         }
         stalled
@@ -507,11 +585,35 @@ mod tests {
         assert!(all.pressure);
         assert_eq!(
             all.why(Domain::Host, 2000),
-            "the host is short of memory (15360 MiB available, under its minimum of 16384 MiB) \
+            "the host is short of memory (15360 MiB available, under the minimum of 16384 MiB) \
              with no progress for 2000 ms"
         );
         assert_eq!(all.event(Domain::Host)["min_available_bytes"], 16 * GIB);
         assert!(all.event(Domain::Host).get("pool").is_none());
+    }
+
+    #[test]
+    fn a_node_set_is_short_when_its_nodes_are() {
+        let sys = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/oom/two-node/sys/devices/system/node"
+        ));
+        let n0 = NodeMeminfo::read(sys, 0).unwrap();
+        let n1 = NodeMeminfo::read(sys, 1).unwrap();
+        // Node 1: 550000 kB of 32768000 available, under 5 % (1638400 kB).
+        let one = PoolLimit::nodes(&[n1], 50);
+        assert!(one.pressure);
+        assert_eq!(one.limit - one.usage, 550_000 << 10);
+        let set: NodeSet = "1".parse().unwrap();
+        assert_eq!(
+            one.why(Domain::Nodes(&set), 2000),
+            "NUMA nodes 1 are short of memory (537 MiB available, under the minimum of \
+             1600 MiB) with no progress for 2000 ms"
+        );
+        assert_eq!(one.event(Domain::Nodes(&set))["nodes"], "1");
+        // With node 0's plenty beside it, the pair is not short.
+        assert!(!PoolLimit::nodes(&[n0, n1], 50).pressure);
+        assert_eq!(Domain::Nodes(&set).key(), "(nodes 1)");
     }
 
     #[test]

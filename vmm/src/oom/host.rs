@@ -146,6 +146,61 @@ impl Meminfo {
     }
 }
 
+/// One NUMA node's memory, from `/sys/devices/system/node/node<N>/meminfo`
+/// (lines like `Node 1 MemFree:  123 kB`), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeMeminfo {
+    pub mem_total: u64,
+    pub mem_free: u64,
+    pub active_file: u64,
+    pub inactive_file: u64,
+    pub s_reclaimable: u64,
+}
+
+impl NodeMeminfo {
+    /// Reads node `node`'s meminfo below `sys_node`
+    /// (`/sys/devices/system/node`, or a fixture tree).
+    pub fn read(sys_node: &Path, node: u32) -> Result<Self, HostError> {
+        let (path, text) = read_file(&sys_node.join(format!("node{node}/meminfo")))?;
+        Self::parse(&text, &path, node)
+    }
+
+    /// Parses the text of node `node`'s meminfo; `path` labels errors.
+    pub fn parse(text: &str, path: &Path, node: u32) -> Result<Self, HostError> {
+        let prefix = format!("Node {node} ");
+        // Without the prefix the lines read like /proc/meminfo's; line
+        // numbers stay the same for errors.
+        let text: String = text
+            .lines()
+            .map(|l| l.strip_prefix(&prefix).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let field = |name: &'static str| {
+            kib_line(&text, path, name)?.ok_or_else(|| HostError::MissingField {
+                path: path.to_path_buf(),
+                field: name,
+                since: "Linux 2.6.27",
+            })
+        };
+        Ok(NodeMeminfo {
+            mem_total: field("MemTotal")?,
+            mem_free: field("MemFree")?,
+            active_file: field("Active(file)")?,
+            inactive_file: field("Inactive(file)")?,
+            s_reclaimable: field("SReclaimable")?,
+        })
+    }
+
+    /// What could be allocated on the node without swapping, estimated as
+    /// `si_mem_available()` does for the host, less its watermark terms
+    /// (per-node meminfo has none): free pages, plus half the file pages
+    /// and half the reclaimable slab. Conservative: the kernel counts
+    /// more of the page cache when it is large.
+    pub fn available(&self) -> u64 {
+        self.mem_free + (self.active_file + self.inactive_file) / 2 + self.s_reclaimable / 2
+    }
+}
+
 /// Finds `name:   <n> kB` and returns `n` in bytes; `Ok(None)` when absent.
 fn kib_line(text: &str, path: &Path, name: &str) -> Result<Option<u64>, HostError> {
     for (i, line) in text.lines().enumerate() {
@@ -210,6 +265,34 @@ mod tests {
             "{}/tests/fixtures/oom/{name}/proc",
             env!("CARGO_MANIFEST_DIR")
         ))
+    }
+
+    #[test]
+    fn node_meminfo_is_read_per_node_with_its_prefix() {
+        let sys = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/oom/two-node/sys/devices/system/node"
+        ));
+        let n1 = NodeMeminfo::read(sys, 1).unwrap();
+        assert_eq!(n1.mem_total, 32_768_000 << 10);
+        assert_eq!(n1.mem_free, 300_000 << 10);
+        // 300000 + 400000 / 2 + 100000 / 2 kB.
+        assert_eq!(n1.available(), 550_000 << 10);
+        // This machine's node 0, for real.
+        let here = NodeMeminfo::read(Path::new("/sys/devices/system/node"), 0).unwrap();
+        assert!(
+            here.mem_total > 0 && here.mem_free <= here.mem_total,
+            "{here:?}"
+        );
+        // Another node's lines are not this node's.
+        let e = NodeMeminfo::read(sys, 0)
+            .and_then(|_| {
+                NodeMeminfo::parse("Node 1 MemTotal: 1 kB\n", Path::new("node0/meminfo"), 0)
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `MemTotal` line"), "{e}");
+        assert!(NodeMeminfo::read(sys, 7).is_err());
     }
 
     #[test]
