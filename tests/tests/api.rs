@@ -1,9 +1,16 @@
 //! The per-VM API of `vmm run --api-sock` over a real Unix socket.
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use vmm_integration_tests::{api, poll_until, require_kvm, socket_path, VmProcess};
+use vmm_integration_tests::{api, poll_until, require_kvm, socket_path, vmm_bin, VmProcess};
 
 const BOOT: Duration = Duration::from_secs(20);
 
@@ -99,4 +106,170 @@ fn sigterm_stops_the_vm_and_removes_the_socket() {
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("stopped by signal 15"), "{stderr}");
     assert!(!sock.exists(), "socket left behind");
+}
+
+/// Threads of process `pid`.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The API serves many clients at once (60 requests from 12 clients) with
+/// the threads the VMM started with: no thread is created per connection (under memory pressure a
+/// thread that cannot be created would abort the VMM).
+#[test]
+fn many_api_clients_are_served_without_new_threads() {
+    require_kvm();
+    let sock = socket_path("threads");
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--cmdline",
+        "tiny.hold=forever",
+    ]);
+    vm.wait_for("tiny-guest: hold", BOOT)
+        .expect("guest did not run");
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = vm.pid();
+    let at_start = thread_count(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, most) = (stop.clone(), most.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                most.fetch_max(thread_count(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    // 12 at a time: below the API's 16 connections, beyond which it
+    // answers 503.
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| api(&sock, "GET", "/vm", None).0)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), [200; 5]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert_eq!(
+        most.load(Ordering::Relaxed),
+        at_start,
+        "the VMM created threads for connections"
+    );
+    vm.kill();
+    let _ = std::fs::remove_file(&sock);
+}
+
+/// Starts `vmm args` with descriptors 3 and up closed, at most `nofile`
+/// descriptors, and stderr on a pipe whose reading end is closed: every
+/// write to stderr fails (EPIPE), as one can with ENOMEM or ENOSPC.
+fn start_starved(args: &[&str], nofile: Option<u64>) -> std::process::Child {
+    let mut cmd = Command::new(vmm_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            if let Some(n) = nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start vmm");
+    drop(child.stderr.take());
+    child
+}
+
+/// Out of file descriptors, `accept` fails (EMFILE) while clients keep
+/// connecting, and stderr cannot be written: the API backs off and
+/// serves again once descriptors are free, and the VMM lives on. (The
+/// VMM used to report the error with `eprintln!`, which panics when
+/// stderr fails, and killed its API thread or, in release builds, itself.)
+#[test]
+fn running_out_of_descriptors_does_not_kill_the_api() {
+    require_kvm();
+    let args = |sock: &Path| {
+        [
+            "run".to_string(),
+            "--api-sock".into(),
+            sock.to_str().unwrap().into(),
+            "--cmdline".into(),
+            "tiny.hold=forever".into(),
+        ]
+    };
+    // How many descriptors the VMM needs when it runs.
+    let probe_sock = socket_path("fds-probe");
+    let probe_args = args(&probe_sock);
+    let probe_args: Vec<&str> = probe_args.iter().map(String::as_str).collect();
+    let mut probe = start_starved(&probe_args, None);
+    let running = |sock: &Path| {
+        poll_until(BOOT, || {
+            let body = sock.exists().then(|| api(sock, "GET", "/vm", None).1)?;
+            body.contains("\"state\":\"Running\"").then_some(())
+        })
+        .expect("the VM did not boot")
+    };
+    running(&probe_sock);
+    let needed = std::fs::read_dir(format!("/proc/{}/fd", probe.id()))
+        .unwrap()
+        .count() as u64;
+    let _ = probe.kill();
+    let _ = probe.wait();
+    let _ = std::fs::remove_file(&probe_sock);
+
+    // Room for two more: the third client is left to accept() with EMFILE.
+    let sock = socket_path("fds");
+    let vm_args = args(&sock);
+    let vm_args: Vec<&str> = vm_args.iter().map(String::as_str).collect();
+    let mut vm = start_starved(&vm_args, Some(needed + 2));
+    running(&sock);
+    // (Connecting fails only once the API is gone.)
+    let hogs: Vec<UnixStream> = (0..8)
+        .filter_map(|_| UnixStream::connect(&sock).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        vm.try_wait().unwrap().is_none(),
+        "the VMM died when it ran out of descriptors"
+    );
+    drop(hogs);
+    let answered = poll_until(Duration::from_secs(10), || {
+        let mut s = UnixStream::connect(&sock).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /vm HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.starts_with("HTTP/1.1 200 ").then_some(out)
+    });
+    assert!(
+        answered.is_some(),
+        "the API did not answer after descriptors were free again"
+    );
+    assert!(vm.try_wait().unwrap().is_none(), "the VMM died");
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let _ = std::fs::remove_file(&sock);
 }

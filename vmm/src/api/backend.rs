@@ -7,7 +7,7 @@ use super::types::{
 
 /// The VM behind the API. The server calls it only with requests that
 /// parsed and validated (a malformed request never gets here), from its
-/// connection threads, and **one call at a time**: calls are serialised in
+/// worker threads, and **one call at a time**: calls are serialised in
 /// the order the requests completed, so an implementation need not guard
 /// against two API calls racing each other (it must still be `Sync` for
 /// its own threads).

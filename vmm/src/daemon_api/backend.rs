@@ -11,9 +11,13 @@ use crate::http::ApiError;
 ///
 /// The server calls it only with requests that parsed and validated (the
 /// bodies' `validate` passed; a malformed request never gets here), from
-/// its connection threads, **concurrently**: a slow `create_vm` must not
-/// hold up an operator's `trigger_oom` in an emergency, so the daemon
-/// guards its own state.
+/// its worker threads, **concurrently** (up to [`Limits::workers`] calls at
+/// once, 4 by default): a slow `create_vm` must not hold up an operator's
+/// `trigger_oom` in an emergency, so the daemon guards its own state. A
+/// call holds a worker while it runs: keep calls short (a kill waits for
+/// the victim's memory, at most a few seconds).
+///
+/// [`Limits::workers`]: crate::http::Limits::workers
 ///
 /// Errors the server expects, and the status each becomes:
 /// - [`ApiError::NotFound`] (404): no VM with this id (say which:

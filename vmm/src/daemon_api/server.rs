@@ -16,10 +16,14 @@ pub struct DaemonApiServer(Server);
 
 impl DaemonApiServer {
     /// The default limits: those of [`Limits::default`], with room for 64
-    /// connections (each `events --follow` holds one).
+    /// connections, 4 request workers and 16 event streams at once (each
+    /// `events --follow` holds a connection and a stream worker; the 17th
+    /// gets a 503 while requests go on being answered).
     pub fn default_limits() -> Limits {
         Limits {
             max_connections: 64,
+            workers: 4,
+            max_streams: 16,
             ..Limits::default()
         }
     }

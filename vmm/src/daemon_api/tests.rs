@@ -23,13 +23,16 @@ struct Harness {
 }
 
 fn harness() -> Harness {
-    let dir = TempDir::new("daemon-api");
-    let daemon = Arc::new(FakeDaemon::default());
-    let limits = Limits {
+    harness_with(Limits {
         request_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(1),
         ..DaemonApiServer::default_limits()
-    };
+    })
+}
+
+fn harness_with(limits: Limits) -> Harness {
+    let dir = TempDir::new("daemon-api");
+    let daemon = Arc::new(FakeDaemon::default());
     let server = DaemonApiServer::start_with_limits(dir.sock(), daemon.clone(), limits).unwrap();
     let client = Client::new(server.path())
         .with_timeout(Some(Duration::from_secs(10)))
@@ -361,6 +364,69 @@ fn follow_notices_a_client_that_went_away_while_idle() {
 
     // Its connection slot is free again: the server still answers.
     assert_eq!(h.send("GET", "/vms", None).status, 200);
+}
+
+/// Followers hold stream workers, never request workers: with every
+/// stream worker taken, requests are still answered at once and one more
+/// follower gets a 503 that says why; when a follower leaves, its worker
+/// takes the next one.
+#[test]
+fn followers_cannot_starve_requests_and_beyond_the_limit_get_503() {
+    let h = harness_with(Limits {
+        workers: 1,
+        max_streams: 2,
+        ..DaemonApiServer::default_limits()
+    });
+    let first = h.client.stream("GET", "/events?follow", None).unwrap();
+    let second = h.client.stream("GET", "/events?follow", None).unwrap();
+    assert_eq!((first.status, second.status), (200, 200));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.daemon.probe_followers(json!({"probe": 0})) != 2 {
+        assert!(Instant::now() < deadline, "the followers did not register");
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    let t = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(h.send("GET", "/vms", None).status, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    let third = h.client.request("GET", "/events?follow", None).unwrap();
+    assert_eq!(third.status, 503);
+    assert_eq!(
+        third.fault_message(),
+        "too many open streams (limit 2); close one or retry later"
+    );
+    // Its source was dropped unsent: the daemon has two followers.
+    assert_eq!(h.daemon.probe_followers(json!({"probe": 1})), 2);
+
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut again = loop {
+        let res = h
+            .client
+            .stream("GET", "/events?since=0&follow", None)
+            .unwrap();
+        if res.status == 200 {
+            break res;
+        }
+        assert_eq!(res.status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "the freed stream worker was not reused"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let sent = h.daemon.push_event("after", json!({}));
+    let got = loop {
+        let event = next_event(&mut again.body, Duration::from_secs(5));
+        if event.get("kind") == Some(&json!("after")) {
+            break event;
+        }
+    };
+    assert_eq!(got, sent);
+    drop(second);
 }
 
 #[test]

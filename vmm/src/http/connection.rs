@@ -1,17 +1,23 @@
-//! HTTP/1.1 framing: read one request from a connection with bounded sizes
-//! and deadlines, write one response, whole or streamed.
+//! HTTP/1.1 framing: gather one request from a connection with bounded
+//! sizes, write one response, whole or streamed.
 //!
 //! The request line and headers are parsed by `httparse` (hyper's parser);
-//! this file adds what a server needs around it: limits, timeouts, bodies
-//! by `Content-Length` only, `Expect: 100-continue`, keep-alive and
+//! this file adds what a server needs around it: limits, bodies by
+//! `Content-Length` only, `Expect: 100-continue`, keep-alive and
 //! pipelining, chunked streaming responses. HTTP/1.0 requests are answered
 //! and the connection closed.
+//!
+//! Reading never blocks: the server's reactor thread calls
+//! [`Connection::read_available`] when the socket is readable and
+//! [`Connection::take_request`] after it, and keeps the deadlines itself.
+//! Writing a response blocks, bounded by the socket's write timeout, on a
+//! worker thread; the reactor's own short answers (408, 503, parse errors)
+//! use [`Connection::respond_now`], which never blocks.
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::error::ApiError;
 use super::limits::{Limits, MAX_HEADER_FIELDS};
@@ -21,17 +27,22 @@ use super::message::{Body, Chunk, ChunkSource, Request, Response};
 /// whether the client is still there.
 const STREAM_POLL: Duration = Duration::from_millis(100);
 
-/// What reading from a connection gave.
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// What the bytes gathered so far on a connection amount to.
 #[derive(Debug)]
-pub(crate) enum Incoming {
-    /// A complete request.
-    Request(Request),
-    /// The client went away, or an idle keep-alive connection timed out:
-    /// close without answering.
-    Closed,
+pub(crate) enum Progress {
+    /// Not a whole request yet; `head_done` once the line and headers are
+    /// in and only the body is missing.
+    Incomplete { head_done: bool },
+    /// A complete request, taken out of the buffer.
+    Ready(Request),
     /// The request cannot be read: answer this error, then close (where
     /// the next request would start is unknown).
     Failed(ApiError),
+    /// The client went away (a `100 Continue` could not be written).
+    Closed,
 }
 
 /// The parsed request line and the headers the server acts on.
@@ -47,10 +58,18 @@ struct Head {
 }
 
 /// A client connection and the bytes read from it but not yet used.
+///
+/// The socket stays in blocking mode (with the server's write timeout), so
+/// that workers write responses with plain blocking writes; reads and the
+/// reactor's writes pass `MSG_DONTWAIT` instead.
 pub(crate) struct Connection {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Responses written so far (a keep-alive connection that answered
+    /// one is closed silently when idle, a fresh one gets a 408).
     answered: usize,
+    /// `100 Continue` was sent for the request now in `buf`.
+    continued: bool,
 }
 
 impl Connection {
@@ -59,80 +78,103 @@ impl Connection {
             stream,
             buf: Vec::new(),
             answered: 0,
+            continued: false,
         }
     }
 
-    /// Reads the next request, waiting at most `idle_timeout` for it to
-    /// begin and `request_timeout` for it to complete.
-    pub fn next_request(&mut self, limits: &Limits) -> Incoming {
-        if self.buf.is_empty() {
-            match self.fill(Instant::now() + limits.idle_timeout) {
-                Ok(0) => return Incoming::Closed,
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) && self.answered == 0 => {
-                    return Incoming::Failed(ApiError::RequestTimeout(format!(
-                        "no request arrived within {} ms of connecting",
-                        limits.idle_timeout.as_millis()
-                    )))
+    /// The socket, for `poll` and for `shutdown` from another thread.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Whether bytes of a next request are already here.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Whether a response has been written on this connection.
+    pub fn answered_any(&self) -> bool {
+        self.answered > 0
+    }
+
+    /// Reads what the socket holds now, without blocking, into the buffer
+    /// (at most `max` bytes in all, a little more than one request can
+    /// need: the rest waits in the socket). `Ok(0)` is end of file; a
+    /// `WouldBlock` error means nothing was there.
+    pub fn read_available(&mut self, max: usize) -> io::Result<usize> {
+        if self.buf.len() >= max {
+            // Cannot happen for an incomplete request (the limits fail it
+            // first); never mistake a full buffer for end of file.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut total = 0;
+        while self.buf.len() < max {
+            let want = chunk.len().min(max - self.buf.len());
+            match recv(&self.stream, &mut chunk[..want]) {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    total += n;
                 }
-                Err(_) => return Incoming::Closed,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && total > 0 => break,
+                Err(e) => return Err(e),
             }
         }
-        let deadline = Instant::now() + limits.request_timeout;
-        let timed_out = |what: &str| {
-            Incoming::Failed(ApiError::RequestTimeout(format!(
-                "the request {what} did not arrive within {} ms",
-                limits.request_timeout.as_millis()
-            )))
-        };
+        Ok(total)
+    }
 
-        let head = loop {
-            match parse_head(&self.buf, limits) {
-                Ok(Some(head)) => break head,
-                Ok(None) if self.buf.len() >= limits.max_head_bytes => {
-                    return Incoming::Failed(head_too_large(limits))
-                }
-                Ok(None) => {}
-                Err(err) => return Incoming::Failed(err),
+    /// Reads and drops what the socket holds now, without blocking; the
+    /// byte count, `Ok(0)` at end of file.
+    pub fn discard_available(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match recv(&self.stream, &mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
             }
-            match self.fill(deadline) {
-                Ok(0) => return Incoming::Closed,
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => return timed_out("line and headers"),
-                Err(_) => return Incoming::Closed,
+        }
+    }
+
+    /// Takes the request at the start of the buffer if it is complete.
+    /// Sends `100 Continue` (without blocking) once the head of a request
+    /// that asks for it is in and its body is not.
+    pub fn take_request(&mut self, limits: &Limits) -> Progress {
+        let head = match parse_head(&self.buf, limits) {
+            Ok(Some(head)) => head,
+            Ok(None) if self.buf.len() >= limits.max_head_bytes => {
+                return Progress::Failed(head_too_large(limits))
             }
+            Ok(None) => return Progress::Incomplete { head_done: false },
+            Err(err) => return Progress::Failed(err),
         };
         if head.len > limits.max_head_bytes {
-            return Incoming::Failed(head_too_large(limits));
+            return Progress::Failed(head_too_large(limits));
         }
         if head.content_length > limits.max_body_bytes as u64 {
-            return Incoming::Failed(ApiError::PayloadTooLarge {
+            return Progress::Failed(ApiError::PayloadTooLarge {
                 length: head.content_length,
                 limit: limits.max_body_bytes,
             });
         }
         // Fits in usize: it is at most max_body_bytes.
         let end = head.len + head.content_length as usize;
-        if head.expect_continue
-            && self.buf.len() < end
-            && self.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
-        {
-            return Incoming::Closed;
-        }
-        while self.buf.len() < end {
-            match self.fill(deadline) {
-                Ok(0) => return Incoming::Closed,
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => return timed_out("body"),
-                Err(_) => return Incoming::Closed,
+        if self.buf.len() < end {
+            if head.expect_continue && !self.continued {
+                if !self.send_now(b"HTTP/1.1 100 Continue\r\n\r\n") {
+                    return Progress::Closed;
+                }
+                self.continued = true;
             }
+            return Progress::Incomplete { head_done: true };
         }
-
         let body = self.buf[head.len..end].to_vec();
         self.buf.drain(..end);
+        self.continued = false;
         // HTTP/1.0 gets one request per connection, even with keep-alive.
         let keep_alive = head.http11 && !head.close;
-        Incoming::Request(Request {
+        Progress::Ready(Request {
             method: head.method,
             target: head.target,
             content_type: head.content_type,
@@ -148,51 +190,29 @@ impl Connection {
     /// the client goes away (noticed within [`STREAM_POLL`] even while the
     /// source is idle) or when a write blocks past the write timeout.
     pub fn respond(&mut self, response: Response, http11: bool, close: bool) -> io::Result<()> {
+        let (out, mut source) = encode(response, http11, close);
         self.answered += 1;
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nServer: vmm\r\n",
-            response.status,
-            reason(response.status)
-        );
-        for (name, value) in &response.headers {
-            // A value from a handler never splits the head.
-            let value: String = value.chars().filter(|c| !c.is_control()).collect();
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        let (body, mut source) = match response.body {
-            Body::Empty => (Vec::new(), None),
-            Body::Full {
-                content_type,
-                bytes,
-            } => {
-                out.push_str(&format!(
-                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
-                    bytes.len()
-                ));
-                (bytes, None)
-            }
-            Body::Stream {
-                content_type,
-                source,
-            } => {
-                out.push_str(&format!("Content-Type: {content_type}\r\n"));
-                if http11 {
-                    out.push_str("Transfer-Encoding: chunked\r\n");
-                }
-                (Vec::new(), Some(source))
-            }
-        };
-        if close || source.is_some() {
-            out.push_str("Connection: close\r\n");
-        }
-        out.push_str("\r\n");
-        let mut out = out.into_bytes();
-        out.extend_from_slice(&body);
         self.write_raw(&out)?;
         match &mut source {
             Some(source) => self.stream_body(source.as_mut(), http11),
             None => Ok(()),
         }
+    }
+
+    /// Writes a whole (non-stream) response with `Connection: close`
+    /// without blocking: for the reactor's own answers (408, 503, parse
+    /// errors), which are short and go to a socket whose buffer holds at
+    /// most earlier answers. Says whether all of it went out; a stream
+    /// body is not sent.
+    pub fn respond_now(&mut self, response: Response) -> bool {
+        let (out, _) = encode(response, true, true);
+        self.answered += 1;
+        self.send_now(&out)
+    }
+
+    /// Stops writing: the client reads the answer, then end of file.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Sends the chunks of `source` until it ends or the client is gone.
@@ -240,62 +260,100 @@ impl Connection {
         rc > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
     }
 
-    /// After an error response on a request that was not read to its end:
-    /// stop writing, and read and drop what the client is still sending
-    /// (bounded in bytes and time), so that a client busy writing its body
-    /// gets to read the error instead of a broken pipe.
-    pub fn close_after_error(self, limits: &Limits) {
-        const DRAIN_BYTES: usize = 1 << 20;
-        let _ = self.stream.shutdown(Shutdown::Write);
-        let deadline = Instant::now() + limits.request_timeout.min(Duration::from_secs(1));
-        let mut drained = 0;
-        let mut chunk = [0u8; 4096];
-        let mut stream = self.stream;
-        while drained < DRAIN_BYTES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-                return;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(n) => drained += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
-    }
-
     fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()
     }
 
-    /// Reads what is there (at least one byte) before `deadline`.
-    fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            self.stream.set_read_timeout(Some(left))?;
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    /// Writes all of `bytes` if the socket takes them now; never blocks.
+    fn send_now(&self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            // SAFETY: `bytes` is a valid buffer for the call; MSG_DONTWAIT
+            // never blocks, MSG_NOSIGNAL turns a hang-up into EPIPE.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                bytes = &bytes[n as usize..];
+            } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            } else {
+                return false;
             }
         }
+        true
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+/// `recv(MSG_DONTWAIT)` into `buf`.
+fn recv(stream: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the call.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// The bytes of a response's head and whole body, and its stream source
+/// if it has one.
+fn encode(
+    response: Response,
+    http11: bool,
+    close: bool,
+) -> (Vec<u8>, Option<Box<dyn ChunkSource>>) {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nServer: vmm\r\n",
+        response.status,
+        reason(response.status)
+    );
+    for (name, value) in &response.headers {
+        // A value from a handler never splits the head.
+        let value: String = value.chars().filter(|c| !c.is_control()).collect();
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let (body, source) = match response.body {
+        Body::Empty => (Vec::new(), None),
+        Body::Full {
+            content_type,
+            bytes,
+        } => {
+            out.push_str(&format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+                bytes.len()
+            ));
+            (bytes, None)
+        }
+        Body::Stream {
+            content_type,
+            source,
+        } => {
+            out.push_str(&format!("Content-Type: {content_type}\r\n"));
+            if http11 {
+                out.push_str("Transfer-Encoding: chunked\r\n");
+            }
+            (Vec::new(), Some(source))
+        }
+    };
+    if close || source.is_some() {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    (out, source)
 }
 
 fn head_too_large(limits: &Limits) -> ApiError {

@@ -91,6 +91,10 @@ pub enum ApiError {
     /// 503: too many API connections are open at once.
     #[error("too many open API connections (limit {0}); retry later")]
     TooManyConnections(usize),
+    /// 503: every stream worker is sending a stream (e.g. that many
+    /// `GET /events?follow` clients); a stream ends when its client goes.
+    #[error("too many open streams (limit {0}); close one or retry later")]
+    TooManyStreams(usize),
 }
 
 impl ApiError {
@@ -110,7 +114,9 @@ impl ApiError {
             ApiError::ExpectationFailed(_) => 417,
             ApiError::HeadTooLarge { .. } => 431,
             ApiError::Internal(_) => 500,
-            ApiError::Unavailable(_) | ApiError::TooManyConnections(_) => 503,
+            ApiError::Unavailable(_)
+            | ApiError::TooManyConnections(_)
+            | ApiError::TooManyStreams(_) => 503,
         }
     }
 

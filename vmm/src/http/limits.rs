@@ -20,9 +20,19 @@ pub struct Limits {
     /// How long writing a response may block on a client that does not
     /// read (a stream ends there).
     pub write_timeout: Duration,
-    /// Connections served at once (503 beyond). Streaming responses hold
-    /// theirs until the stream ends or the client goes away.
+    /// Connections open at once, idle ones included (503 beyond).
+    /// Streaming responses hold theirs until the stream ends or the client
+    /// goes away.
     pub max_connections: usize,
+    /// Worker threads that run the handler and write answers, all started
+    /// with the server (at least 1). Idle and slow clients hold none; a
+    /// client that does not read its answer holds one for up to
+    /// `write_timeout` per write.
+    pub workers: usize,
+    /// Streams sent at once (503 beyond), each by its own worker thread
+    /// started with the server; 0 for an API without streams. Streams
+    /// never take a request worker, so they cannot starve requests.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +44,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
             max_connections: 16,
+            workers: 2,
+            max_streams: 0,
         }
     }
 }

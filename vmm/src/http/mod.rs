@@ -13,8 +13,12 @@
 //! - framing (`connection`): `httparse` for the head, bodies by
 //!   `Content-Length` only, `Expect: 100-continue`, keep-alive and
 //!   pipelining, HTTP/1.0 answered then closed;
+//! - threads (`server`): a reactor that accepts and reads requests
+//!   without blocking, a few workers that run the handler, and stream
+//!   workers for streamed answers, all started with the server and none
+//!   per connection or request;
 //! - [`Limits`]: head and body sizes, deadlines for slow and idle clients,
-//!   a write timeout, a cap on connections;
+//!   a write timeout, caps on connections, workers and streams;
 //! - errors ([`ApiError`]): every failure is a status with
 //!   `{"fault_message": "..."}`; a panicking handler is a 500.
 //!
