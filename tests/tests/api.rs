@@ -172,10 +172,20 @@ fn many_api_clients_are_served_without_new_threads() {
     let _ = std::fs::remove_file(&sock);
 }
 
+/// A child killed and reaped when dropped, even when a test panics.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `vmm args` with descriptors 3 and up closed, at most `nofile`
 /// descriptors, and stderr on a pipe whose reading end is closed: every
 /// write to stderr fails (EPIPE), as one can with ENOMEM or ENOSPC.
-fn start_starved(args: &[&str], nofile: Option<u64>) -> std::process::Child {
+fn start_starved(args: &[&str], nofile: Option<u64>) -> Reaped {
     let mut cmd = Command::new(vmm_bin());
     cmd.args(args)
         .stdin(Stdio::null())
@@ -199,7 +209,7 @@ fn start_starved(args: &[&str], nofile: Option<u64>) -> std::process::Child {
     }
     let mut child = cmd.spawn().expect("start vmm");
     drop(child.stderr.take());
-    child
+    Reaped(child)
 }
 
 /// Out of file descriptors, `accept` fails (EMFILE) while clients keep
@@ -223,7 +233,7 @@ fn running_out_of_descriptors_does_not_kill_the_api() {
     let probe_sock = socket_path("fds-probe");
     let probe_args = args(&probe_sock);
     let probe_args: Vec<&str> = probe_args.iter().map(String::as_str).collect();
-    let mut probe = start_starved(&probe_args, None);
+    let probe = start_starved(&probe_args, None);
     let running = |sock: &Path| {
         poll_until(BOOT, || {
             let body = sock.exists().then(|| api(sock, "GET", "/vm", None).1)?;
@@ -232,11 +242,10 @@ fn running_out_of_descriptors_does_not_kill_the_api() {
         .expect("the VM did not boot")
     };
     running(&probe_sock);
-    let needed = std::fs::read_dir(format!("/proc/{}/fd", probe.id()))
+    let needed = std::fs::read_dir(format!("/proc/{}/fd", probe.0.id()))
         .unwrap()
         .count() as u64;
-    let _ = probe.kill();
-    let _ = probe.wait();
+    drop(probe);
     let _ = std::fs::remove_file(&probe_sock);
 
     // Room for two more: the third client is left to accept() with EMFILE.
@@ -251,7 +260,7 @@ fn running_out_of_descriptors_does_not_kill_the_api() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        vm.try_wait().unwrap().is_none(),
+        vm.0.try_wait().unwrap().is_none(),
         "the VMM died when it ran out of descriptors"
     );
     drop(hogs);
@@ -268,8 +277,92 @@ fn running_out_of_descriptors_does_not_kill_the_api() {
         answered.is_some(),
         "the API did not answer after descriptors were free again"
     );
-    assert!(vm.try_wait().unwrap().is_none(), "the VMM died");
-    let _ = vm.kill();
-    let _ = vm.wait();
+    assert!(vm.0.try_wait().unwrap().is_none(), "the VMM died");
+    drop(vm);
     let _ = std::fs::remove_file(&sock);
+}
+
+/// `(size, resident)` of `/proc/<pid>/statm` in bytes; `None` once the
+/// process has no address space (exiting, a zombie) or is gone.
+fn statm(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let size = fields.next()?? * 4096;
+    let resident = fields.next()?? * 4096;
+    (size > 0).then_some((size, resident))
+}
+
+/// `ReleaseMemory` on a guest that touched 256 MiB: the VMM's resident
+/// memory falls by at least 250 MiB while the VMM still runs (its 320 MiB
+/// guest RAM mapping still there), the answer says what was released, and
+/// the VMM then exits with status 253 and removes its socket.
+#[test]
+fn release_memory_gives_guest_ram_back_before_the_vmm_exits() {
+    require_kvm();
+    const MIB: u64 = 1 << 20;
+    let sock = socket_path("release");
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--mem",
+        "320M",
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--cmdline",
+        "tiny.touch=256M tiny.hold=forever",
+    ]);
+    vm.wait_for("tiny-guest: hold", BOOT)
+        .expect("guest did not run");
+    let pid = vm.pid();
+    let (_, before) = statm(pid).unwrap();
+    assert!(before >= 256 * MIB, "RSS {before} after touching 256 MiB");
+
+    // The lowest RSS seen while the guest RAM mapping still existed, i.e.
+    // before the exit path tore the address space down.
+    let lowest_alive = std::thread::spawn(move || {
+        let mut lowest = u64::MAX;
+        while let Some((size, resident)) = statm(pid) {
+            if size >= 320 * MIB {
+                lowest = lowest.min(resident);
+            }
+            std::thread::yield_now();
+        }
+        lowest
+    });
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "ReleaseMemory"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let field = |k: &str| {
+        answer[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {k} in {body}"))
+    };
+    assert!(field("released_bytes") >= 250 * MIB, "{body}");
+    assert_eq!(
+        field("released_bytes"),
+        field("vmm_rss_before_bytes") - field("vmm_rss_after_bytes")
+    );
+    assert_eq!(field("guest_ram_bytes"), 320 * MIB, "{body}");
+    assert_eq!(field("regions"), 1, "{body}");
+    assert!((1..=2).contains(&field("threads")), "{body}");
+    assert_eq!(field("madvise_calls"), 160, "2 MiB calls: {body}");
+    assert!(field("madvise_us") > 0, "{body}");
+    assert!(
+        field("elapsed_us") >= field("madvise_us") + field("stop_vcpus_us"),
+        "{body}"
+    );
+
+    let (status, stderr) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(253), "{stderr}");
+    assert!(stderr.contains("guest RAM released on request"), "{stderr}");
+    assert!(!sock.exists(), "socket left behind");
+    let lowest = lowest_alive.join().unwrap();
+    assert!(
+        lowest <= before - 250 * MIB,
+        "RSS never fell by 250 MiB while the VMM was alive: {before} -> {lowest}"
+    );
 }

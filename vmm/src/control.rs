@@ -6,11 +6,14 @@
 //! sees a running VM from its first request.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use balloon::{pages_to_mib, Balloon, BalloonConfig};
 
-use crate::api::{self, ApiError, VmBackend, VmInfo, VmState};
-use crate::memstat::{self, ProcessMemory};
+use crate::api::{self, ApiError, MemoryReleased, VmBackend, VmInfo, VmState};
+use crate::memstat::{self, MmCounters, ProcessMemory};
+use crate::vm::exit::{ExitSignal, VmExit};
+use crate::vm::release::Releaser;
 
 /// Shared between the API threads and the thread that boots the VM.
 pub struct VmControl {
@@ -26,15 +29,25 @@ enum Phase {
         balloon: Option<BalloonConfig>,
         start_requested: bool,
     },
-    Running(Running),
+    Running(LiveVm),
+    /// `ReleaseMemory` stopped the vCPUs for good; the VMM ends with this
+    /// once the answer is written.
+    Released {
+        exit: Arc<ExitSignal>,
+        end: VmExit,
+    },
     Exited,
 }
 
 /// Handles into the live VM.
-struct Running {
-    balloon: Option<Arc<Mutex<Balloon>>>,
+pub struct LiveVm {
+    pub balloon: Option<Arc<Mutex<Balloon>>>,
     /// Host addresses where guest RAM regions start, for residency.
-    guest_ram_starts: Vec<u64>,
+    pub guest_ram_starts: Vec<u64>,
+    /// Stops the VM and releases its RAM (`ReleaseMemory`).
+    pub releaser: Releaser,
+    /// Ends the VM's event loop, and so the VMM.
+    pub exit: Arc<ExitSignal>,
 }
 
 impl VmControl {
@@ -78,11 +91,8 @@ impl VmControl {
     }
 
     /// The VM booted with these devices.
-    pub fn set_running(&self, balloon: Option<Arc<Mutex<Balloon>>>, guest_ram_starts: Vec<u64>) {
-        *self.phase() = Phase::Running(Running {
-            balloon,
-            guest_ram_starts,
-        });
+    pub fn set_running(&self, vm: LiveVm) {
+        *self.phase() = Phase::Running(vm);
     }
 
     /// The VM ended.
@@ -97,11 +107,12 @@ impl VmControl {
     /// The live balloon, or the right error.
     fn live_balloon(&self) -> Result<Arc<Mutex<Balloon>>, ApiError> {
         match &*self.phase() {
-            Phase::Running(Running {
+            Phase::Running(LiveVm {
                 balloon: Some(b), ..
             }) => Ok(b.clone()),
             Phase::Running(_) => Err(ApiError::BalloonNotConfigured),
             Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
+            Phase::Released { .. } => Err(released_conflict()),
             Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
         }
     }
@@ -115,6 +126,19 @@ impl VmControl {
         }
         Ok(())
     }
+}
+
+fn released_conflict() -> ApiError {
+    ApiError::Conflict("the VM's memory was released; the VMM is exiting".into())
+}
+
+/// Resident bytes of this process, from the mm counters (exact on Linux
+/// 6.16 and later, and cheap: no page-table walk).
+fn own_rss() -> u64 {
+    MmCounters::read(None)
+        .ok()
+        .flatten()
+        .map_or(0, |c| c.rss_anon + c.rss_file + c.rss_shmem)
 }
 
 fn lock(b: &Mutex<Balloon>) -> MutexGuard<'_, Balloon> {
@@ -146,7 +170,7 @@ impl VmBackend for VmControl {
         let (state, starts) = match &*self.phase() {
             Phase::NotStarted { .. } => (VmState::NotStarted, Vec::new()),
             Phase::Running(r) => (VmState::Running, r.guest_ram_starts.clone()),
-            Phase::Exited => (VmState::Exited, Vec::new()),
+            Phase::Released { .. } | Phase::Exited => (VmState::Exited, Vec::new()),
         };
         let me = ProcessMemory::read(None).unwrap_or_default();
         VmInfo {
@@ -251,6 +275,52 @@ impl VmBackend for VmControl {
         let b = self.live_balloon()?;
         let metrics = lock(&b).metrics().clone();
         serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn release_memory(&self) -> Result<MemoryReleased, ApiError> {
+        let t0 = Instant::now();
+        let mut phase = self.phase();
+        let (releaser, exit) = match &*phase {
+            Phase::Running(vm) => (vm.releaser.clone(), vm.exit.clone()),
+            Phase::NotStarted { .. } => {
+                return Err(ApiError::Conflict("the VM is not started yet".into()))
+            }
+            Phase::Released { .. } => return Err(released_conflict()),
+            Phase::Exited => return Err(ApiError::Conflict("the VM has exited".into())),
+        };
+        let rss_before = own_rss();
+        let result = releaser.stop_and_release();
+        let elapsed = t0.elapsed();
+        let rss_after = own_rss();
+        let (end, answer) = match result {
+            Ok((stop, released)) => (
+                VmExit::Released,
+                Ok(MemoryReleased {
+                    released_bytes: rss_before.saturating_sub(rss_after),
+                    vmm_rss_before_bytes: rss_before,
+                    vmm_rss_after_bytes: rss_after,
+                    guest_ram_bytes: released.advised_bytes,
+                    regions: released.regions as u32,
+                    threads: released.threads as u32,
+                    madvise_calls: released.calls,
+                    stop_vcpus_us: stop.as_micros() as u64,
+                    madvise_us: released.elapsed.as_micros() as u64,
+                    elapsed_us: elapsed.as_micros() as u64,
+                }),
+            ),
+            Err(e) => {
+                let why = format!("releasing guest RAM failed: {e}");
+                (VmExit::VmmError(why.clone()), Err(ApiError::Internal(why)))
+            }
+        };
+        *phase = Phase::Released { exit, end };
+        answer
+    }
+
+    fn end_after_release(&self) {
+        if let Phase::Released { exit, end } = &*self.phase() {
+            exit.request(end.clone());
+        }
     }
 
     fn patch_balloon_stats(&self, update: api::BalloonStatsUpdate) -> Result<(), ApiError> {

@@ -15,7 +15,7 @@ use vmm::vm::boot::KernelImage;
 use vmm::vm::cpuid::CpuidPolicy;
 
 use vmm::api::ApiServer;
-use vmm::control::VmControl;
+use vmm::control::{LiveVm, VmControl};
 use vmm::vm::exit::{status, VmExit};
 use vmm::vm::memory;
 use vmm::vm::virtio::Announce;
@@ -123,6 +123,11 @@ struct RunArgs {
     /// `MPOL_BIND`): every guest page comes from them.
     #[arg(long, value_name = "NODES")]
     numa_nodes: Option<vmm::oom::constraint::NodeSet>,
+    /// Threads that release guest RAM at once for the API's
+    /// `ReleaseMemory` action: the API's own and up to one per vCPU (the
+    /// stopped vCPU threads do the work; none is created for it).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..))]
+    release_threads: u8,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -191,6 +196,7 @@ fn run(args: RunArgs) -> ExitCode {
         drop(api);
         std::process::exit(i32::from(code))
     };
+    let release_threads = usize::from(args.release_threads);
     let mut args = args;
     if args.wait_for_start {
         match control.wait_for_start(vmm::vm::stop_signals::take_pending) {
@@ -213,15 +219,23 @@ fn run(args: RunArgs) -> ExitCode {
         .iter()
         .map(|r| r.0)
         .collect();
-    control.set_running(vm.balloon().cloned(), starts);
+    control.set_running(LiveVm {
+        balloon: vm.balloon().cloned(),
+        guest_ram_starts: starts,
+        releaser: vm.releaser(release_threads),
+        exit: vm.exit_signal(),
+    });
     let end = vm.wait();
     control.set_exited();
-    match &end {
-        VmExit::Reset | VmExit::DebugExit(_) => {}
-        VmExit::GuestCrash(why) => eprintln!("vmm: guest crashed: {why}"),
-        VmExit::VmmError(why) => eprintln!("vmm: VMM error: {why}"),
-        VmExit::Signal(n) => eprintln!("vmm: stopped by signal {n}"),
-    }
+    // A failed write to stderr must not change how the VMM ends.
+    let mut err = std::io::stderr();
+    let _ = match &end {
+        VmExit::Reset | VmExit::DebugExit(_) => Ok(()),
+        VmExit::GuestCrash(why) => writeln!(err, "vmm: guest crashed: {why}"),
+        VmExit::VmmError(why) => writeln!(err, "vmm: VMM error: {why}"),
+        VmExit::Signal(n) => writeln!(err, "vmm: stopped by signal {n}"),
+        VmExit::Released => writeln!(err, "vmm: guest RAM released on request; exiting"),
+    };
     quit(api, end.exit_status())
 }
 

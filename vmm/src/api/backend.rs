@@ -2,7 +2,8 @@
 
 use super::error::ApiError;
 use super::types::{
-    BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, VmInfo,
+    BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, MemoryReleased,
+    VmInfo,
 };
 
 /// The VM behind the API. The server calls it only with requests that
@@ -39,4 +40,14 @@ pub trait VmBackend: Send + Sync + 'static {
     /// `GET /balloon/metrics`: what the device did and what it refused
     /// from the guest, as counters (a JSON object).
     fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError>;
+    /// `PUT /actions {"action_type": "ReleaseMemory"}`: stop the vCPUs
+    /// for good and give all guest RAM back to the host. Conflict (409)
+    /// when the VM is not running, and then nothing changes; any other
+    /// outcome, success or failure, leaves the VM stopped for good, and the
+    /// server calls [`end_after_release`](VmBackend::end_after_release)
+    /// once the answer is written.
+    fn release_memory(&self) -> Result<MemoryReleased, ApiError>;
+    /// Ends the VMM if [`release_memory`](VmBackend::release_memory)
+    /// stopped the VM; does nothing otherwise.
+    fn end_after_release(&self);
 }

@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | `GET` | `/vm` | – | 200 [`VmInfo`] |
 //! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"InstanceStart"}` | 204 |
+//! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"ReleaseMemory"}` (ours) | 200 [`MemoryReleased`], then the VMM exits |
 //! | `PUT` | `/balloon` | [`BalloonConfig`] (before boot) | 204 |
 //! | `PATCH` | `/balloon` | [`BalloonUpdate`] | 204 |
 //! | `GET` | `/balloon` | – | 200 [`BalloonInfo`] |
@@ -61,5 +62,5 @@ pub use error::{ApiError, ApiServerError};
 pub use server::ApiServer;
 pub use types::{
     ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,
-    BalloonUpdate, VmInfo, VmState,
+    BalloonUpdate, MemoryReleased, VmInfo, VmState,
 };

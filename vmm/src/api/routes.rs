@@ -4,6 +4,8 @@
 //! only as a [`Call`] that parsed completely: unknown paths, wrong methods,
 //! wrong media types and bodies that do not deserialize stop in [`parse`].
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::backend::VmBackend;
@@ -22,6 +24,8 @@ pub(crate) enum Call {
     VmInfo,
     /// `PUT /actions {"action_type": "InstanceStart"}`
     Start,
+    /// `PUT /actions {"action_type": "ReleaseMemory"}`
+    ReleaseMemory,
     /// `PUT /balloon`
     PutBalloon(BalloonConfig),
     /// `PATCH /balloon`
@@ -62,6 +66,7 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         ("PUT", "/actions") => {
             json_body::<ActionBody>(req).map(|action| match action.action_type {
                 ActionType::InstanceStart => Call::Start,
+                ActionType::ReleaseMemory => Call::ReleaseMemory,
             })
         }
         ("PUT", "/balloon") => json_body(req).map(Call::PutBalloon),
@@ -75,10 +80,20 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
 }
 
 /// Makes the backend call and builds the response.
-pub(crate) fn dispatch(call: Call, backend: &dyn VmBackend) -> Result<Response, ApiError> {
+pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Response, ApiError> {
     match call {
         Call::VmInfo => json(&backend.vm_info()),
         Call::Start => backend.start().map(|()| Response::no_content()),
+        Call::ReleaseMemory => {
+            let response = match backend.release_memory() {
+                // Nothing was done: the VM goes on.
+                Err(err @ ApiError::Conflict(_)) => return Err(err),
+                Ok(released) => json(&released).unwrap_or_else(|e| Response::error(&e)),
+                Err(err) => Response::error(&err),
+            };
+            let backend = Arc::clone(backend);
+            Ok(response.after_sent(move || backend.end_after_release()))
+        }
         Call::PutBalloon(config) => backend.put_balloon(config).map(|()| Response::no_content()),
         Call::PatchBalloon(update) => backend
             .patch_balloon(update)
@@ -122,6 +137,12 @@ mod tests {
                 "/actions",
                 r#"{"action_type":"InstanceStart"}"#,
                 Call::Start,
+            ),
+            (
+                "PUT",
+                "/actions",
+                r#"{"action_type":"ReleaseMemory"}"#,
+                Call::ReleaseMemory,
             ),
             (
                 "PUT",
@@ -206,7 +227,7 @@ mod tests {
         assert_eq!(status, 400);
         assert!(
             msg.starts_with(
-                "action_type: unknown variant `FlushMetrics`, expected `InstanceStart`"
+                "action_type: unknown variant `FlushMetrics`, expected `InstanceStart` or `ReleaseMemory`"
             ),
             "{msg}"
         );

@@ -72,6 +72,6 @@ impl Handler for VmHandler {
             Err(err) => return Response::error(&err),
         };
         let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
-        routes::dispatch(call, &*self.backend).unwrap_or_else(|err| Response::error(&err))
+        routes::dispatch(call, &self.backend).unwrap_or_else(|err| Response::error(&err))
     }
 }

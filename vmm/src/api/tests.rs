@@ -39,6 +39,29 @@ impl FakeVm {
 }
 
 impl VmBackend for FakeVm {
+    fn release_memory(&self) -> Result<MemoryReleased, ApiError> {
+        self.record("release_memory".into());
+        if !*self.started.lock().unwrap() {
+            return Err(ApiError::Conflict("the VM is not started yet".into()));
+        }
+        Ok(MemoryReleased {
+            released_bytes: 250 << 20,
+            vmm_rss_before_bytes: 260 << 20,
+            vmm_rss_after_bytes: 10 << 20,
+            guest_ram_bytes: 256 << 20,
+            regions: 1,
+            threads: 2,
+            madvise_calls: 128,
+            stop_vcpus_us: 50,
+            madvise_us: 20_000,
+            elapsed_us: 20_100,
+        })
+    }
+
+    fn end_after_release(&self) {
+        self.record("end_after_release".into());
+    }
+
     fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError> {
         self.record("balloon_metrics".into());
         Ok(serde_json::json!({ "inflate_pages": 7, "rejections": { "pfn_outside_ram": 1 } }))
@@ -165,6 +188,12 @@ impl VmBackend for PanickyVm {
         unreachable!()
     }
     fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError> {
+        unreachable!()
+    }
+    fn release_memory(&self) -> Result<MemoryReleased, ApiError> {
+        unreachable!()
+    }
+    fn end_after_release(&self) {
         unreachable!()
     }
 }
@@ -511,6 +540,42 @@ fn bad_requests_never_reach_the_backend() {
     assert_eq!(h.vm.calls(), Vec::<String>::new());
 }
 
+/// `ReleaseMemory` answers with what was released, and only once that
+/// answer is written does the VMM get told to end; before the VM runs it
+/// is a conflict that changes nothing.
+#[test]
+fn release_memory_answers_first_then_ends_the_vmm() {
+    let h = harness();
+    let p = &h.path;
+    let release = r#"{"action_type": "ReleaseMemory"}"#;
+    let r = send(p, "PUT", "/actions", Some(release));
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.fault(), "the VM is not started yet");
+    assert_eq!(h.vm.calls(), ["release_memory"]);
+
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(send(p, "PUT", "/actions", Some(start)).status, 204);
+    let r = send(p, "PUT", "/actions", Some(release));
+    assert_eq!(r.status, 200, "{r:?}");
+    let body: MemoryReleased = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body.released_bytes, 250 << 20);
+    assert_eq!(r.json()["madvise_us"], 20_000);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.vm.calls().len() < 4 {
+        assert!(Instant::now() < deadline, "{:?}", h.vm.calls());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        h.vm.calls(),
+        [
+            "release_memory",
+            "start",
+            "release_memory",
+            "end_after_release"
+        ]
+    );
+}
+
 #[test]
 fn idle_and_slow_clients_do_not_block_others() {
     let h = harness_with(ApiLimits {
@@ -767,6 +832,19 @@ fn openapi_document_covers_every_route_field_and_status() {
         })
         .unwrap(),
         serde_json::json!({"action_type": "InstanceStart"}),
+        serde_json::to_value(MemoryReleased {
+            released_bytes: 0,
+            vmm_rss_before_bytes: 0,
+            vmm_rss_after_bytes: 0,
+            guest_ram_bytes: 0,
+            regions: 0,
+            threads: 0,
+            madvise_calls: 0,
+            stop_vcpus_us: 0,
+            madvise_us: 0,
+            elapsed_us: 0,
+        })
+        .unwrap(),
     ];
     for body in bodies {
         for key in body.as_object().unwrap().keys() {

@@ -132,6 +132,21 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// The body.
     pub body: Body,
+    /// What to do once the response is written (or could not be).
+    pub after: Option<AfterSent>,
+}
+
+/// Work the server runs once a response has been written to its client
+/// (or writing failed), on the thread that wrote it: e.g. ending the
+/// process after its last answer, which must not be cut off. It is not
+/// run when the server drops the response unsent (a stream refused for
+/// lack of stream workers).
+pub struct AfterSent(pub Box<dyn FnOnce() + Send>);
+
+impl fmt::Debug for AfterSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AfterSent(..)")
+    }
 }
 
 impl Response {
@@ -141,6 +156,7 @@ impl Response {
             status: 204,
             headers: Vec::new(),
             body: Body::Empty,
+            after: None,
         }
     }
 
@@ -153,6 +169,7 @@ impl Response {
                 content_type,
                 bytes: bytes.into(),
             },
+            after: None,
         }
     }
 
@@ -181,6 +198,7 @@ impl Response {
                 content_type,
                 source,
             },
+            after: None,
         }
     }
 
@@ -192,6 +210,12 @@ impl Response {
             response.headers.push(("Allow", (*allowed).to_string()));
         }
         response
+    }
+
+    /// Runs `f` once the response has been written (see [`AfterSent`]).
+    pub fn after_sent(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.after = Some(AfterSent(Box::new(f)));
+        self
     }
 
     /// Adds a header field.

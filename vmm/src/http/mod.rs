@@ -37,5 +37,7 @@ mod socket;
 pub use client::{Client, ClientError, ClientResponse, StreamingResponse};
 pub use error::{ApiError, ServerError};
 pub use limits::{Limits, MAX_HEADER_FIELDS};
-pub use message::{Body, Chunk, ChunkSource, Request, Response, JSON, NDJSON, PROMETHEUS_TEXT};
+pub use message::{
+    AfterSent, Body, Chunk, ChunkSource, Request, Response, JSON, NDJSON, PROMETHEUS_TEXT,
+};
 pub use server::{Handler, Server, ServerConfig};

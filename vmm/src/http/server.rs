@@ -484,13 +484,23 @@ impl Shared {
     /// reactor, a stream to a stream worker.
     fn serve(&self, job: Job) {
         let Job { mut conn, req } = job;
-        let response = self.handle(&req);
+        let mut response = self.handle(&req);
         if response.is_stream() {
             self.start_stream(conn, response, req.http11);
             return;
         }
+        let after = response.after.take();
         let close = !req.keep_alive;
-        if conn.conn.respond(response, req.http11, close).is_err() || close {
+        let written = conn.conn.respond(response, req.http11, close);
+        if let Some(after) = after {
+            // The answer is in the socket (or the client is gone): closing
+            // first means a client reading to end of file is not kept
+            // waiting by what comes next (e.g. the end of the process).
+            drop(conn);
+            (after.0)();
+            return;
+        }
+        if written.is_err() || close {
             return;
         }
         {
@@ -555,11 +565,15 @@ impl Shared {
             };
             let StreamJob {
                 mut conn,
-                response,
+                mut response,
                 http11,
             } = job;
+            let after = response.after.take();
             let _ = conn.conn.respond(response, http11, true);
             drop(conn);
+            if let Some(after) = after {
+                (after.0)();
+            }
             lock(&self.streams).busy -= 1;
         }
     }

@@ -20,6 +20,9 @@ pub enum VmExit {
     VmmError(String),
     /// The VMM was asked to stop (SIGTERM or SIGINT).
     Signal(u8),
+    /// The per-VM API's `ReleaseMemory` action stopped the vCPUs and
+    /// released guest RAM; the VMM exits after answering.
+    Released,
 }
 
 /// Process exit statuses (see the README's table). Guest debug-exit codes
@@ -31,6 +34,9 @@ pub mod status {
     pub const GUEST_CRASH: u8 = 251;
     /// The VMM failed while the VM ran.
     pub const VMM_ERROR: u8 = 252;
+    /// Guest RAM was released on request (`ReleaseMemory`), then the VMM
+    /// exited.
+    pub const RELEASED: u8 = 253;
 }
 
 impl VmExit {
@@ -41,6 +47,7 @@ impl VmExit {
             VmExit::DebugExit(code) => *code,
             VmExit::GuestCrash(_) => status::GUEST_CRASH,
             VmExit::VmmError(_) => status::VMM_ERROR,
+            VmExit::Released => status::RELEASED,
             // The shell's convention for a death by signal.
             VmExit::Signal(n) => 128 + n,
         }

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod memory;
 pub mod numa;
 pub mod regs;
+pub mod release;
 pub mod stop_signals;
 pub mod vcpu;
 pub mod virtio;
@@ -37,7 +38,8 @@ use boot::KernelImage;
 use cpuid::CpuidPolicy;
 use exit::{ExitSignal, VmExit};
 use memory::GuestRam;
-use vcpu::Vcpu;
+use release::Releaser;
+use vcpu::{Park, Vcpu, VcpuThreads};
 use virtio::{Announce, VirtioSlots};
 
 /// The subscribers of the VM's event loop.
@@ -116,6 +118,7 @@ pub struct Vm {
     buses: Arc<IoBuses>,
     event_loop: EventLoop,
     balloon: Option<Arc<Mutex<Balloon>>>,
+    vcpus: Arc<VcpuThreads>,
     _vm_fd: VmFd,
     mem: GuestRam,
     _kvm: Kvm,
@@ -245,18 +248,27 @@ impl Vm {
             cfg.cpuid.apply(&mut cpuid, i as u8, cfg.vcpus, tsc_khz)?;
             vcpu.configure(&cpuid, &mem, (i == 0).then_some(&boot))?;
         }
+        vcpu::install_kick_handler().map_err(|source| VmError::Io {
+            what: "install the vCPU kick signal handler",
+            source,
+        })?;
+        let park = Arc::new(Park::default());
+        let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
-            vcpu.spawn(buses.clone(), exit.clone())
+            let handle = vcpu
+                .spawn(buses.clone(), exit.clone(), park.clone())
                 .map_err(|source| VmError::Io {
                     what: "start a vCPU thread",
                     source,
                 })?;
+            handles.push(handle);
         }
         Ok(Vm {
             exit,
             buses,
             event_loop,
             balloon,
+            vcpus: Arc::new(VcpuThreads::new(handles, park)),
             _vm_fd: vm_fd,
             mem,
             _kvm: kvm,
@@ -288,6 +300,17 @@ impl Vm {
     /// Guest RAM, for accounting.
     pub fn guest_ram(&self) -> &GuestRam {
         &self.mem
+    }
+
+    /// What another thread needs to stop this VM for good and release its
+    /// RAM on up to `threads` threads (see [`release`]).
+    pub fn releaser(&self, threads: usize) -> Releaser {
+        Releaser::new(self.mem.clone(), self.vcpus.clone(), threads)
+    }
+
+    /// The signal that ends [`Vm::wait`].
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
     }
 
     fn serial(&self) -> std::sync::MutexGuard<'_, SerialDevice> {

@@ -1,8 +1,13 @@
 //! A vCPU: its configuration and the `KVM_RUN` loop that turns exits into
-//! device accesses or into the end of the VM.
+//! device accesses or into the end of the VM; and [`VcpuThreads`], which
+//! stops the vCPU threads for good and lends them out as workers (to
+//! release guest RAM without creating a thread).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
@@ -56,30 +61,39 @@ impl Vcpu {
         self.fd.get_tsc_khz().ok().filter(|&khz| khz > 0)
     }
 
-    /// Runs the vCPU on its own thread until the VM ends.
+    /// Runs the vCPU on its own thread until the VM ends, or until `park`
+    /// is requested: then the thread leaves `KVM_RUN` for good and serves
+    /// `park`'s jobs instead (see [`VcpuThreads::park_all`]).
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
+        park: Arc<Park>,
     ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
                 let mut vcpu = self;
-                let end = vcpu.run_loop(&buses, &exit);
-                exit.request(end);
+                match vcpu.run_loop(&buses, &exit, &park) {
+                    Some(end) => exit.request(end),
+                    None => park.serve(),
+                }
             })
     }
 
-    fn run_loop(&mut self, buses: &IoBuses, exit: &ExitSignal) -> VmExit {
+    /// `None` when parked.
+    fn run_loop(&mut self, buses: &IoBuses, exit: &ExitSignal, park: &Park) -> Option<VmExit> {
         // In a full memory cgroup, KVM_RUN fails instead of waiting for
         // memory; this waits and runs again (see its documentation).
         let mut charge = crate::oom::charge_wait::ChargeWait::for_this_process();
         let me = format!("vcpu{}", self.index);
         loop {
+            if park.is_requested() {
+                return None;
+            }
             if exit.is_requested() {
                 // Another vCPU ended the VM; its reason is the one reported.
-                return VmExit::Reset;
+                return Some(VmExit::Reset);
             }
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -115,14 +129,20 @@ impl Vcpu {
                     Some(VmExit::VmmError(self.describe(&what)))
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-                Err(e) if charge.retry_after(e.errno(), &me, &|| exit.is_requested()) => None,
+                Err(e)
+                    if charge.retry_after(e.errno(), &me, &|| {
+                        exit.is_requested() || park.is_requested()
+                    }) =>
+                {
+                    None
+                }
                 Err(e) => Some(VmExit::VmmError(format!(
                     "vcpu{}: KVM_RUN failed: {e}",
                     self.index
                 ))),
             };
             if let Some(end) = outcome {
-                return end;
+                return Some(end);
             }
         }
     }
@@ -162,5 +182,186 @@ fn system_event(kind: u32) -> VmExit {
             VmExit::GuestCrash("guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into())
         }
         other => VmExit::VmmError(format!("unknown KVM system event {other}")),
+    }
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`: the first
+/// real-time signal glibc leaves to programs. Its handler does nothing;
+/// its arrival makes `KVM_RUN` return `EINTR`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler of [`kick_signal`] for the process. Call
+/// before any vCPU thread runs; without a handler the signal would kill
+/// the process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// A job for a parked vCPU thread.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+/// What the vCPU threads of one VM share with whoever parks them.
+///
+/// Invariant: once `requested` is set it is never cleared; a vCPU thread
+/// that has seen it never enters `KVM_RUN` again.
+#[derive(Default)]
+pub struct Park {
+    requested: AtomicBool,
+    state: Mutex<ParkState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ParkState {
+    /// vCPU threads that left `KVM_RUN` for good and serve jobs.
+    parked: usize,
+    jobs: VecDeque<Job>,
+    /// Jobs taken and not finished yet.
+    running: usize,
+    /// No more jobs will come: parked threads end.
+    closed: bool,
+}
+
+impl Park {
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn state(&self) -> MutexGuard<'_, ParkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A parked vCPU thread: runs jobs until the park is closed.
+    pub(crate) fn serve(&self) {
+        let mut state = self.state();
+        state.parked += 1;
+        self.changed.notify_all();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.running += 1;
+                drop(state);
+                job();
+                state = self.state();
+                state.running -= 1;
+                self.changed.notify_all();
+            } else if state.closed {
+                return;
+            } else {
+                state = self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+}
+
+/// Why the vCPUs could not be parked.
+#[derive(Debug, thiserror::Error)]
+pub enum ParkError {
+    #[error("{running} of {total} vCPU threads were still in KVM_RUN after {waited:?}")]
+    Timeout {
+        running: usize,
+        total: usize,
+        waited: Duration,
+    },
+    #[error("cannot kick vCPU thread {index} out of KVM_RUN")]
+    Kick {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The vCPU threads of a VM.
+pub struct VcpuThreads {
+    handles: Vec<JoinHandle<()>>,
+    park: Arc<Park>,
+}
+
+impl VcpuThreads {
+    /// The threads `spawn` started with `park`.
+    pub fn new(handles: Vec<JoinHandle<()>>, park: Arc<Park>) -> Self {
+        VcpuThreads { handles, park }
+    }
+
+    /// Stops every vCPU for good: asks them to park, then kicks each
+    /// thread out of `KVM_RUN` with [`kick_signal`] (again every 200 µs,
+    /// since a kick that lands just before a thread re-enters `KVM_RUN` is
+    /// lost) until every thread has parked or ended. Afterwards no vCPU
+    /// touches guest memory. Returns the time it took.
+    pub fn park_all(&self, timeout: Duration) -> Result<Duration, ParkError> {
+        use vmm_sys_util::signal::Killable;
+        let t0 = Instant::now();
+        self.park.requested.store(true, Ordering::Release);
+        loop {
+            let parked = self.park.state().parked;
+            let ended = self.handles.iter().filter(|h| h.is_finished()).count();
+            let running = self.handles.len().saturating_sub(parked + ended);
+            if running == 0 {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() >= timeout {
+                return Err(ParkError::Timeout {
+                    running,
+                    total: self.handles.len(),
+                    waited: t0.elapsed(),
+                });
+            }
+            for (index, handle) in self.handles.iter().enumerate() {
+                // The handles are never joined or detached, so their
+                // pthread ids stay valid even after the threads end.
+                if !handle.is_finished() {
+                    handle.kill(kick_signal()).map_err(|e| ParkError::Kick {
+                        index,
+                        source: std::io::Error::from_raw_os_error(e.errno()),
+                    })?;
+                }
+            }
+            let state = self.park.state();
+            let _ = self
+                .park
+                .changed
+                .wait_timeout(state, Duration::from_micros(200));
+        }
+    }
+
+    /// vCPU threads parked and ready for jobs.
+    pub fn parked(&self) -> usize {
+        self.park.state().parked
+    }
+
+    /// Runs `jobs` on the parked vCPU threads, the calling thread helping,
+    /// and returns once every one has finished.
+    pub fn run_parked(&self, jobs: Vec<Job>) {
+        let mut state = self.park.state();
+        state.jobs.extend(jobs);
+        self.park.changed.notify_all();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                drop(state);
+                job();
+                state = self.park.state();
+            } else if state.running == 0 {
+                return;
+            } else {
+                state = self
+                    .park
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+
+    /// Lets the parked threads end.
+    pub fn close(&self) {
+        self.park.state().closed = true;
+        self.park.changed.notify_all();
     }
 }
