@@ -7,6 +7,7 @@ mod common;
 mod control;
 mod machine;
 mod raw_madvise;
+mod reap;
 mod reclaim;
 mod smaps;
 mod startup_footprint;
@@ -40,6 +41,32 @@ enum Bench {
     /// without THP), next to raw `madvise(MADV_DONTNEED)` of 1 GiB in this
     /// process; interleaved runs.
     Reclaim(ReclaimArgs),
+    /// Reap speed: a 1 GiB tiny guest that touched all of its RAM is ended
+    /// by SIGKILL, by SIGKILL + process_mrelease, or by the VMM's own
+    /// ReleaseMemory action; kill → memory freed, measured the same way for
+    /// all three (the VM's own memory cgroup's charge falls by 95 % of
+    /// 1 GiB), next to raw madvise of 1 GiB in this process; interleaved.
+    Reap(ReapArgs),
+}
+
+#[derive(Args)]
+struct ReapArgs {
+    /// Runs of each method.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Thread counts for the VMM's release (`vmm run --release-threads`),
+    /// one variant each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    release_threads: Vec<u8>,
+    /// Polling interval of the cgroup's charge, in microseconds.
+    #[arg(long, default_value_t = 100)]
+    poll_us: u64,
+    /// The vmm binary. Default: `vmm` next to this binary.
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// Measure only these parts (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<reap::Part>,
 }
 
 #[derive(Args)]
@@ -95,6 +122,15 @@ fn main() -> ExitCode {
                 vmm,
                 qemu: args.qemu,
                 amount_mib: args.amount_mib,
+                poll: std::time::Duration::from_micros(args.poll_us),
+                only: args.only,
+            })
+        }),
+        Bench::Reap(args) => default_vmm(args.vmm).and_then(|vmm| {
+            reap::run(reap::Options {
+                runs: args.runs,
+                vmm,
+                release_threads: args.release_threads,
                 poll: std::time::Duration::from_micros(args.poll_us),
                 only: args.only,
             })

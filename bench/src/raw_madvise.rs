@@ -21,6 +21,9 @@ pub struct RawCase {
     /// a busy vCPU thread does in a VMM: every TLB flush of the release
     /// then needs an IPI to that CPU.
     pub spinner: bool,
+    /// Threads releasing at once, each over its own contiguous part of the
+    /// region (in `chunk` calls); the time includes starting them.
+    pub threads: usize,
 }
 
 impl RawCase {
@@ -40,8 +43,13 @@ impl RawCase {
         } else {
             ""
         };
+        let threads = if self.threads > 1 {
+            format!(", {} threads over disjoint ranges", self.threads)
+        } else {
+            String::new()
+        };
         format!(
-            "raw `madvise(MADV_DONTNEED)` of {}: {pages}, {calls}{spin}",
+            "raw `madvise(MADV_DONTNEED)` of {}: {pages}, {calls}{spin}{threads}",
             human(len)
         )
     }
@@ -84,6 +92,11 @@ struct Region {
     addr: *mut libc::c_void,
     len: usize,
 }
+
+// SAFETY: the pointers are only ever passed to madvise/munmap and written
+// through raw volatile stores; threads that advise it do so over disjoint
+// ranges, and the kernel serialises what needs serialising.
+unsafe impl Sync for Region {}
 
 impl Region {
     fn new(len: usize) -> anyhow::Result<Region> {
@@ -215,14 +228,30 @@ pub fn measure(len: usize, case: RawCase) -> anyhow::Result<RawResult> {
     if rss_before_kb * 1024 < len as u64 {
         bail!("only {rss_before_kb} KiB of {len} bytes are resident after touching them");
     }
+    let threads = case.threads.max(1);
+    let per_thread = (len / threads).next_multiple_of(case.chunk);
+    let release = |from: usize| -> std::io::Result<()> {
+        let to = (from + per_thread).min(len);
+        let mut off = from;
+        while off < to {
+            region.advise(off, case.chunk.min(to - off), libc::MADV_DONTNEED)?;
+            off += case.chunk;
+        }
+        Ok(())
+    };
     let t0 = Instant::now();
-    let mut off = 0;
-    while off < len {
-        region
-            .advise(off, case.chunk, libc::MADV_DONTNEED)
-            .context("madvise(MADV_DONTNEED)")?;
-        off += case.chunk;
-    }
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let helpers: Vec<_> = (1..threads)
+            .map(|i| scope.spawn(move || release(i * per_thread)))
+            .collect();
+        release(0).context("madvise(MADV_DONTNEED)")?;
+        for h in helpers {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a release thread panicked"))?
+                .context("madvise(MADV_DONTNEED)")?;
+        }
+        Ok(())
+    })?;
     let elapsed = t0.elapsed();
     drop(spinner);
     let (rss_after_kb, _) = region.resident_kb()?;
@@ -245,6 +274,7 @@ mod tests {
                 chunk: 1 << 20,
                 thp: false,
                 spinner: true,
+                threads: 2,
             },
         )
         .unwrap();
@@ -258,6 +288,7 @@ mod tests {
             chunk: 1 << 30,
             thp: false,
             spinner: false,
+            threads: 1,
         };
         assert_eq!(
             one.describe(1 << 30),
@@ -267,6 +298,7 @@ mod tests {
             chunk: 4096,
             thp: true,
             spinner: true,
+            threads: 1,
         };
         assert_eq!(
             small.describe(1 << 30),

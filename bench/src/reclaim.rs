@@ -124,6 +124,7 @@ const fn raw(chunk: usize, thp: bool, spinner: bool) -> RawCase {
         chunk,
         thp,
         spinner,
+        threads: 1,
     }
 }
 
