@@ -74,6 +74,25 @@ pub struct RawResult {
     pub released_bytes: u64,
     /// The mapping's AnonHugePages before the release, KiB.
     pub huge_before_kb: u64,
+    /// TLB-shootdown interrupts on all CPUs during the release (the `TLB`
+    /// line of `/proc/interrupts`; other processes' count too).
+    pub tlb_shootdowns: u64,
+}
+
+/// The sum of the `TLB:` line of `/proc/interrupts` over all CPUs.
+pub fn tlb_shootdowns() -> u64 {
+    std::fs::read_to_string("/proc/interrupts")
+        .ok()
+        .and_then(|t| {
+            let line = t.lines().find(|l| l.trim_start().starts_with("TLB:"))?;
+            Some(
+                line.split_whitespace()
+                    .skip(1)
+                    .map_while(|f| f.parse::<u64>().ok())
+                    .sum(),
+            )
+        })
+        .unwrap_or(0)
 }
 
 impl RawResult {
@@ -239,6 +258,7 @@ pub fn measure(len: usize, case: RawCase) -> anyhow::Result<RawResult> {
         }
         Ok(())
     };
+    let tlb_before = tlb_shootdowns();
     let t0 = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let helpers: Vec<_> = (1..threads)
@@ -253,12 +273,14 @@ pub fn measure(len: usize, case: RawCase) -> anyhow::Result<RawResult> {
         Ok(())
     })?;
     let elapsed = t0.elapsed();
+    let tlb_shootdowns = tlb_shootdowns().saturating_sub(tlb_before);
     drop(spinner);
     let (rss_after_kb, _) = region.resident_kb()?;
     Ok(RawResult {
         elapsed,
         released_bytes: rss_before_kb.saturating_sub(rss_after_kb) * 1024,
         huge_before_kb,
+        tlb_shootdowns,
     })
 }
 

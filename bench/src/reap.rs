@@ -123,6 +123,9 @@ struct EndRun {
     answer: Option<(Duration, MemoryReleased)>,
     /// Exit status as `waitpid` reported it.
     status: String,
+    /// TLB-shootdown interrupts (all CPUs, whole host) from the kill to
+    /// the reap.
+    tlb_shootdowns: u64,
     samples: usize,
 }
 
@@ -324,6 +327,7 @@ impl Bench<'_> {
         // Let the poller take its first samples.
         std::thread::sleep(Duration::from_millis(5));
 
+        let tlb_before = raw_madvise::tlb_shootdowns();
         let t0 = Instant::now();
         let mut mrelease_returned = None;
         let mut answer = None;
@@ -354,6 +358,7 @@ impl Bench<'_> {
         }
         let (reaped_at, status) = guest.wait_exit(END_TIMEOUT)?;
         let reaped = reaped_at.saturating_duration_since(t0);
+        let tlb_shootdowns = raw_madvise::tlb_shootdowns().saturating_sub(tlb_before);
         // The last frees may land after the reap: give them a moment.
         let threshold = charged_before.saturating_sub((TOUCHED as f64 * FREED_FRACTION) as u64);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -387,6 +392,7 @@ impl Bench<'_> {
             mrelease_returned,
             answer,
             status: status.to_string(),
+            tlb_shootdowns,
             samples: samples.iter().filter(|(at, _)| *at >= t0).count(),
         };
         let _ = fs::remove_file(&sock);
@@ -614,9 +620,15 @@ fn report(r: &Report<'_>) -> String {
         let Some(ts) = Summary::of(&t) else {
             continue;
         };
+        let tlb = median(
+            &series
+                .iter()
+                .map(|x| x.tlb_shootdowns as f64)
+                .collect::<Vec<_>>(),
+        );
         let _ = writeln!(
             o,
-            "| reference: {} | {} | {:.2} | | |",
+            "| reference: {} (TLB shootdowns: {tlb:.0}) | {} | {:.2} | | |",
             case.describe(TOUCHED as usize),
             fmt_summary(&ts, 1),
             ts.median / base
@@ -680,6 +692,11 @@ fn report(r: &Report<'_>) -> String {
     row(
         "… its `threads`",
         &|x| x.answer.map(|(_, a)| f64::from(a.threads)),
+        0,
+    );
+    row(
+        "TLB shootdowns, kill → reaped (all CPUs)",
+        &|x| Some(x.tlb_shootdowns as f64),
         0,
     );
     row(
