@@ -245,6 +245,84 @@ fn deleting_a_vm_stops_it_and_removes_its_files() {
     assert_eq!(d.call("GET", "/vms/x", None).0, 404);
 }
 
+/// The kill path asks the VMM to release its own memory: the oom_kill
+/// event says the VMM's answer freed it (with the bytes the VMM reported),
+/// and the VMM then exits by itself with status 253, no SIGKILL needed.
+#[test]
+fn a_killed_vm_releases_its_memory_itself_then_exits() {
+    let d = Daemon::start_with_config("release", Some(r#"{"reap": "vmm_release"}"#));
+    d.create(r#"{"id": "v", "mem_mib": 320, "cmdline": "tiny.touch=256M tiny.hold=forever"}"#);
+    d.wait_console("v", "tiny-guest: hold");
+    let pid = d.vm("v")["pid"].as_u64().unwrap();
+    assert_eq!(d.trigger(false)["victim"], "v");
+    poll_until(BOOT, || (d.vm("v")["state"] == "killed").then_some(())).expect("v not killed");
+    assert!(!pid_alive(pid), "the VMM was reaped");
+    let kill = events_of(&d, "oom_kill")
+        .first()
+        .cloned()
+        .expect("an oom_kill event");
+    assert_eq!(kill["method"], "vmm_release", "{kill}");
+    assert!(kill["fallback_from"].is_null(), "{kill}");
+    assert_eq!(kill["freed_by"], "vmm_answer", "{kill}");
+    assert!(kill["bytes_freed"].as_u64().unwrap() >= 250 * MIB, "{kill}");
+    assert!(kill["rss_before"].as_u64().unwrap() >= 256 * MIB, "{kill}");
+    let answer = kill["vmm_answer_us"].as_u64().unwrap();
+    assert!(
+        answer > 0 && kill["vmm_madvise_us"].as_u64().unwrap() > 0,
+        "{kill}"
+    );
+    assert_eq!(kill["kill_to_freed_us"].as_u64().unwrap(), answer, "{kill}");
+    assert!(
+        kill["kill_to_exit_us"].as_u64().unwrap() >= answer,
+        "{kill}"
+    );
+    assert_eq!(kill["sigkill_us"], 0, "it exited by itself: {kill}");
+    assert_eq!(kill["mrelease_us"], 0, "{kill}");
+    assert_eq!(d.vm("v")["exit"], "exited with status 253");
+}
+
+/// A VMM that cannot answer (stopped with SIGSTOP) does not hold the kill
+/// up past its short timeout: SIGKILL + process_mrelease free its memory
+/// instead, and the event says which method did it and why.
+#[test]
+fn a_vmm_that_does_not_answer_is_killed_and_reaped_instead() {
+    let d = Daemon::start_with_config("deaf", Some(r#"{"reap": "vmm_release"}"#));
+    d.create(r#"{"id": "v", "mem_mib": 320, "cmdline": "tiny.touch=256M tiny.hold=forever"}"#);
+    d.wait_console("v", "tiny-guest: hold");
+    let pid = d.vm("v")["pid"].as_u64().unwrap();
+    // SAFETY: kill(2) on the daemon's child, which is alive (not reaped).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    assert_eq!(d.trigger(false)["victim"], "v");
+    poll_until(BOOT, || (d.vm("v")["state"] == "killed").then_some(())).expect("v not killed");
+    assert!(!pid_alive(pid), "the VMM was reaped");
+    let kill = events_of(&d, "oom_kill")
+        .first()
+        .cloned()
+        .expect("an oom_kill event");
+    assert_eq!(kill["method"], "sigkill_mrelease", "{kill}");
+    assert_eq!(kill["fallback_from"], "vmm_release", "{kill}");
+    assert!(
+        kill["fallback_reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{kill}"
+    );
+    // 250 ms + 250 ms per GiB of guest RAM, then the kill.
+    let sigkill = kill["sigkill_us"].as_u64().unwrap();
+    assert!((320_000..2_000_000).contains(&sigkill), "{kill}");
+    assert_eq!(kill["vmm_answer_us"], 0, "{kill}");
+    assert!(
+        ["mrelease_returned", "process_exited"].contains(&kill["freed_by"].as_str().unwrap()),
+        "{kill}"
+    );
+    assert!(
+        kill["kill_to_freed_us"].as_u64().unwrap() >= sigkill,
+        "{kill}"
+    );
+    assert!(kill["bytes_freed"].as_u64().unwrap() >= 256 * MIB, "{kill}");
+    assert_eq!(d.vm("v")["exit"], "killed by signal 9");
+}
+
 fn events_of(d: &Daemon, kind: &str) -> Vec<Value> {
     let (_, events) = d.call("GET", "/events?since=0", None);
     events

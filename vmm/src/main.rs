@@ -63,7 +63,8 @@ struct DaemonArgs {
     #[arg(long)]
     state_dir: PathBuf,
     /// A JSON file: `{"policy": {...the fields of PATCH /oom...},
-    /// "budgets": {"<pool>": <bytes>}, "reap": "sigkill" | "sigkill_mrelease"}`.
+    /// "budgets": {"<pool>": <bytes>}, "reap": "sigkill_mrelease" (default) |
+    /// "sigkill" | "vmm_release"}`.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -245,6 +246,8 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         vmm_bin: std::env::current_exe().context("cannot find the vmm binary")?,
         policy: vmm::daemon::default_policy(),
+        // The fastest reliable method measured here (BENCHMARKS.md, "Reap"):
+        // it needs nothing from the VMM; "vmm_release" is the option.
         reap: vmm::daemon::process::ReapMethod::SigkillMrelease,
         budgets: Default::default(),
         memcg_pools: Default::default(),

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Syscall numbers (x86_64); libc 0.2 names them but older glibc lacks
@@ -143,7 +144,7 @@ impl std::fmt::Display for ExitReport {
     }
 }
 
-/// How the memory of a killed VM was reclaimed, and how fast.
+/// How the memory of a killed VM is reclaimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReapMethod {
@@ -151,70 +152,190 @@ pub enum ReapMethod {
     Sigkill,
     /// SIGKILL, then `process_mrelease` from the daemon.
     SigkillMrelease,
+    /// Ask the VMM to release guest RAM itself (the per-VM API's
+    /// `ReleaseMemory`: vCPUs stopped, `madvise(MADV_DONTNEED)` on several
+    /// threads), after which it exits; SIGKILL + `process_mrelease` when it
+    /// does not answer in time ([`release_timeout`]) or fails.
+    VmmRelease,
 }
 
-/// What a kill observed.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
+impl ReapMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReapMethod::Sigkill => "sigkill",
+            ReapMethod::SigkillMrelease => "sigkill_mrelease",
+            ReapMethod::VmmRelease => "vmm_release",
+        }
+    }
+}
+
+/// How the daemon knew the memory was back (see [`KillReport::freed_us`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreedBy {
+    /// The VMM answered `ReleaseMemory`: it had released guest RAM.
+    VmmAnswer,
+    /// `process_mrelease` returned: the address space was reaped.
+    MreleaseReturned,
+    /// The process exited (its pidfd polled readable): the kernel frees
+    /// the address space in `exit_mm`, before the exit is signalled.
+    ProcessExited,
+    /// None of those within the timeout.
+    NotSeen,
+}
+
+/// What a kill observed. Times are from the start of the kill (the first
+/// request to the VMM, or the SIGKILL).
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct KillReport {
+    /// The method that freed the memory (the fallback, if there was one).
     pub method: ReapMethod,
-    /// Resident bytes just before the kill.
+    /// The method tried first, when it gave way to `method`.
+    pub fallback_from: Option<ReapMethod>,
+    /// Why the first method gave way.
+    pub fallback_reason: Option<String>,
+    /// Resident bytes of the process just before the kill
+    /// (`RssAnon + RssFile + RssShmem`).
     pub rss_before: u64,
-    /// SIGKILL sent → mrelease returned (zero for SIGKILL only).
+    /// Bytes freed: what the VMM reported released for `vmm_release`;
+    /// otherwise the anonymous and shmem resident bytes before the kill
+    /// (what the exit frees; the binary's file pages stay cached).
+    pub bytes_freed: u64,
+    /// → the VMM's answer to `ReleaseMemory` (zero if none came).
+    pub vmm_answer_us: u64,
+    /// The VMM's own time for its `madvise` calls (zero if none).
+    pub vmm_madvise_us: u64,
+    /// → SIGKILL sent (zero when the VMM released and exited by itself).
+    pub sigkill_us: u64,
+    /// → `process_mrelease` returned (zero if not called).
     pub mrelease_us: u64,
-    /// SIGKILL sent → the process's memory was gone (smaps_rollup shows
-    /// no Rss, or the process disappeared).
-    pub freed_us: u64,
-    /// Whether mrelease found the memory already gone.
+    /// Whether `process_mrelease` found the address space already gone.
     pub mrelease_raced: bool,
+    /// → the memory was known to be back, by `freed_by`: the first of the
+    /// VMM's answer, `process_mrelease` returning, the process's exit.
+    pub freed_us: u64,
+    pub freed_by: FreedBy,
+    /// → the process exited (zero if it did not within the timeout).
+    pub exited_us: u64,
 }
 
-/// Kills the process behind `pidfd` and waits (up to `timeout`) until its
-/// memory is released, measuring how long that took.
+/// How long the daemon waits for a VMM's answer to `ReleaseMemory` before
+/// it kills instead: 250 ms plus 250 ms per GiB of guest RAM (the VMM
+/// releases ~1 GiB per 50-200 ms on the development host, see
+/// BENCHMARKS.md "Reap").
+pub fn release_timeout(guest_ram_bytes: u64) -> Duration {
+    Duration::from_millis(250 + guest_ram_bytes.saturating_mul(250) / (1 << 30))
+}
+
+/// How long a VMM that answered `ReleaseMemory` may take to exit before
+/// it is killed (its memory is back already).
+const EXIT_AFTER_RELEASE: Duration = Duration::from_secs(1);
+
+/// The VM to kill: its process and, for [`ReapMethod::VmmRelease`], its
+/// API socket and guest RAM size.
+pub struct Victim<'a> {
+    pub pidfd: &'a Pidfd,
+    pub api_sock: Option<&'a Path>,
+    pub guest_ram_bytes: u64,
+}
+
+/// Kills the VM behind `victim` with `method` and waits (up to `timeout`)
+/// until its memory is back and the process has exited, measuring both.
+///
+/// With [`ReapMethod::VmmRelease`] the VMM is asked first; if it does not
+/// answer within [`release_timeout`], answers an error, or has no socket,
+/// the kill goes on as [`ReapMethod::SigkillMrelease`] (`fallback_from`
+/// and `fallback_reason` say so), with times still counted from the first
+/// request.
 pub fn kill_and_reap(
-    pidfd: &Pidfd,
+    victim: &Victim<'_>,
     method: ReapMethod,
     timeout: Duration,
 ) -> io::Result<KillReport> {
-    let rss_before = crate::memstat::ProcessMemory::read(Some(pidfd.pid()))
-        .map(|m| m.rss)
-        .unwrap_or(0);
+    let pidfd = victim.pidfd;
+    let before = crate::memstat::MmCounters::read(Some(pidfd.pid()))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let t0 = Instant::now();
-    pidfd.send_signal(libc::SIGKILL)?;
+    let us = |t: Instant| t.duration_since(t0).as_micros() as u64;
     let mut report = KillReport {
         method,
-        rss_before,
+        fallback_from: None,
+        fallback_reason: None,
+        rss_before: before.rss_anon + before.rss_file + before.rss_shmem,
+        bytes_freed: before.rss_anon + before.rss_shmem,
+        vmm_answer_us: 0,
+        vmm_madvise_us: 0,
+        sigkill_us: 0,
         mrelease_us: 0,
-        freed_us: 0,
         mrelease_raced: false,
+        freed_us: 0,
+        freed_by: FreedBy::NotSeen,
+        exited_us: 0,
     };
-    if method == ReapMethod::SigkillMrelease {
+    let mut kill_with = method;
+    if method == ReapMethod::VmmRelease {
+        let answer = match victim.api_sock {
+            Some(sock) => {
+                super::vm_client::release_memory(sock, release_timeout(victim.guest_ram_bytes))
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("the VM has no API socket".to_string()),
+        };
+        match answer {
+            Ok(released) => {
+                let now = Instant::now();
+                report.vmm_answer_us = us(now);
+                report.vmm_madvise_us = released.madvise_us;
+                report.bytes_freed = released.released_bytes;
+                report.freed_us = us(now);
+                report.freed_by = FreedBy::VmmAnswer;
+                if !pidfd.wait_exit(EXIT_AFTER_RELEASE) {
+                    // Its memory is back; it only failed to go.
+                    pidfd.send_signal(libc::SIGKILL)?;
+                    report.sigkill_us = us(Instant::now());
+                }
+                if pidfd.wait_exit(timeout.saturating_sub(t0.elapsed())) {
+                    report.exited_us = us(Instant::now());
+                }
+                return Ok(report);
+            }
+            Err(why) => {
+                kill_with = ReapMethod::SigkillMrelease;
+                report.method = kill_with;
+                report.fallback_from = Some(ReapMethod::VmmRelease);
+                report.fallback_reason = Some(why);
+            }
+        }
+    }
+    pidfd.send_signal(libc::SIGKILL)?;
+    report.sigkill_us = us(Instant::now());
+    if kill_with == ReapMethod::SigkillMrelease {
         match pidfd.mrelease() {
-            Ok(()) => {}
-            // The exit path won the race: the memory is already gone.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => report.mrelease_raced = true,
+            Ok(()) => {
+                let now = Instant::now();
+                report.mrelease_us = us(now);
+                report.freed_us = us(now);
+                report.freed_by = FreedBy::MreleaseReturned;
+            }
+            // The exit path won the race: it frees the memory itself.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                report.mrelease_us = us(Instant::now());
+                report.mrelease_raced = true;
+            }
             Err(e) => return Err(e),
         }
-        report.mrelease_us = t0.elapsed().as_micros() as u64;
     }
-    while t0.elapsed() < timeout {
-        if memory_released(pidfd.pid()) {
-            break;
+    if pidfd.wait_exit(timeout.saturating_sub(t0.elapsed())) {
+        let now = Instant::now();
+        report.exited_us = us(now);
+        if report.freed_by == FreedBy::NotSeen {
+            report.freed_us = us(now);
+            report.freed_by = FreedBy::ProcessExited;
         }
-        std::thread::sleep(Duration::from_micros(200));
     }
-    report.freed_us = t0.elapsed().as_micros() as u64;
     Ok(report)
-}
-
-/// Whether process `pid` holds no resident memory any more.
-fn memory_released(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
-        // A zombie's smaps_rollup is empty: its mm is gone.
-        Ok(text) => !text
-            .lines()
-            .any(|l| l.starts_with("Rss:") && !l.trim_end().ends_with(" 0 kB")),
-        Err(_) => true,
-    }
 }
 
 #[cfg(test)]
@@ -250,9 +371,23 @@ mod tests {
             let pidfd = Pidfd::open(child.id()).unwrap();
             assert!(!pidfd.has_exited());
             assert_eq!(pidfd.try_reap().unwrap(), None);
-            let report = kill_and_reap(&pidfd, method, Duration::from_secs(5)).unwrap();
+            let victim = Victim {
+                pidfd: &pidfd,
+                api_sock: None,
+                guest_ram_bytes: 0,
+            };
+            let report = kill_and_reap(&victim, method, Duration::from_secs(5)).unwrap();
             assert!(report.rss_before >= 64 << 20, "{report:?}");
-            assert!(report.freed_us < 5_000_000, "{report:?}");
+            assert!(report.bytes_freed >= 64 << 20, "{report:?}");
+            assert!(report.freed_us <= report.exited_us, "{report:?}");
+            assert!(report.exited_us < 5_000_000, "{report:?}");
+            let expected = match method {
+                ReapMethod::Sigkill => [FreedBy::ProcessExited; 2],
+                // mrelease may lose the race to the exit path.
+                _ => [FreedBy::MreleaseReturned, FreedBy::ProcessExited],
+            };
+            assert!(expected.contains(&report.freed_by), "{report:?}");
+            assert_eq!(report.fallback_from, None);
             assert!(pidfd.wait_exit(Duration::from_secs(5)));
             assert_eq!(
                 pidfd.try_reap().unwrap(),
@@ -261,6 +396,53 @@ mod tests {
             // Reaped: no zombie left behind.
             assert!(!std::path::Path::new(&format!("/proc/{}", child.id())).exists());
         }
+    }
+
+    /// A VMM that does not answer `ReleaseMemory` (here: a socket nobody
+    /// accepts on) costs the release timeout, then the kill goes on as
+    /// SIGKILL + process_mrelease, and the report says so.
+    #[test]
+    #[allow(clippy::zombie_processes)]
+    fn an_unanswered_release_falls_back_to_sigkill_and_mrelease() {
+        let dir = std::env::temp_dir().join(format!("vmm-reap-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let _deaf = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        for (api_sock, why) in [(Some(sock.as_path()), "api.sock"), (None, "no API socket")] {
+            let child = hog(32);
+            let pidfd = Pidfd::open(child.id()).unwrap();
+            let victim = Victim {
+                pidfd: &pidfd,
+                api_sock,
+                guest_ram_bytes: 0,
+            };
+            let report =
+                kill_and_reap(&victim, ReapMethod::VmmRelease, Duration::from_secs(5)).unwrap();
+            assert_eq!(report.method, ReapMethod::SigkillMrelease, "{report:?}");
+            assert_eq!(report.fallback_from, Some(ReapMethod::VmmRelease));
+            let reason = report.fallback_reason.clone().unwrap();
+            assert!(reason.contains(why), "{reason}");
+            if api_sock.is_some() {
+                // It waited out the timeout before killing.
+                assert!(report.sigkill_us >= 250_000, "{report:?}");
+            }
+            assert_eq!(report.vmm_answer_us, 0);
+            assert!(report.bytes_freed >= 32 << 20, "{report:?}");
+            assert!(report.exited_us > 0, "{report:?}");
+            assert_eq!(
+                pidfd.try_reap().unwrap(),
+                Some(ExitReport::Signaled(libc::SIGKILL))
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn release_timeout_grows_with_guest_ram() {
+        assert_eq!(release_timeout(0), Duration::from_millis(250));
+        assert_eq!(release_timeout(1 << 30), Duration::from_millis(500));
+        assert_eq!(release_timeout(16 << 30), Duration::from_millis(4250));
     }
 
     #[test]

@@ -26,8 +26,19 @@ pub fn request(
     path: &str,
     body: Option<&str>,
 ) -> Result<String, VmClientError> {
+    request_within(sock, method, path, body, TIMEOUT)
+}
+
+/// [`request`] with its own timeout on each read and write.
+fn request_within(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<String, VmClientError> {
     let res = Client::new(sock)
-        .with_timeout(Some(TIMEOUT))
+        .with_timeout(Some(timeout))
         .request(method, path, body)?;
     if !(200..300).contains(&res.status) {
         return Err(VmClientError::Status {
@@ -52,5 +63,22 @@ pub fn set_balloon_target(sock: &Path, mib: u32) -> Result<(), VmClientError> {
 /// `GET /balloon` as JSON.
 pub fn balloon(sock: &Path) -> Result<serde_json::Value, VmClientError> {
     let body = request(sock, "GET", "/balloon", None)?;
+    serde_json::from_str(&body).map_err(|_| VmClientError::Malformed)
+}
+
+/// `PUT /actions {"action_type": "ReleaseMemory"}`: the VMM stops its
+/// vCPUs, releases guest RAM and answers with what it released, then
+/// exits. `timeout` bounds the wait for the answer.
+pub fn release_memory(
+    sock: &Path,
+    timeout: Duration,
+) -> Result<crate::api::MemoryReleased, VmClientError> {
+    let body = request_within(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"ReleaseMemory"}"#),
+        timeout,
+    )?;
     serde_json::from_str(&body).map_err(|_| VmClientError::Malformed)
 }
