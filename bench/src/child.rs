@@ -264,7 +264,7 @@ fn kill_and_reap(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn pidfd_open(pid: u32) -> anyhow::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> anyhow::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {

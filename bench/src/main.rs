@@ -6,6 +6,8 @@ mod child;
 mod common;
 mod control;
 mod machine;
+mod memcg;
+mod oom_scenario;
 mod raw_madvise;
 mod reap;
 mod reclaim;
@@ -47,6 +49,12 @@ enum Bench {
     /// all three (the VM's own memory cgroup's charge falls by 95 % of
     /// 1 GiB), next to raw madvise of 1 GiB in this process; interleaved.
     Reap(ReapArgs),
+    /// The overcommit scenario in a cgroup v1 memory cgroup: idle VMs that
+    /// freed memory, growers past the limit; the kernel's memcg OOM killer
+    /// alone vs `vmm daemon` kill-only vs balloon-first, interleaved runs.
+    /// Reports kills (idle or grower), guest work lost, time under
+    /// pressure, kernel OOM kills and the daemon's latencies.
+    OomScenario(OomScenarioArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +75,66 @@ struct ReapArgs {
     /// Measure only these parts (comma-separated; default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<reap::Part>,
+}
+
+#[derive(Args)]
+struct OomScenarioArgs {
+    /// Runs of each regime.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Idle VMs.
+    #[arg(long, default_value_t = 3)]
+    idle: usize,
+    /// Guest RAM of each idle VM, MiB.
+    #[arg(long, default_value_t = 160)]
+    idle_mem_mib: u32,
+    /// What each idle guest allocates (touches), MiB.
+    #[arg(long, default_value_t = 128)]
+    idle_alloc_mib: u32,
+    /// What each idle guest frees of it again (still resident on the
+    /// host until reported or ballooned), MiB.
+    #[arg(long, default_value_t = 112)]
+    idle_free_mib: u32,
+    /// The idle guests' free page reporting period (`tiny.report-every`:
+    /// `2s`, `500ms`). Default `0`: the device offers free page reporting
+    /// but the guests never report, so their freed memory stays resident
+    /// until a balloon takes it (see BENCHMARKS.md for why).
+    #[arg(long, default_value = "0")]
+    report_every: String,
+    /// The balloon's statistics polling interval, seconds.
+    #[arg(long, default_value_t = 1)]
+    stats_s: u32,
+    /// Growers.
+    #[arg(long, default_value_t = 2)]
+    growers: usize,
+    /// Guest RAM of each grower, MiB.
+    #[arg(long, default_value_t = 192)]
+    grower_mem_mib: u32,
+    /// What each grower touches, MiB.
+    #[arg(long, default_value_t = 128)]
+    grower_touch_mib: u32,
+    /// The memory cgroup's limit, MiB.
+    #[arg(long, default_value_t = 448)]
+    limit_mib: u64,
+    /// Observation window from the growers' start, seconds.
+    #[arg(long, default_value_t = 20)]
+    window_s: u64,
+    /// Wait between the idle guests being live and the growers' start, ms.
+    #[arg(long, default_value_t = 1000)]
+    settle_ms: u64,
+    /// Polling interval of the cgroup, the consoles and the VMMs, ms.
+    #[arg(long, default_value_t = 10)]
+    poll_ms: u64,
+    /// The vmm binary. Default: `vmm` next to this binary.
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// Run only these regimes (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<oom_scenario::Regime>,
+    /// Keep each run's consoles, VMM logs and the daemon's events.ndjson
+    /// below this directory (for a closer look).
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -133,6 +201,29 @@ fn main() -> ExitCode {
                 release_threads: args.release_threads,
                 poll: std::time::Duration::from_micros(args.poll_us),
                 only: args.only,
+            })
+        }),
+        Bench::OomScenario(args) => default_vmm(args.vmm).and_then(|vmm| {
+            oom_scenario::run(oom_scenario::Options {
+                runs: args.runs,
+                vmm,
+                scenario: oom_scenario::Scenario {
+                    idle: args.idle,
+                    idle_mem_mib: args.idle_mem_mib,
+                    idle_alloc_mib: args.idle_alloc_mib,
+                    idle_free_mib: args.idle_free_mib,
+                    report_every: args.report_every,
+                    stats_s: args.stats_s,
+                    growers: args.growers,
+                    grower_mem_mib: args.grower_mem_mib,
+                    grower_touch_mib: args.grower_touch_mib,
+                    limit_mib: args.limit_mib,
+                },
+                window: std::time::Duration::from_secs(args.window_s),
+                settle: std::time::Duration::from_millis(args.settle_ms),
+                poll: std::time::Duration::from_millis(args.poll_ms),
+                only: args.only,
+                keep: args.keep,
             })
         }),
     };
