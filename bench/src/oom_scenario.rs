@@ -48,9 +48,6 @@ const TOUCHED: &str = "tiny-guest: touched ";
 const REPORTED: &str = "tiny-guest: reported ";
 /// The end of a balloon deflation (the guest has re-touched the pages).
 const DEFLATED: &str = "tiny-guest: deflated ";
-/// What a VMM's vCPU logs when it waits out a full memory cgroup
-/// (`vmm/src/oom/charge_wait.rs`).
-const CHARGE_WAIT: &str = "waiting for memory";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(20);
 const DAEMON_STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -310,7 +307,6 @@ impl Watched {
             finished_ms: self.finished.map(ms),
             died_ms: self.died.map(ms),
             fate,
-            charge_waited: log_has(&self.log, CHARGE_WAIT),
             reports_before: self.reports_at_t0,
             reports_after: self.count(REPORTED).saturating_sub(self.reports_at_t0),
             deflations: self.count(DEFLATED),
@@ -383,8 +379,6 @@ struct VmResult {
     finished_ms: Option<f64>,
     died_ms: Option<f64>,
     fate: Fate,
-    /// Its VMM logged that a vCPU waited for memory.
-    charge_waited: bool,
     /// Free page reporting rounds (that reported something) before and
     /// after the growers' start.
     reports_before: usize,
@@ -497,7 +491,7 @@ impl RunResult {
     }
 
     fn lost_ram_mib(&self) -> f64 {
-        self.dead().map(|v| f64::from(v.mem_mib)).sum::<f64>()
+        self.dead().map(|v| u64::from(v.mem_mib)).sum::<u64>() as f64
     }
 
     /// Every VM that died in the window, killed or not: its work is lost
@@ -571,6 +565,22 @@ impl RunResult {
         (self.last().oom_kill - self.base.oom_kill) as f64
     }
 
+    /// First refused charge → the first kill: the kernel's `oom_kill`
+    /// counter rising, or the daemon's first decision with a victim.
+    fn first_kill_after_refusal_ms(&self) -> Option<f64> {
+        let first = self.first_refused_ms()?;
+        let kill = match &self.daemon {
+            Some(d) => d.decisions.iter().find(|x| x.2.is_some())?.0,
+            None => {
+                self.samples
+                    .iter()
+                    .find(|(_, s)| s.oom_kill > self.base.oom_kill)?
+                    .0
+            }
+        };
+        Some(kill - first)
+    }
+
     fn first_death_after_refusal_ms(&self) -> Option<f64> {
         let first = self.first_refused_ms()?;
         let death = self
@@ -593,10 +603,6 @@ impl RunResult {
     fn deflations(&self) -> f64 {
         self.vms.iter().map(|v| v.deflations).sum::<usize>() as f64
     }
-
-    fn charge_waiters(&self) -> f64 {
-        self.vms.iter().filter(|v| v.charge_waited).count() as f64
-    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -618,10 +624,6 @@ fn last_line(path: &Path) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
-}
-
-fn log_has(path: &Path, needle: &str) -> bool {
-    fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
 }
 
 /// Waits until every idle VM's console shows [`LIVE`]; fails early if one
@@ -1211,13 +1213,14 @@ fn report(r: &Report<'_>) -> String {
         + s.growers as u64 * u64::from(s.grower_touch_mib);
     let _ = writeln!(
         o,
-        "| scenario | {} idle VMs of {} MiB (`tiny.alloc={}M tiny.free={}M`, balloon with statistics every {} s and free page reporting, guest reporting period `{}`) start; {} ms after the last is live, {} grower{} of {} MiB start (`tiny.touch={}M`, then hold); memory cgroup limit {} MiB < {} MiB touched in all; observed for {:.0} s from the growers' start, polled every {} ms |",
+        "| scenario | {} idle VMs of {} MiB (`tiny.alloc={}M tiny.free={}M`, balloon with statistics every {} s and free page reporting, guest reporting period `{}`{}) start; {} ms after the last is live, {} grower{} of {} MiB start (`tiny.touch={}M`, then hold); memory cgroup limit {} MiB < {} MiB touched in all; observed for {:.0} s from the growers' start, polled every {} ms |",
         s.idle,
         s.idle_mem_mib,
         s.idle_alloc_mib,
         s.idle_free_mib,
         s.stats_s,
         s.report_every,
+        if s.report_every == "0" { ": never" } else { "" },
         r.opts.settle.as_millis(),
         s.growers,
         if s.growers == 1 { "" } else { "s" },
@@ -1295,7 +1298,12 @@ fn report(r: &Report<'_>) -> String {
         2,
     );
     row(
-        "first refused charge → first VM killed (exit seen; ms)",
+        "first refused charge → first kill (kernel: `oom_kill` counter seen rising; daemon: `oom_decision` event; ms)",
+        &|x| x.first_kill_after_refusal_ms(),
+        0,
+    );
+    row(
+        "first refused charge → first VM killed (its exit seen; ms)",
         &|x| x.first_death_after_refusal_ms(),
         0,
     );
@@ -1317,11 +1325,6 @@ fn report(r: &Report<'_>) -> String {
     row(
         "kernel OOM kills (`memory.oom_control` `oom_kill`)",
         &|x| Some(x.kernel_kills()),
-        0,
-    );
-    row(
-        "VMMs whose vCPU waited for memory (`waiting for memory` in their log)",
-        &|x| Some(x.charge_waiters()),
         0,
     );
     row(
@@ -1437,7 +1440,7 @@ fn report(r: &Report<'_>) -> String {
         );
         row(
             "balloon targets asked, summed over VMs (MiB, the last target of each)",
-            &|_, d| Some(d.balloon_targets.iter().map(|(_, m)| *m as f64).sum()),
+            &|_, d| Some(d.balloon_targets.iter().map(|(_, m)| *m).sum::<u64>() as f64),
             0,
         );
         row(
@@ -1624,7 +1627,6 @@ mod tests {
             finished_ms: finished,
             died_ms: died,
             fate,
-            charge_waited: false,
             reports_before: 0,
             reports_after: 0,
             deflations: 0,
@@ -1652,6 +1654,7 @@ mod tests {
         assert_eq!(r.kernel_kills(), 1.0);
         assert_eq!((r.killed(None), r.killed(Some(Role::Grower))), (1, 0));
         assert_eq!(r.lost_in_use_mib(), 16.0);
+        assert_eq!(r.first_kill_after_refusal_ms(), Some(0.0));
         assert_eq!(r.first_death_after_refusal_ms(), Some(100.0));
         assert_eq!(r.growers_finished(), 1);
     }
