@@ -487,7 +487,7 @@ impl RunResult {
     }
 
     fn lost_in_use_mib(&self) -> f64 {
-        self.dead().map(|v| f64::from(v.in_use_mib)).sum::<f64>()
+        self.dead().map(|v| u64::from(v.in_use_mib)).sum::<u64>() as f64
     }
 
     fn lost_ram_mib(&self) -> f64 {
@@ -1151,7 +1151,9 @@ struct Report<'a> {
 /// `median (min–max)` of the values, `–` for none, with `k of N runs`
 /// when only some runs have a value.
 fn cell(values: &[f64], runs: usize, decimals: usize) -> String {
-    let Some(s) = Summary::of(values) else {
+    // `+ 0.0` turns a -0.0 (an empty f64 sum) into 0.0.
+    let values: Vec<f64> = values.iter().map(|v| v + 0.0).collect();
+    let Some(s) = Summary::of(&values) else {
         return "–".into();
     };
     let mut out = if s.min == s.max {
