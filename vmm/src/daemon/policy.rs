@@ -41,9 +41,16 @@
 //! it: the pool's usage stays at the limit while reclaim works, but memory
 //! moves from the idle guests to the one that needs it.
 //!
+//! Reclaim requests grow while pressure lasts (a memory cgroup shows at
+//! most a few percent of its limit as excess, however much its waiting
+//! tasks need), and are capped by what the host really holds of each
+//! guest's free memory. Without reclaim (`reclaim_first: false`) there is
+//! no progress to wait for, and the decision runs at once.
+//!
 //! Well clear of the limit again (90 % of a pool's limit; twice the
-//! minimum available on the host), the balloons the domain inflated are
-//! deflated, unless another domain still holds them.
+//! minimum available on the host) for [`RELEASE_HOLD`], the balloons the
+//! domain inflated are let go, half at a time, unless another domain still
+//! holds them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -120,7 +127,26 @@ pub struct PoolState {
     inflating: BTreeMap<String, InflateWatch>,
     /// When this episode of pressure was first seen.
     pressure_since: Option<Instant>,
+    /// Ticks in a row under pressure: each doubles the reclaim request
+    /// (see [`ASK_GROWTH_MAX_SHIFT`]).
+    pressure_ticks: u32,
+    /// Since when the domain has been calm (no pressure), for the
+    /// hold-off before balloons are let go.
+    calm_since: Option<Instant>,
 }
+
+/// A domain's reclaim request doubles with every tick the pressure lasts,
+/// up to this many times: a memory cgroup's usage can never show more
+/// than the last few percent of its limit as excess, while the tasks that
+/// wait may need far more, and only a refused charge after the previous
+/// round says so. 2^5 times the excess is asked after half a second.
+const ASK_GROWTH_MAX_SHIFT: u32 = 5;
+
+/// How long a domain must stay calm before its balloons are let go, and
+/// then between two halvings of their targets. Letting go at once (as
+/// after a kill) hands the freed memory straight back to the guests that
+/// were squeezed, and if they use it the domain fills and kills again.
+const RELEASE_HOLD: Duration = Duration::from_secs(10);
 
 /// A domain's limit and usage as read this tick, whatever enforces the
 /// limit.
@@ -299,25 +325,25 @@ impl Daemon {
             let members = self.members(Domain::Pool(&pool));
             self.enforce(Domain::Pool(&pool), limit, &members);
         }
+        // Also with the line at 0 (off): never under pressure then, but
+        // balloons inflated before are let go.
         let permille = self.policy().host_min_available_permille;
-        if permille > 0 {
-            // Unreadable meminfo leaves the host to the kernel this tick.
-            if let Ok(m) = ProcFs::host().meminfo() {
-                let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
-                let lim = PoolLimit::host(&m, permille, psi.as_ref());
-                self.enforce(Domain::Host, lim, &self.members(Domain::Host));
-            }
-            for nodes in self.bound_node_sets() {
-                let sys = Path::new(SYS_NODE);
-                // A node that cannot be read leaves its set to the host's
-                // domain this tick.
-                let infos: Result<Vec<_>, _> =
-                    nodes.iter().map(|n| NodeMeminfo::read(sys, n)).collect();
-                if let Ok(infos) = infos {
-                    let lim = PoolLimit::nodes(&infos, permille);
-                    let members = self.members(Domain::Nodes(&nodes));
-                    self.enforce(Domain::Nodes(&nodes), lim, &members);
-                }
+        // Unreadable meminfo leaves the host to the kernel this tick.
+        if let Ok(m) = ProcFs::host().meminfo() {
+            let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
+            let lim = PoolLimit::host(&m, permille, psi.as_ref());
+            self.enforce(Domain::Host, lim, &self.members(Domain::Host));
+        }
+        for nodes in self.bound_node_sets() {
+            let sys = Path::new(SYS_NODE);
+            // A node that cannot be read leaves its set to the host's
+            // domain this tick.
+            let infos: Result<Vec<_>, _> =
+                nodes.iter().map(|n| NodeMeminfo::read(sys, n)).collect();
+            if let Ok(infos) = infos {
+                let lim = PoolLimit::nodes(&infos, permille);
+                let members = self.members(Domain::Nodes(&nodes));
+                self.enforce(Domain::Nodes(&nodes), lim, &members);
             }
         }
     }
@@ -377,13 +403,28 @@ impl Daemon {
         let key = domain.key();
 
         if !pressure {
+            let now = Instant::now();
             let st = states.entry(key.clone()).or_default();
             st.last_progress = None;
             st.pressure_since = None;
+            st.pressure_ticks = 0;
             st.last_usage.clear();
             st.inflating.clear();
-            if usage < lim.release_below && !st.requested_mib.is_empty() {
-                let released = std::mem::take(&mut st.requested_mib);
+            let calm_since = *st.calm_since.get_or_insert(now);
+            if usage >= lim.release_below {
+                st.calm_since = Some(now);
+            } else if now.duration_since(calm_since) >= RELEASE_HOLD && !st.requested_mib.is_empty()
+            {
+                // Halve each target; a new hold-off before the next step.
+                st.calm_since = Some(now);
+                let mut released = Vec::new();
+                for (id, mib) in std::mem::take(&mut st.requested_mib) {
+                    let next = mib / 2;
+                    if next > 0 {
+                        st.requested_mib.insert(id.clone(), next);
+                    }
+                    released.push((id, next));
+                }
                 // A VM another domain still reclaims from keeps its balloon.
                 let states = &*states;
                 let held = |id: &String| {
@@ -391,12 +432,17 @@ impl Daemon {
                         .iter()
                         .any(|(k, s)| *k != key && s.requested_mib.contains_key(id))
                 };
-                for id in released.keys().filter(|id| !held(id)) {
+                let mut deflated = Vec::new();
+                for (id, mib) in released.iter().filter(|(id, _)| !held(id)) {
                     if let Some(m) = members.iter().find(|m| &m.id == id) {
-                        let _ = vm_client::set_balloon_target(&m.sock, 0);
+                        if vm_client::set_balloon_target(&m.sock, *mib).is_ok() {
+                            deflated.push(json!({ "vm": id, "target_mib": mib }));
+                        }
                     }
                 }
-                self.events.push("reclaim_released", lim.event(domain));
+                let mut body = lim.event(domain);
+                body["balloons"] = json!(deflated);
+                self.events.push("reclaim_released", body);
             }
             return;
         }
@@ -404,6 +450,7 @@ impl Daemon {
         let st = states.entry(key).or_default();
         let now = Instant::now();
         let since = *st.pressure_since.get_or_insert(now);
+        st.calm_since = None;
         for m in members {
             let before = st.last_usage.insert(m.id.clone(), m.usage);
             st.shrunk += before.map_or(0, |b| b.saturating_sub(m.usage));
@@ -418,11 +465,16 @@ impl Daemon {
         }
         let mut stalled = Vec::new();
         if policy.reclaim_first {
-            let excess = usage.saturating_sub(lim.high).max(1 << 20);
+            let shift = st.pressure_ticks.min(ASK_GROWTH_MAX_SHIFT);
+            let excess = usage.saturating_sub(lim.high).max(1 << 20) << shift;
             stalled = self.reclaim(domain, lim.kind, excess, &balloons, st, now);
         }
-        let no_progress = now.duration_since(st.last_progress.unwrap_or(now))
-            >= Duration::from_millis(policy.no_progress_ms);
+        st.pressure_ticks = st.pressure_ticks.saturating_add(1);
+        // Without reclaim there is no progress to wait for: decide at once
+        // (the rate limit still holds), as the kernel does.
+        let no_progress = !policy.reclaim_first
+            || now.duration_since(st.last_progress.unwrap_or(now))
+                >= Duration::from_millis(policy.no_progress_ms);
         let rate_ok = lock(&self.last_kill).is_none_or(|t| {
             now.duration_since(t) >= Duration::from_millis(policy.min_kill_interval_ms)
         });
@@ -491,12 +543,19 @@ impl Daemon {
             }
         }
         // What each guest can give: its reported free memory minus a floor,
-        // minus what its balloon already holds.
+        // and no more than the host holds of it. Free pages the guest never
+        // touched cost the host nothing: ballooning them frees nothing, and
+        // deflating them later would grow the VM past where it started. The
+        // host holds the VMM's resident memory less what the guest uses
+        // (its RAM less its free pages and its balloon).
         let givers: Vec<(&Balloon<'_>, u64)> = usable
             .into_iter()
             .map(|b| {
-                let floor = (FLOOR_MIB << 20).max((b.member.mem_mib << 20) / 20);
-                (b, b.free.saturating_sub(floor))
+                let mem = b.member.mem_mib << 20;
+                let floor = (FLOOR_MIB << 20).max(mem / 20);
+                let used = mem.saturating_sub(b.free + (u64::from(b.actual_mib) << 20));
+                let held = b.member.usage.saturating_sub(used);
+                (b, b.free.saturating_sub(floor).min(held))
             })
             .filter(|(_, can_give)| *can_give >= 1 << 20)
             .collect();

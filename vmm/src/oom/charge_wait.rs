@@ -185,9 +185,11 @@ impl ChargeWait {
         if !rising {
             return false;
         }
-        if self.last_wait.is_none_or(|t| t.elapsed() >= EPISODE_GAP) {
+        let new_episode = self.last_wait.is_none_or(|t| t.elapsed() >= EPISODE_GAP);
+        if new_episode {
             // No panic if stderr cannot take it (its file may be charged
-            // to the same full cgroup).
+            // to the same full cgroup: then this line is lost, and the one
+            // after the wait, written once there is room, tells).
             let _ = writeln!(
                 io::stderr(),
                 "vmm: {who}: guest RAM could not be charged to memory cgroup {} \
@@ -195,6 +197,7 @@ impl ChargeWait {
                 files.dir.display()
             );
         }
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(1);
         while !stop() {
             let (Some(usage), Some(room)) = (files.usage(), files.room_limit()) else {
@@ -206,6 +209,14 @@ impl ChargeWait {
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        if new_episode {
+            let _ = writeln!(
+                io::stderr(),
+                "vmm: {who}: memory cgroup {} has room again after {} ms of waiting",
+                files.dir.display(),
+                started.elapsed().as_millis()
+            );
         }
         self.last_wait = Some(Instant::now());
         true
