@@ -131,12 +131,6 @@ impl Guest {
         }
     }
 
-    /// Every line read so far by the waits, with the instant the reader got
-    /// it, in order.
-    pub fn lines(&self) -> &[(Instant, String)] {
-        &self.seen
-    }
-
     /// Waits for the process to exit on its own and reaps it; returns the
     /// instant of the reap and the exit status.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<(Instant, ExitStatus)> {

@@ -58,7 +58,11 @@ fn json_u64(body: &str, key: &str) -> u64 {
 
 #[test]
 fn a_96_mib_target_gives_back_90_mib_and_deflating_makes_it_usable_again() {
-    let (mut vm, sock) = guest_with_free_memory("inflate", "", "tiny.report-every=0");
+    let (mut vm, sock) = guest_with_free_memory(
+        "inflate",
+        "",
+        "tiny.report-every=0 tiny.balloon-log=settled",
+    );
     assert!(
         vm.guest_ram_rss_bytes(MEM) >= 128 * MIB,
         "the guest touched 128 MiB"
@@ -66,8 +70,12 @@ fn a_96_mib_target_gives_back_90_mib_and_deflating_makes_it_usable_again() {
     let before = vm.rss_bytes();
 
     patch_target(&sock, 96);
-    vm.wait_for("balloon settled actual=24576", SETTLE)
+    let settled = vm
+        .wait_for("balloon settled actual=24576 ", SETTLE)
         .unwrap_or_else(|| panic!("inflate did not settle:\n{}", vm.output()));
+    // Three rounds of 32 MiB, not one line each (`tiny.balloon-log=settled`).
+    assert!(settled.text.ends_with(" in 3 rounds"), "{}", settled.text);
+    assert!(!vm.output().contains("balloon target="), "{}", vm.output());
     let after = poll_until(SETTLE, || {
         Some(vm.rss_bytes()).filter(|rss| rss + 90 * MIB <= before)
     });
@@ -177,8 +185,14 @@ fn a_malicious_guest_cannot_hurt_the_vmm_or_its_own_memory() {
         }
         // Still serving: a real inflate works after the attack.
         patch_target(&sock, 16);
-        vm.wait_for("balloon settled actual=4096", SETTLE)
+        vm.wait_for("balloon settled actual=4096 ", SETTLE)
             .unwrap_or_else(|| panic!("{case}: device dead after the attack:\n{}", vm.output()));
+        // The default `tiny.balloon-log=rounds` prints every round.
+        assert!(
+            vm.output().contains("balloon target=4096 actual=4096"),
+            "{case}: {}",
+            vm.output()
+        );
         let (status, _) = api(&sock, "GET", "/vm", None);
         assert_eq!(status, 200, "{case}: VMM API gone");
         vm.kill();

@@ -29,7 +29,7 @@
 //!   lives in [`DmaArea`] in `.bss`, identity-mapped below the pool, and is
 //!   accessed with volatile reads and writes.
 
-use crate::cmdline::Evil;
+use crate::cmdline::{BalloonLog, Evil};
 use crate::pages;
 use crate::pool::{Pool, State, PAGE};
 use crate::serial::exit;
@@ -146,12 +146,16 @@ pub struct Balloon {
     /// RAM bytes of the memory map (MEMTOT).
     mem_total: u64,
     freq: TscFreq,
+    /// Whether a line is printed after every round.
+    log: BalloonLog,
 }
 
 /// How a balloon episode (a run of rounds in one direction) is going.
 struct Episode {
     inflating: bool,
     start: u64,
+    /// Rounds sent so far.
+    rounds: u32,
     /// Deflate: pages re-touched, and whether all read as zeros.
     deflated: u64,
     zeros: bool,
@@ -186,6 +190,7 @@ impl Balloon {
             actual: 0,
             mem_total,
             freq,
+            log: BalloonLog::Rounds,
         };
         b.setup(pool)?;
         Ok(b)
@@ -466,11 +471,14 @@ impl Balloon {
         total
     }
 
-    /// Writes `actual` and prints the new state.
+    /// Writes `actual` and, with `tiny.balloon-log=rounds`, prints the new
+    /// state.
     fn set_actual(&mut self, target: u32, actual: u32) {
         self.actual = actual;
         self.mmio.write_config_u32(CFG_ACTUAL, actual);
-        say!("balloon target={} actual={}", target, actual);
+        if self.log == BalloonLog::Rounds {
+            say!("balloon target={} actual={}", target, actual);
+        }
     }
 
     /// Ends an episode: the deflate line, and how long it took if the
@@ -485,14 +493,21 @@ impl Balloon {
         }
         if reached {
             let ms = tsc::now().wrapping_sub(ep.start) / self.freq.khz.max(1);
-            say!("balloon settled actual={} after {} ms", self.actual, ms);
+            say!("balloon settled actual={} after {} ms in {} rounds", self.actual, ms, ep.rounds);
         }
     }
 
     /// Runs the balloon loop: follow `num_pages`, keep the stats buffer
-    /// posted, report free pages every `report_every_ms` (0: never). Returns
-    /// after `exit_after_ms`, or never.
-    pub fn run(&mut self, pool: &mut Pool<'_>, exit_after_ms: Option<u64>, report_every_ms: u64) {
+    /// posted, report free pages every `report_every_ms` (0: never), print
+    /// as `log` says. Returns after `exit_after_ms`, or never.
+    pub fn run(
+        &mut self,
+        pool: &mut Pool<'_>,
+        exit_after_ms: Option<u64>,
+        report_every_ms: u64,
+        log: BalloonLog,
+    ) {
+        self.log = log;
         let start = tsc::now();
         let poll = self.ticks(POLL_MS);
         let report_every = self.ticks(report_every_ms);
@@ -555,7 +570,8 @@ impl Balloon {
         if inflating {
             let sent = self.send_round(pool, target - self.actual, true);
             if sent > 0 {
-                episode.get_or_insert(Episode { inflating, start: t0, deflated: 0, zeros: true });
+                let ep = episode.get_or_insert(Episode { inflating, start: t0, rounds: 0, deflated: 0, zeros: true });
+                ep.rounds += 1;
                 self.set_actual(target, self.actual + sent);
             }
             if self.actual < target && pool.free() == 0 && *short_for != Some(target) {
@@ -572,7 +588,8 @@ impl Balloon {
             if sent == 0 {
                 return false;
             }
-            let ep = episode.get_or_insert(Episode { inflating, start: t0, deflated: 0, zeros: true });
+            let ep = episode.get_or_insert(Episode { inflating, start: t0, rounds: 0, deflated: 0, zeros: true });
+            ep.rounds += 1;
             let (pages, zeros) = Self::retouch(pool);
             ep.deflated += pages;
             ep.zeros &= zeros;

@@ -19,6 +19,8 @@
 //! * `tiny.exit-after=<time>`: end the balloon loop after this long.
 //! * `tiny.report-every=<time>`: free page reporting period (default 1 s,
 //!   `0` turns it off).
+//! * `tiny.balloon-log=rounds|settled`: a line per balloon round (the
+//!   default), or only when the balloon stops moving (see [`BalloonLog`]).
 //! * `tiny.evil=<case>`: one deliberate protocol violation (see [`Evil`]).
 //!
 //! Numbers are decimal or `0x` hexadecimal. A later order overrides an
@@ -77,6 +79,20 @@ impl Evil {
     }
 }
 
+/// How much the balloon loop prints while the balloon moves
+/// (`tiny.balloon-log`). Each line costs about two VM exits per byte on
+/// the polled UART, ~2.5 ms per line on PVM hosts, so a line per round
+/// can take as long as the rounds themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BalloonLog {
+    /// `balloon target= actual=` after every round (up to 32 MiB).
+    #[default]
+    Rounds,
+    /// Only the lines that end a run of rounds (`settled`, `deflated`,
+    /// `short`).
+    Settled,
+}
+
 /// Free page reporting period when `tiny.report-every` is not given (ms).
 pub const DEFAULT_REPORT_EVERY_MS: u64 = 1000;
 
@@ -99,6 +115,8 @@ pub struct Orders {
     pub exit_after: Option<u64>,
     /// Free page reporting period in ms (`None`: the default, `Some(0)`: off).
     pub report_every: Option<u64>,
+    /// What the balloon loop prints while the balloon moves.
+    pub balloon_log: BalloonLog,
     /// A deliberate protocol violation after the device is set up.
     pub evil: Option<Evil>,
 }
@@ -181,6 +199,13 @@ pub fn parse(cmdline: &[u8]) -> Result<Orders, &[u8]> {
             }
             b"exit-after" => orders.exit_after = Some(parse_millis(value).ok_or(token)?),
             b"report-every" => orders.report_every = Some(parse_millis(value).ok_or(token)?),
+            b"balloon-log" => {
+                orders.balloon_log = match value {
+                    b"rounds" => BalloonLog::Rounds,
+                    b"settled" => BalloonLog::Settled,
+                    _ => return Err(token),
+                }
+            }
             b"evil" => {
                 let (case, _) = Evil::ALL
                     .iter()
@@ -403,6 +428,21 @@ mod tests {
             Err(&b"tiny.exit-after=forever"[..])
         );
         assert_eq!(parse(b"tiny.alloc=lots"), Err(&b"tiny.alloc=lots"[..]));
+    }
+
+    #[test]
+    fn balloon_log() {
+        assert_eq!(parse(b"").unwrap().balloon_log, BalloonLog::Rounds);
+        let o = parse(b"tiny.balloon=on tiny.balloon-log=settled").unwrap();
+        assert_eq!(o.balloon_log, BalloonLog::Settled);
+        // It only says how to log: no balloon without `tiny.balloon`.
+        assert!(!parse(b"tiny.balloon-log=settled").unwrap().wants_pool());
+        let o = parse(b"tiny.balloon-log=settled tiny.balloon-log=rounds").unwrap();
+        assert_eq!(o.balloon_log, BalloonLog::Rounds);
+        assert_eq!(
+            parse(b"tiny.balloon-log=off"),
+            Err(&b"tiny.balloon-log=off"[..])
+        );
     }
 
     #[test]

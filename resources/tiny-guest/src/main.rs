@@ -254,7 +254,7 @@ fn pool_orders(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_byte
         let ram_end = ram.iter().map(|&(_, end)| end).max().unwrap_or(0);
         dev.evil(&mut pool, case, ram_end);
     }
-    dev.run(&mut pool, orders.exit_after, orders.report_every_ms());
+    dev.run(&mut pool, orders.exit_after, orders.report_every_ms(), orders.balloon_log);
     say!(
         "balloon loop done: actual={} pages, {} stats buffers returned, allocated memory intact={}",
         pool.count(pool::State::Balloon),
