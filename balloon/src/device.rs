@@ -13,12 +13,14 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::ballooned::BalloonedPages;
 use crate::config::{
-    mib_to_pages, BalloonConfig, ConfigSpace, QUEUE_SIZE, VIRTIO_BALLOON_F_STATS_VQ,
+    mib_to_pages, BalloonConfig, ConfigSpace, QUEUE_SIZE, VIRTIO_BALLOON_F_MUST_TELL_HOST,
+    VIRTIO_BALLOON_F_STATS_VQ,
 };
-use crate::inflate::{handle_deflate, handle_inflate};
+use crate::inflate::{handle_deflate, handle_inflate, record_inflate};
 use crate::metrics::BalloonMetrics;
 use crate::queues::{ActiveQueue, QueueLayout};
-use crate::release::{MadviseReleaser, Releaser};
+use crate::release::{pfn_runs, MadviseReleaser, Releaser};
+use crate::release_worker::ReleaseWorker;
 use crate::reporting::handle_report;
 use crate::stats::{give_back_stats_buffer, take_stats_buffers, BalloonStats};
 use crate::BalloonError;
@@ -49,9 +51,26 @@ pub(crate) struct Active {
     pub stats_held: Option<u16>,
     /// The queue eventfds are registered with the event manager.
     pub events_registered: bool,
+    /// Releases inflated pages in the background. `Some` only when the
+    /// driver acked `MUST_TELL_HOST` (and the thread could be started);
+    /// then every path that gives pages back to the driver drains it first
+    /// (see [`crate::release_worker`]). `None`: releases are synchronous.
+    pub release_worker: Option<ReleaseWorker>,
 }
 
 impl Active {
+    /// Waits until every release handed to the worker is done; counts the
+    /// wait if there was one. Call before giving pages back to the driver.
+    fn drain_releases(&self, metrics: &mut BalloonMetrics) {
+        if self
+            .release_worker
+            .as_ref()
+            .is_some_and(ReleaseWorker::drain)
+        {
+            metrics.release_waits += 1;
+        }
+    }
+
     /// The queues in use, with their roles.
     pub fn queues(&self) -> impl Iterator<Item = (QueueRole, &ActiveQueue)> {
         [
@@ -101,7 +120,8 @@ pub struct Balloon {
     /// manager: kept open until the event loop removes them, so their fd
     /// numbers cannot be reused meanwhile.
     pub(crate) retired_events: Vec<EventFd>,
-    releaser: Box<dyn Releaser>,
+    /// Shared with the release worker of the current activation.
+    releaser: Arc<dyn Releaser>,
     pub(crate) metrics: BalloonMetrics,
     last_stats: Option<BalloonStats>,
 }
@@ -137,13 +157,13 @@ fn set_nonblocking(fd: i32) -> std::io::Result<()> {
 impl Balloon {
     /// A device releasing memory with `madvise`.
     pub fn new(cfg: BalloonConfig) -> Result<Self, BalloonError> {
-        Self::with_releaser(cfg, Box::new(MadviseReleaser))
+        Self::with_releaser(cfg, Arc::new(MadviseReleaser))
     }
 
     /// A device releasing memory through `releaser`.
     pub fn with_releaser(
         cfg: BalloonConfig,
-        releaser: Box<dyn Releaser>,
+        releaser: Arc<dyn Releaser>,
     ) -> Result<Self, BalloonError> {
         let num_pages = cfg.target_pages()?;
         let offered_features = cfg.offered_features();
@@ -248,9 +268,23 @@ impl Balloon {
         self.last_stats.clone()
     }
 
-    /// Counters, including one per rejection reason.
-    pub fn metrics(&self) -> &BalloonMetrics {
-        &self.metrics
+    /// Counters, including one per rejection reason; the release calls
+    /// include those the release worker has made so far.
+    pub fn metrics(&self) -> BalloonMetrics {
+        let mut m = self.metrics.clone();
+        if let Some(w) = self.active.as_ref().and_then(|a| a.release_worker.as_ref()) {
+            w.tally().add_to(&mut m);
+        }
+        m
+    }
+
+    /// Waits until every inflated page the device has acknowledged so far
+    /// has been released to the host (a no-op when releases are
+    /// synchronous).
+    pub fn wait_for_releases(&mut self) {
+        if let Some(a) = &self.active {
+            a.drain_releases(&mut self.metrics);
+        }
     }
 
     /// Whether the driver activated the device (and has not reset it).
@@ -269,7 +303,9 @@ impl Balloon {
     }
 
     /// Processes the inflate queue: every PFN of guest RAM is recorded and
-    /// released, coalesced; every buffer is returned.
+    /// released, coalesced; every buffer is returned. With a release
+    /// worker the PFNs of all the buffers taken are released by it, after
+    /// the buffers are returned; else each buffer's before it is returned.
     pub fn process_inflate_queue(&mut self) -> Result<(), BalloonError> {
         let Balloon {
             active,
@@ -283,22 +319,42 @@ impl Balloon {
             inflate,
             ballooned,
             interrupt,
+            release_worker,
             ..
         } = a;
-        let more = inflate.drain(mem, metrics, |chain, size, m| {
-            handle_inflate(chain, size, ballooned, releaser.as_mut(), m)
-        });
+        let more = match release_worker {
+            Some(worker) => {
+                let mut pfns = Vec::new();
+                let more = inflate.drain(mem, metrics, |chain, size, m| {
+                    record_inflate(chain, size, ballooned, m, &mut pfns)
+                });
+                // Ranges are submitted with `&mut self`, so no deflate or
+                // report can be processed before this submission is in
+                // the worker's queue, and each such processing drains it.
+                if !pfns.is_empty() {
+                    worker.submit(pfn_runs(&mut pfns));
+                    metrics.deferred_releases += 1;
+                }
+                more
+            }
+            None => inflate.drain(mem, metrics, |chain, size, m| {
+                handle_inflate(chain, size, ballooned, releaser.as_ref(), m)
+            }),
+        };
         inflate.finish_round(mem, interrupt.as_ref(), metrics, more);
         Ok(())
     }
 
     /// Processes the deflate queue: bookkeeping only; every buffer is
     /// returned (which, with `MUST_TELL_HOST`, lets the driver reuse them).
+    /// Pending releases are drained first, so no page named in a returned
+    /// buffer is released afterwards.
     pub fn process_deflate_queue(&mut self) -> Result<(), BalloonError> {
         let Balloon {
             active, metrics, ..
         } = self;
         let a = active.as_mut().ok_or(BalloonError::NotActivated)?;
+        a.drain_releases(metrics);
         let Active {
             mem,
             deflate,
@@ -314,7 +370,9 @@ impl Balloon {
     }
 
     /// Processes the free page reporting queue: every reported range is
-    /// released, coalesced; every buffer is returned.
+    /// released, coalesced, before its buffer is returned (the driver
+    /// reuses the pages at once). Pending inflate releases are drained
+    /// first.
     pub fn process_reporting_queue(&mut self) -> Result<(), BalloonError> {
         let Balloon {
             active,
@@ -323,6 +381,10 @@ impl Balloon {
             ..
         } = self;
         let a = active.as_mut().ok_or(BalloonError::NotActivated)?;
+        if a.reporting.is_none() {
+            return Err(BalloonError::QueueNotNegotiated("free page reporting"));
+        }
+        a.drain_releases(metrics);
         let Active {
             mem,
             reporting,
@@ -333,7 +395,7 @@ impl Balloon {
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("free page reporting"))?;
         let more = q.drain(mem, metrics, |chain, size, m| {
-            handle_report(chain, size, releaser.as_mut(), m)
+            handle_report(chain, size, releaser.as_ref(), m)
         });
         q.finish_round(mem, interrupt.as_ref(), metrics, more);
         Ok(())
@@ -480,6 +542,13 @@ impl VirtioDevice for Balloon {
             .map(|i| take(i, "free page reporting"))
             .transpose()?;
         let has_stats = stats.is_some();
+        let release_worker = if acked_features & VIRTIO_BALLOON_F_MUST_TELL_HOST != 0 {
+            // Without a thread the device releases synchronously, which is
+            // always correct, only slower.
+            ReleaseWorker::spawn(mem.clone(), Arc::clone(&self.releaser)).ok()
+        } else {
+            None
+        };
         self.active = Some(Active {
             ballooned: BalloonedPages::new(&mem),
             mem,
@@ -492,6 +561,7 @@ impl VirtioDevice for Balloon {
             interrupt,
             stats_held: None,
             events_registered: false,
+            release_worker,
         });
         if let Err(e) = self.activate_evt.write(1) {
             self.active = None;
@@ -507,8 +577,15 @@ impl VirtioDevice for Balloon {
         Ok(())
     }
 
+    /// Returns the device to its initial state. Pending releases are
+    /// drained first: after a reset the driver (or a rebooted guest) owns
+    /// every page again.
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
+        if let Some(mut active) = self.active.take() {
+            active.drain_releases(&mut self.metrics);
+            if let Some(worker) = active.release_worker.take() {
+                worker.tally().add_to(&mut self.metrics);
+            }
             let registered = active.events_registered;
             let events = active.into_events();
             if registered {

@@ -1,11 +1,14 @@
 //! The inflate and deflate queues: buffers of le32 page frame numbers
 //! (4 KiB pages), device-readable.
 //!
-//! Inflated pages are released to the host at once, coalesced: the PFNs of
-//! one request are sorted and merged, and each contiguous run costs one
-//! release call per guest RAM region it covers. Deflated pages need nothing
-//! but bookkeeping: private anonymous memory faults back in as zero pages
-//! when the guest touches it again.
+//! Inflated pages are recorded and released to the host, coalesced: the
+//! PFNs are sorted and merged, and each contiguous run costs one release
+//! call per guest RAM region it covers. Without `MUST_TELL_HOST` that
+//! happens per request, before its buffer is returned; with it, the device
+//! gathers a whole round of requests and hands it to the release worker
+//! (see [`crate::release_worker`] for when that is allowed). Deflated pages
+//! need nothing but bookkeeping: private anonymous memory faults back in as
+//! zero pages when the guest touches it again.
 
 use virtio_device::GuestRam;
 use virtio_queue::DescriptorChain;
@@ -15,6 +18,7 @@ use crate::ballooned::BalloonedPages;
 use crate::metrics::{BalloonMetrics, RejectReason};
 use crate::queues::{walk_chain, Access, Buffer};
 use crate::release::{pfn_runs, release_ranges, Releaser};
+use crate::release_worker::MAX_RELEASE_CALL;
 
 /// Largest PFN buffer accepted: 16384 PFNs (64 MiB of guest memory) per
 /// request. Linux sends at most 256 (`VIRTIO_BALLOON_ARRAY_PFNS_MAX`).
@@ -70,28 +74,42 @@ fn valid_pfns(
     Some(pfns)
 }
 
-/// One inflate request: the guest gives these pages up. They are recorded
-/// and released.
+/// One inflate request: the guest gives these pages up. Its valid PFNs
+/// are recorded in `ballooned` and appended to `pfns` (not yet released).
+pub(crate) fn record_inflate(
+    chain: DescriptorChain<&GuestRam>,
+    queue_size: u16,
+    ballooned: &mut BalloonedPages,
+    metrics: &mut BalloonMetrics,
+    pfns: &mut Vec<u32>,
+) {
+    metrics.inflate_requests += 1;
+    let Some(valid) = valid_pfns(chain, queue_size, ballooned, metrics) else {
+        return;
+    };
+    metrics.inflate_pages += valid.len() as u64;
+    for &pfn in &valid {
+        ballooned.insert(pfn);
+    }
+    pfns.extend(valid);
+}
+
+/// One inflate request, handled synchronously: its pages are recorded and
+/// released before this returns.
 pub(crate) fn handle_inflate(
     chain: DescriptorChain<&GuestRam>,
     queue_size: u16,
     ballooned: &mut BalloonedPages,
-    releaser: &mut dyn Releaser,
+    releaser: &dyn Releaser,
     metrics: &mut BalloonMetrics,
 ) {
-    metrics.inflate_requests += 1;
     let mem = chain.memory();
-    let Some(mut pfns) = valid_pfns(chain.clone(), queue_size, ballooned, metrics) else {
-        return;
-    };
-    metrics.inflate_pages += pfns.len() as u64;
-    for &pfn in &pfns {
-        ballooned.insert(pfn);
-    }
+    let mut pfns = Vec::new();
+    record_inflate(chain.clone(), queue_size, ballooned, metrics, &mut pfns);
     // Each run is inside guest RAM page by page, but may cross from one
     // region into the next: release_ranges splits it.
     let runs = pfn_runs(&mut pfns);
-    release_ranges(mem, &runs, releaser, metrics);
+    release_ranges(mem, &runs, releaser, MAX_RELEASE_CALL).add_to(metrics);
 }
 
 /// One deflate request: the guest takes these pages back. Only bookkeeping.

@@ -6,7 +6,10 @@
 //! over free pages it does not need right now (reporting_vq). The device
 //! releases inflated and reported pages to the host with
 //! `madvise(MADV_DONTNEED)` (`MADV_REMOVE` for shared mappings), one call per
-//! contiguous host range.
+//! contiguous host range. With `VIRTIO_BALLOON_F_MUST_TELL_HOST` negotiated,
+//! inflated pages are released by a worker thread after their buffers are
+//! returned, and never after the driver may use them again (see
+//! `release_worker` for the invariant).
 //!
 //! The guest is untrusted. Every descriptor chain is walked with bounds:
 //! chains that loop, point outside guest memory, have the wrong direction,
@@ -25,6 +28,8 @@
 //! - `inflate`, `stats`, `reporting`: what each queue means;
 //! - `ballooned`: which guest pages are in the balloon (host bookkeeping);
 //! - [`release`]: guest ranges to host ranges, coalescing, `madvise`;
+//! - `release_worker`: the thread that releases inflated pages in the
+//!   background, and the drains that keep that safe;
 //! - `event_handler`: the `event-manager` subscriber;
 //! - [`metrics`]: counters, including one per rejection reason.
 //!
@@ -38,6 +43,7 @@ mod inflate;
 pub mod metrics;
 mod queues;
 pub mod release;
+mod release_worker;
 mod reporting;
 mod stats;
 

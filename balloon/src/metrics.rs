@@ -161,6 +161,13 @@ pub struct BalloonMetrics {
     pub madvise_calls: u64,
     /// Release calls that failed.
     pub madvise_errors: u64,
+    /// Rounds of inflate requests whose pages were handed to the release
+    /// worker (with `MUST_TELL_HOST`) instead of being released before the
+    /// buffers were returned.
+    pub deferred_releases: u64,
+    /// Times the device waited for the release worker to finish before it
+    /// gave pages back to the driver (deflate, free page reporting, reset).
+    pub release_waits: u64,
     /// Statistics buffers parsed.
     pub stats_updates: u64,
     /// Statistics buffers returned to the driver to ask for fresh values.

@@ -86,7 +86,7 @@ pub struct HostRange<'m> {
     _mem: PhantomData<&'m GuestRam>,
 }
 
-impl HostRange<'_> {
+impl<'m> HostRange<'m> {
     /// Guest-physical start.
     pub fn guest_addr(&self) -> GuestAddress {
         self.guest_addr
@@ -111,6 +111,22 @@ impl HostRange<'_> {
     /// `MADV_DONTNEED` would free nothing.
     pub fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// Cuts the range into consecutive parts of at most `max` bytes (the
+    /// last may be shorter), each still inside the same region. `max` is
+    /// rounded down to whole 4 KiB pages (at least one), so parts of a
+    /// page-aligned range stay page-aligned.
+    fn split(&self, max: usize) -> impl Iterator<Item = HostRange<'m>> + '_ {
+        let page = crate::BALLOON_PAGE_SIZE as usize;
+        let max = (max - max % page).max(page);
+        (0..self.len).step_by(max).map(move |off| HostRange {
+            guest_addr: GuestAddress(self.guest_addr.0 + off as u64),
+            host_addr: self.host_addr + off,
+            len: max.min(self.len - off),
+            shared: self.shared,
+            _mem: PhantomData,
+        })
     }
 }
 
@@ -152,10 +168,15 @@ pub(crate) fn split_by_region(
 }
 
 /// Gives the host memory behind a guest range back to the host.
-pub trait Releaser: Send {
+///
+/// A releaser is shared between the device and its release worker
+/// ([`crate::release_worker`]), so it may be called from either thread, also
+/// concurrently. It must not call back into the device (the device may be
+/// waiting for it with its own lock held).
+pub trait Releaser: Send + Sync {
     /// Releases `range`; returns how many bytes were released (a releaser
     /// may release less, e.g. only whole host pages).
-    fn release(&mut self, range: &HostRange<'_>) -> io::Result<u64>;
+    fn release(&self, range: &HostRange<'_>) -> io::Result<u64>;
 }
 
 /// The production [`Releaser`]: `madvise(MADV_DONTNEED)` on private
@@ -178,7 +199,7 @@ fn host_page_size() -> usize {
 }
 
 impl Releaser for MadviseReleaser {
-    fn release(&mut self, range: &HostRange<'_>) -> io::Result<u64> {
+    fn release(&self, range: &HostRange<'_>) -> io::Result<u64> {
         let page = host_page_size();
         let end = range
             .host_addr
@@ -210,32 +231,57 @@ impl Releaser for MadviseReleaser {
     }
 }
 
-/// Releases `ranges` (already coalesced), one release call per host piece.
-/// A range that is not wholly guest RAM is skipped and counted: callers
-/// validate first, this is the last line of defence. Returns the bytes
-/// released.
+/// What one or more release calls did, to be added to [`BalloonMetrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReleaseTally {
+    /// Release calls made (one per host piece).
+    pub calls: u64,
+    /// Release calls that failed.
+    pub errors: u64,
+    /// Bytes released.
+    pub bytes: u64,
+    /// Ranges skipped because some byte of them is not guest RAM.
+    pub outside_ram: u64,
+}
+
+impl ReleaseTally {
+    /// Adds the tally to `metrics` (`madvise_calls`, `madvise_errors`,
+    /// `bytes_released` and the `pfn_outside_ram` rejections).
+    pub fn add_to(&self, metrics: &mut BalloonMetrics) {
+        metrics.madvise_calls = metrics.madvise_calls.saturating_add(self.calls);
+        metrics.madvise_errors = metrics.madvise_errors.saturating_add(self.errors);
+        metrics.bytes_released = metrics.bytes_released.saturating_add(self.bytes);
+        metrics.reject_n(RejectReason::PfnOutsideRam, self.outside_ram);
+    }
+}
+
+/// Releases `ranges` (already coalesced), one release call per host piece
+/// of at most `max_call` bytes. A range that is not wholly guest RAM is
+/// skipped and counted: callers validate first, this is the last line of
+/// defence.
 pub(crate) fn release_ranges(
     mem: &GuestRam,
     ranges: &[GuestRange],
-    releaser: &mut dyn Releaser,
-    metrics: &mut BalloonMetrics,
-) -> u64 {
-    let mut released = 0u64;
+    releaser: &dyn Releaser,
+    max_call: usize,
+) -> ReleaseTally {
+    let mut tally = ReleaseTally::default();
     for range in ranges {
         let Ok(pieces) = split_by_region(mem, *range) else {
-            metrics.reject(RejectReason::PfnOutsideRam);
+            tally.outside_ram += 1;
             continue;
         };
         for piece in &pieces {
-            metrics.madvise_calls += 1;
-            match releaser.release(piece) {
-                Ok(n) => released = released.saturating_add(n),
-                Err(_) => metrics.madvise_errors += 1,
+            for part in piece.split(max_call) {
+                tally.calls += 1;
+                match releaser.release(&part) {
+                    Ok(n) => tally.bytes = tally.bytes.saturating_add(n),
+                    Err(_) => tally.errors += 1,
+                }
             }
         }
     }
-    metrics.bytes_released = metrics.bytes_released.saturating_add(released);
-    released
+    tally
 }
 
 #[cfg(test)]
@@ -297,6 +343,30 @@ mod tests {
     }
 
     #[test]
+    fn long_ranges_are_released_in_calls_of_at_most_max_call_bytes() {
+        let mem = test_mem();
+        let rec = RecordingReleaser::default();
+        // 3 MiB + 8 KiB over the A/B boundary, in calls of 1 MiB (+ 1 byte,
+        // rounded down to whole pages).
+        let start = REGION_B_START - 0x10_0000;
+        let t = release_ranges(&mem, &[r(start, 0x30_2000)], &rec, 0x10_0001);
+        assert_eq!(
+            rec.ranges(),
+            vec![
+                (start, 0x10_0000),
+                (REGION_B_START, 0x10_0000),
+                (REGION_B_START + 0x10_0000, 0x10_0000),
+                (REGION_B_START + 0x20_0000, 0x2000),
+            ]
+        );
+        assert_eq!((t.calls, t.bytes), (4, 0x30_2000));
+        // A limit below a page still makes progress, a page at a time.
+        rec.clear();
+        release_ranges(&mem, &[r(0x1000, 0x2000)], &rec, 1);
+        assert_eq!(rec.ranges(), vec![(0x1000, 0x1000), (0x2000, 0x1000)]);
+    }
+
+    #[test]
     fn a_range_touching_a_hole_is_not_backed() {
         let mem = test_mem();
         assert_eq!(
@@ -312,11 +382,18 @@ mod tests {
             NotBacked
         );
 
-        let mut rec = RecordingReleaser::default();
-        let mut m = BalloonMetrics::default();
-        let n = release_ranges(&mem, &[r(HOLE_START, 0x1000)], &mut rec, &mut m);
-        assert_eq!(n, 0);
+        let rec = RecordingReleaser::default();
+        let t = release_ranges(&mem, &[r(HOLE_START, 0x1000)], &rec, usize::MAX);
+        assert_eq!(
+            t,
+            ReleaseTally {
+                outside_ram: 1,
+                ..ReleaseTally::default()
+            }
+        );
         assert!(rec.ranges().is_empty());
+        let mut m = BalloonMetrics::default();
+        t.add_to(&mut m);
         assert_eq!(m.rejections.pfn_outside_ram, 1);
         assert_eq!(m.madvise_calls, 0);
     }
@@ -326,15 +403,10 @@ mod tests {
         let mem = test_mem();
         let base = GuestAddress(REGION_B_START - 0x2000);
         mem.write_slice(&[0xaa; 0x6000], base).unwrap();
-        let mut m = BalloonMetrics::default();
         // Two pages on each side of the region boundary; the last page of
         // the written area stays.
-        let n = release_ranges(&mem, &[r(base.0, 0x4000)], &mut MadviseReleaser, &mut m);
-        assert_eq!(n, 0x4000);
-        assert_eq!(
-            (m.madvise_calls, m.madvise_errors, m.bytes_released),
-            (2, 0, 0x4000)
-        );
+        let t = release_ranges(&mem, &[r(base.0, 0x4000)], &MadviseReleaser, usize::MAX);
+        assert_eq!((t.calls, t.errors, t.bytes), (2, 0, 0x4000));
         let mut back = vec![0u8; 0x6000];
         mem.read_slice(&mut back, base).unwrap();
         assert!(back[..0x4000].iter().all(|&b| b == 0));

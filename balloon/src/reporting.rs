@@ -4,7 +4,9 @@
 //! address and length are a guest-physical range of free guest pages (the
 //! pages themselves, not a list). The device releases the whole 4 KiB
 //! pages of every range, coalesced, and returns the chain; the guest may
-//! reuse the pages once it is back.
+//! reuse the pages once it is back, so the release is always synchronous
+//! (and waits for the release worker first, see
+//! [`crate::release_worker`]).
 
 use virtio_device::GuestRam;
 use virtio_queue::DescriptorChain;
@@ -12,6 +14,7 @@ use virtio_queue::DescriptorChain;
 use crate::metrics::{BalloonMetrics, RejectReason};
 use crate::queues::{walk_chain, Access};
 use crate::release::{coalesce, release_ranges, GuestRange, Releaser};
+use crate::release_worker::MAX_RELEASE_CALL;
 use crate::BALLOON_PAGE_SIZE;
 
 /// The whole 4 KiB pages of `[addr, addr + len)`; `None` if there are none.
@@ -29,7 +32,7 @@ fn aligned_pages(addr: u64, len: u64) -> Option<GuestRange> {
 pub(crate) fn handle_report(
     chain: DescriptorChain<&GuestRam>,
     queue_size: u16,
-    releaser: &mut dyn Releaser,
+    releaser: &dyn Releaser,
     metrics: &mut BalloonMetrics,
 ) {
     metrics.report_requests += 1;
@@ -52,8 +55,9 @@ pub(crate) fn handle_report(
         }
         ranges.extend(whole);
     }
-    let released = release_ranges(mem, &coalesce(ranges), releaser, metrics);
-    metrics.report_bytes = metrics.report_bytes.saturating_add(released);
+    let tally = release_ranges(mem, &coalesce(ranges), releaser, MAX_RELEASE_CALL);
+    tally.add_to(metrics);
+    metrics.report_bytes = metrics.report_bytes.saturating_add(tally.bytes);
 }
 
 #[cfg(test)]

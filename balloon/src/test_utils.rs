@@ -8,7 +8,8 @@
 //! C is `[12, 16 MiB)`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_device::{Activation, GuestRam, Queue, VirtioDevice, VirtioInterrupt};
@@ -68,10 +69,76 @@ impl RecordingReleaser {
 }
 
 impl Releaser for RecordingReleaser {
-    fn release(&mut self, range: &HostRange<'_>) -> std::io::Result<u64> {
+    fn release(&self, range: &HostRange<'_>) -> std::io::Result<u64> {
         self.log
             .lock()
             .unwrap()
+            .push((range.guest_addr().0, range.len() as u64));
+        Ok(range.len() as u64)
+    }
+}
+
+/// A releaser whose calls block until the test opens its gate (or 5 s
+/// passed); records what it released, as (guest address, length), once
+/// released.
+#[derive(Clone)]
+pub struct GatedReleaser {
+    inner: Arc<(Mutex<Gate>, Condvar)>,
+}
+
+#[derive(Default)]
+struct Gate {
+    open: bool,
+    /// Release calls waiting at the gate now.
+    blocked: usize,
+    released: Vec<(u64, u64)>,
+}
+
+impl GatedReleaser {
+    pub fn closed() -> Self {
+        GatedReleaser {
+            inner: Arc::new((Mutex::new(Gate::default()), Condvar::new())),
+        }
+    }
+
+    /// Lets every call through, now and later.
+    pub fn open(&self) {
+        self.inner.0.lock().unwrap().open = true;
+        self.inner.1.notify_all();
+    }
+
+    /// Waits (at most 5 s) until a release call waits at the gate.
+    pub fn wait_until_blocked(&self) {
+        let (lock, cv) = &*self.inner;
+        let (gate, timeout) = cv
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(5), |g| {
+                g.blocked == 0
+            })
+            .unwrap();
+        assert!(!timeout.timed_out(), "no release call reached the gate");
+        drop(gate);
+    }
+
+    /// What was released so far.
+    pub fn released(&self) -> Vec<(u64, u64)> {
+        self.inner.0.lock().unwrap().released.clone()
+    }
+}
+
+impl Releaser for GatedReleaser {
+    fn release(&self, range: &HostRange<'_>) -> std::io::Result<u64> {
+        let (lock, cv) = &*self.inner;
+        let mut gate = lock.lock().unwrap();
+        gate.blocked += 1;
+        cv.notify_all();
+        // Opens by itself after a while, so that a failing test ends
+        // rather than leaving a release worker blocked forever.
+        gate = cv
+            .wait_timeout_while(gate, Duration::from_secs(5), |g| !g.open)
+            .unwrap()
+            .0;
+        gate.blocked -= 1;
+        gate.released
             .push((range.guest_addr().0, range.len() as u64));
         Ok(range.len() as u64)
     }

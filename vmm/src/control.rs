@@ -273,7 +273,7 @@ impl VmBackend for VmControl {
 
     fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError> {
         let b = self.live_balloon()?;
-        let metrics = lock(&b).metrics().clone();
+        let metrics = lock(&b).metrics();
         serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
     }
 

@@ -35,9 +35,16 @@ fn with_reporting() -> BalloonConfig {
 fn recording(cfg: BalloonConfig) -> (Balloon, RecordingReleaser) {
     let rec = RecordingReleaser::default();
     (
-        Balloon::with_releaser(cfg, Box::new(rec.clone())).unwrap(),
+        Balloon::with_releaser(cfg, Arc::new(rec.clone())).unwrap(),
         rec,
     )
+}
+
+/// Processes the inflate queue and waits for the releases it started, so
+/// the releaser has seen them.
+fn inflate(dev: &mut Balloon) {
+    dev.process_inflate_queue().unwrap();
+    dev.wait_for_releases();
 }
 
 fn page(pfn: u32) -> u64 {
@@ -60,7 +67,7 @@ fn inflate_then_deflate_keeps_the_books() {
     let pfns: Vec<u32> = (FREE_PFN_A..FREE_PFN_A + 10).collect();
     let buf = drv.pfn_buffer(&pfns);
     let head = drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(drv.used(0), vec![(u32::from(head), 0)]);
     assert_eq!(irq.used(), vec![0]);
     assert_eq!(rec.ranges(), vec![(page(FREE_PFN_A), 10 * 4096)]);
@@ -98,7 +105,7 @@ fn contiguous_pfns_cost_one_release_and_interleaved_ones_one_each() {
     pfns.extend([PFN_C + 5, PFN_C + 5]);
     let buf = drv.pfn_buffer(&pfns);
     drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(rec.ranges(), vec![(REGION_C_START, 4 << 20)]);
     assert_eq!(dev.inflated_pages(), 1024);
 
@@ -106,7 +113,7 @@ fn contiguous_pfns_cost_one_release_and_interleaved_ones_one_each() {
     let every_other: Vec<u32> = (0..100).map(|i| FREE_PFN_A + 2 * i).collect();
     let buf = drv.pfn_buffer(&every_other);
     drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     let got = rec.ranges();
     assert_eq!(got.len(), 100);
     assert!(got
@@ -124,7 +131,7 @@ fn a_run_across_two_regions_is_released_per_region() {
     let pfns: Vec<u32> = (PFN_B - 4..PFN_B + 4).collect();
     let buf = drv.pfn_buffer(&pfns);
     drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(
         rec.ranges(),
         vec![(page(PFN_B - 4), 4 * 4096), (REGION_B_START, 4 * 4096)]
@@ -144,7 +151,7 @@ fn pfns_outside_ram_are_counted_and_never_released() {
     mixed.push(FREE_PFN_A);
     let buf = drv.pfn_buffer(&mixed);
     let some_bad = drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(
         drv.used(0),
         vec![(u32::from(all_bad), 0), (u32::from(some_bad), 0)]
@@ -167,7 +174,7 @@ fn still_works(dev: &mut Balloon, drv: &mut Driver<'_>, rec: &RecordingReleaser,
     rec.clear();
     let buf = drv.pfn_buffer(&[pfn]);
     let head = drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(dev);
     assert_eq!(drv.used(0).last(), Some(&(u32::from(head), 0)));
     assert_eq!(rec.ranges(), vec![(page(pfn), 4096)]);
 }
@@ -189,7 +196,7 @@ fn looping_chains_are_rejected_and_returned() {
         b,
         &[raw(addr, len, next, b + 1), raw(addr, len, next, b)],
     );
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(drv.used(0), vec![(u32::from(a), 0), (u32::from(b), 0)]);
     assert_eq!(irq.used(), vec![0]);
     assert_eq!(dev.metrics().rejections.looping_chain, 2);
@@ -215,7 +222,7 @@ fn chains_pointing_outside_memory_or_nowhere_are_rejected() {
     drv.add_raw_at(0, i, &[raw(addr, len, VRING_DESC_F_NEXT, 999)]);
     // A head outside the descriptor table.
     drv.publish_head(0, 999);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     let r = &dev.metrics().rejections;
     assert_eq!(r.descriptor_outside_memory, 4);
     assert_eq!(r.broken_chain, 1);
@@ -242,7 +249,7 @@ fn malformed_pfn_buffers_are_rejected() {
     let big = drv.alloc(64 * 1024 + 4);
     drv.add_chain(0, &[(big, 64 * 1024 + 4, false)]);
     drv.add_chain(0, &[(big, 64 * 1024, false), (big, 4, false)]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     let r = &dev.metrics().rejections;
     assert_eq!(r.wrong_direction, 1);
     assert_eq!(r.length_not_multiple_of_4, 2);
@@ -252,7 +259,7 @@ fn malformed_pfn_buffers_are_rejected() {
 
     // A request split over two descriptors at a PFN boundary is fine.
     drv.add_chain(0, &[(addr, 4, false), (addr + 4, 4, false)]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(rec.ranges(), vec![(page(FREE_PFN_A), 8192)]);
 }
 
@@ -263,7 +270,7 @@ fn a_broken_available_ring_stops_the_queue_not_the_device() {
     let (mut dev, rec) = recording(cfg());
     activate(&mut dev, &drv, BASE);
     drv.set_avail_idx(0, QUEUE_SIZE + 1);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     assert_eq!(dev.metrics().rejections.queue_broken, 1);
     assert!(drv.used(0).is_empty());
     // The other queue still works.
@@ -285,7 +292,7 @@ fn inflated_pages_really_read_back_as_zero() {
     // Four pages over the A/B boundary; the fifth stays.
     let buf = drv.pfn_buffer(&[PFN_B + 1, PFN_B - 2, PFN_B, PFN_B - 1]);
     drv.add_chain(0, &[buf]);
-    dev.process_inflate_queue().unwrap();
+    inflate(&mut dev);
     let mut back = vec![0u8; 5 * 4096];
     mem.read_slice(&mut back, start).unwrap();
     assert!(back[..4 * 4096].iter().all(|&b| b == 0));
@@ -613,7 +620,7 @@ fn the_event_loop_drives_queues_the_timer_and_resets() {
     let mut drv = Driver::new(&mem, 3);
     let rec = RecordingReleaser::default();
     let dev = Arc::new(Mutex::new(
-        Balloon::with_releaser(with_stats(), Box::new(rec.clone())).unwrap(),
+        Balloon::with_releaser(with_stats(), Arc::new(rec.clone())).unwrap(),
     ));
     let mut em = EventManager::<Arc<Mutex<Balloon>>>::new().unwrap();
     em.add_subscriber(dev.clone());
@@ -638,6 +645,7 @@ fn the_event_loop_drives_queues_the_timer_and_resets() {
     drv.add_chain(0, &[buf]);
     events[0].write(1).unwrap();
     em.run_with_timeout(1000).unwrap();
+    dev.lock().unwrap().wait_for_releases();
     assert_eq!(drv.used(0).len(), 2);
     assert_eq!(rec.ranges().len(), 2);
 
@@ -660,4 +668,166 @@ fn the_event_loop_drives_queues_the_timer_and_resets() {
     let d = dev.lock().unwrap();
     assert!(d.retired_events.is_empty());
     assert_eq!(d.metrics().event_errors, 0);
+}
+
+/// How long a test waits to see that something blocked does not return.
+const STILL_BLOCKED: Duration = Duration::from_millis(30);
+
+#[test]
+fn with_must_tell_host_inflate_buffers_come_back_before_their_release() {
+    let mem = test_mem();
+    let mut drv = Driver::new(&mem, 2);
+    let gate = GatedReleaser::closed();
+    let mut dev = Balloon::with_releaser(cfg(), Arc::new(gate.clone())).unwrap();
+    let (irq, _) = activate(&mut dev, &drv, BASE);
+    let buf = drv.pfn_buffer(&[FREE_PFN_A, FREE_PFN_A + 1]);
+    let head = drv.add_chain(0, &[buf]);
+    // Returns although the releaser is blocked.
+    dev.process_inflate_queue().unwrap();
+    assert_eq!(drv.used(0), vec![(u32::from(head), 0)]);
+    assert_eq!(irq.used(), vec![0]);
+    assert_eq!(dev.inflated_pages(), 2);
+    gate.wait_until_blocked();
+    assert!(gate.released().is_empty());
+    gate.open();
+    dev.wait_for_releases();
+    assert_eq!(gate.released(), vec![(page(FREE_PFN_A), 2 * 4096)]);
+    let m = dev.metrics();
+    assert_eq!(m.deferred_releases, 1);
+    assert_eq!((m.madvise_calls, m.bytes_released), (1, 2 * 4096));
+}
+
+#[test]
+fn without_must_tell_host_inflate_buffers_come_back_after_their_release() {
+    let mem = test_mem();
+    let mut drv = Driver::new(&mem, 2);
+    let gate = GatedReleaser::closed();
+    let mut dev = Balloon::with_releaser(cfg(), Arc::new(gate.clone())).unwrap();
+    let (irq, _) = activate(&mut dev, &drv, VIRTIO_F_VERSION_1);
+    let buf = drv.pfn_buffer(&[FREE_PFN_A]);
+    drv.add_chain(0, &[buf]);
+    std::thread::scope(|s| {
+        let inflating = s.spawn(|| dev.process_inflate_queue().unwrap());
+        gate.wait_until_blocked();
+        std::thread::sleep(STILL_BLOCKED);
+        assert!(!inflating.is_finished());
+        assert!(irq.used().is_empty(), "returned before the release");
+        gate.open();
+        inflating.join().unwrap();
+    });
+    assert_eq!(drv.used(0).len(), 1);
+    assert_eq!(gate.released(), vec![(page(FREE_PFN_A), 4096)]);
+    assert_eq!(dev.metrics().deferred_releases, 0);
+}
+
+#[test]
+fn a_deflate_is_never_returned_before_earlier_inflates_are_released() {
+    let mem = test_mem();
+    let mut drv = Driver::new(&mem, 2);
+    let gate = GatedReleaser::closed();
+    let mut dev = Balloon::with_releaser(cfg(), Arc::new(gate.clone())).unwrap();
+    let (irq, _) = activate(&mut dev, &drv, BASE);
+    let pfns: Vec<u32> = (PFN_C..PFN_C + 8).collect();
+    let buf = drv.pfn_buffer(&pfns);
+    drv.add_chain(0, &[buf]);
+    dev.process_inflate_queue().unwrap();
+    gate.wait_until_blocked();
+    // The driver takes half of them back at once.
+    let buf = drv.pfn_buffer(&pfns[..4]);
+    drv.add_chain(1, &[buf]);
+    std::thread::scope(|s| {
+        let deflating = s.spawn(|| dev.process_deflate_queue().unwrap());
+        std::thread::sleep(STILL_BLOCKED);
+        assert!(!deflating.is_finished());
+        assert!(
+            !irq.used().contains(&1),
+            "deflate returned before the release"
+        );
+        gate.open();
+        deflating.join().unwrap();
+    });
+    assert_eq!(gate.released(), vec![(REGION_C_START, 8 * 4096)]);
+    assert_eq!(drv.used(1).len(), 1);
+    assert_eq!(irq.used(), vec![0, 1]);
+    assert_eq!(dev.inflated_pages(), 4);
+    assert_eq!(dev.metrics().release_waits, 1);
+}
+
+#[test]
+fn a_report_is_never_returned_before_earlier_inflates_are_released() {
+    let mem = test_mem();
+    let mut drv = Driver::new(&mem, 3);
+    let gate = GatedReleaser::closed();
+    let mut dev = Balloon::with_releaser(with_reporting(), Arc::new(gate.clone())).unwrap();
+    let (irq, _) = activate(&mut dev, &drv, BASE | VIRTIO_BALLOON_F_FREE_PAGE_REPORTING);
+    let buf = drv.pfn_buffer(&[FREE_PFN_A]);
+    drv.add_chain(0, &[buf]);
+    dev.process_inflate_queue().unwrap();
+    gate.wait_until_blocked();
+    drv.add_chain(2, &[(REGION_C_START, 0x2000, true)]);
+    std::thread::scope(|s| {
+        let reporting = s.spawn(|| dev.process_reporting_queue().unwrap());
+        std::thread::sleep(STILL_BLOCKED);
+        assert!(!reporting.is_finished());
+        assert!(!irq.used().contains(&2), "report returned early");
+        gate.open();
+        reporting.join().unwrap();
+    });
+    // The inflate first, then the report, released before its return.
+    assert_eq!(
+        gate.released(),
+        vec![(page(FREE_PFN_A), 4096), (REGION_C_START, 0x2000)]
+    );
+    assert_eq!(drv.used(2).len(), 1);
+    let m = dev.metrics();
+    assert_eq!((m.release_waits, m.report_bytes), (1, 0x2000));
+    assert_eq!(m.bytes_released, 0x3000);
+}
+
+#[test]
+fn a_reset_waits_for_pending_releases_and_keeps_their_counts() {
+    let mem = test_mem();
+    let mut drv = Driver::new(&mem, 2);
+    let gate = GatedReleaser::closed();
+    let mut dev = Balloon::with_releaser(cfg(), Arc::new(gate.clone())).unwrap();
+    activate(&mut dev, &drv, BASE);
+    let buf = drv.pfn_buffer(&[FREE_PFN_A, FREE_PFN_A + 2]);
+    drv.add_chain(0, &[buf]);
+    dev.process_inflate_queue().unwrap();
+    gate.wait_until_blocked();
+    std::thread::scope(|s| {
+        let resetting = s.spawn(|| dev.reset());
+        std::thread::sleep(STILL_BLOCKED);
+        assert!(!resetting.is_finished(), "reset before the release ended");
+        gate.open();
+        resetting.join().unwrap();
+    });
+    assert_eq!(
+        gate.released(),
+        vec![(page(FREE_PFN_A), 4096), (page(FREE_PFN_A + 2), 4096)]
+    );
+    assert!(!dev.is_activated());
+    let m = dev.metrics();
+    assert_eq!((m.resets, m.release_waits), (1, 1));
+    assert_eq!((m.madvise_calls, m.bytes_released), (2, 2 * 4096));
+}
+
+#[test]
+fn rounds_of_inflate_requests_are_released_coalesced() {
+    let mem = test_mem();
+    let mut drv = Driver::new(&mem, 2);
+    let (mut dev, rec) = recording(cfg());
+    activate(&mut dev, &drv, BASE);
+    // Four 1 MiB buffers of region C, posted together, the last first.
+    for i in (0..4).rev() {
+        let pfns: Vec<u32> = (PFN_C + 256 * i..PFN_C + 256 * (i + 1)).collect();
+        let buf = drv.pfn_buffer(&pfns);
+        drv.add_chain(0, &[buf]);
+    }
+    inflate(&mut dev);
+    assert_eq!(drv.used(0).len(), 4);
+    assert_eq!(rec.ranges(), vec![(REGION_C_START, 4 << 20)]);
+    let m = dev.metrics();
+    assert_eq!((m.inflate_requests, m.deferred_releases), (4, 1));
+    assert_eq!(m.madvise_calls, 1);
 }
