@@ -273,6 +273,10 @@ pub fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, S
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(sock)
         .unwrap_or_else(|e| panic!("connect to {}: {e}", sock.display()));
+    // A server that accepted but never answers fails the test, not hangs it.
+    let limit = Some(Duration::from_secs(30));
+    stream.set_read_timeout(limit).unwrap();
+    stream.set_write_timeout(limit).unwrap();
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\

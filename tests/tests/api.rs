@@ -242,6 +242,8 @@ fn running_out_of_descriptors_does_not_kill_the_api() {
         .expect("the VM did not boot")
     };
     running(&probe_sock);
+    // The vCPU thread may still be opening what it keeps open.
+    std::thread::sleep(Duration::from_millis(300));
     let needed = std::fs::read_dir(format!("/proc/{}/fd", probe.0.id()))
         .unwrap()
         .count() as u64;

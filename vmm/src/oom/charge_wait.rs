@@ -150,9 +150,14 @@ impl ChargeWait {
     }
 
     /// Watching the memory cgroup directory `dir` (tests point it at a
-    /// fixture).
+    /// fixture). A cgroup without a hard limit now is not watched: its
+    /// charges are not refused, and the files would hold descriptors in
+    /// every VMM for nothing (a limit set on it later is not seen; the
+    /// daemon sets a pool's limit before any VM joins it).
     fn watching(cgroup: Option<(&Path, CgroupVersion)>) -> Self {
-        let files = cgroup.and_then(|(dir, version)| WaitFiles::open(dir, version));
+        let files = cgroup
+            .and_then(|(dir, version)| WaitFiles::open(dir, version))
+            .filter(|f| small_limit(&f.limit).is_some_and(|l| l != u64::MAX));
         let last = files.as_ref().and_then(WaitFiles::refused).unwrap_or(0);
         ChargeWait {
             files,
@@ -272,8 +277,13 @@ mod tests {
                 ("memory.max", "max\n"),
             ],
         );
+        // No limit: not watched (no descriptors held for nothing).
         let mut w = ChargeWait::watching(Some((&e, CgroupVersion::V2)));
         fs::write(e.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 0\n").unwrap();
+        assert!(!w.retry_after(libc::EFAULT, &vcpu, &never));
+        fs::write(e.join("memory.max"), "67108864\n").unwrap();
+        let mut w = ChargeWait::watching(Some((&e, CgroupVersion::V2)));
+        fs::write(e.join("memory.events"), "low 0\nhigh 0\nmax 5\noom 0\n").unwrap();
         assert!(w.retry_after(libc::EFAULT, &vcpu, &never));
         // Without a memory cgroup it never waits.
         let mut none = ChargeWait::watching(None);
