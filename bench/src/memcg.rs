@@ -12,36 +12,14 @@ use anyhow::{bail, Context};
 
 /// This process's memory cgroup directory, when the memory controller is
 /// a cgroup v1 hierarchy here (the scenario needs v1: `memory.failcnt`,
-/// `memory.oom_control`).
+/// `memory.oom_control`); found the way the daemon finds its own.
 pub fn own_memcg_v1() -> anyhow::Result<PathBuf> {
-    let cgroup = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-    let path = cgroup
-        .lines()
-        .find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == "memory")
-                .then_some(path)
-        })
-        .context("no cgroup v1 memory controller in /proc/self/cgroup")?;
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mount = mountinfo
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut r = right.split_whitespace();
-            let memory = r.next() == Some("cgroup") && r.nth(1)?.split(',').any(|o| o == "memory");
-            let mut left = left.split_whitespace();
-            if !memory || left.nth(3)? != "/" {
-                return None;
-            }
-            left.next().map(PathBuf::from)
-        })
-        .context("no cgroup v1 memory hierarchy mounted")?;
-    Ok(mount.join(path.trim_start_matches('/')))
+    use vmm::oom::cgroup::{CgroupVersion, MemoryHierarchy};
+    let own = MemoryHierarchy::of_self()?;
+    if own.version() != CgroupVersion::V1 {
+        bail!("the memory controller is not a cgroup v1 hierarchy here");
+    }
+    Ok(own.own().to_path_buf())
 }
 
 /// A memory cgroup directory this benchmark is responsible for: one it

@@ -676,26 +676,11 @@ fn a_stalled_balloon_is_detected_and_does_not_hold_up_the_decision() {
 
 /// This process's memory cgroup directory when the memory controller is a
 /// cgroup v1 hierarchy here (the daemon, our child, creates its pools
-/// below it).
+/// below it), found the way the daemon finds its own.
 fn own_memcg_v1() -> Option<PathBuf> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then_some(path)
-    })?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mut r = right.split_whitespace();
-        let memory = r.next() == Some("cgroup") && r.nth(1)?.split(',').any(|o| o == "memory");
-        let mut left = left.split_whitespace();
-        (memory && left.nth(3)? == "/").then(|| PathBuf::from(left.next().unwrap()))
-    })?;
-    Some(mount.join(path.trim_start_matches('/')))
+    use vmm::oom::cgroup::{CgroupVersion, MemoryHierarchy};
+    let own = MemoryHierarchy::of_self().ok()?;
+    (own.version() == CgroupVersion::V1).then(|| own.own().to_path_buf())
 }
 
 /// The `vmm-*` cgroups in `dir`.

@@ -942,9 +942,7 @@ pub fn event_line(event: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon_api::{
-        BalloonView, ConstraintKind, OomPolicy, PoolView, PressureView, VmState,
-    };
+    use crate::daemon_api::{BalloonView, ConstraintKind, PoolView, PressureView, VmState};
     use serde_json::json;
 
     fn vm(id: &str) -> VmView {
@@ -1041,17 +1039,7 @@ exit           -
     #[test]
     fn oom_view() {
         let oom = OomView {
-            policy: OomPolicy {
-                action: OomAction::Kill,
-                kill_fastest_grower: false,
-                dump_vms: true,
-                reclaim_first: true,
-                no_progress_ms: 2000,
-                min_kill_interval_ms: 1000,
-                psi_some_threshold_us: 150_000,
-                psi_window_us: 1_000_000,
-                host_min_available_permille: 50,
-            },
+            policy: crate::daemon::default_policy(),
             pressure: PressureView {
                 mem_available_bytes: 20 << 30,
                 mem_total_bytes: 24 << 30,

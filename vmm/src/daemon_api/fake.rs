@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use super::types::{
-    BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView, PoolView,
-    PressureView, VmPatch, VmSpec, VmState, VmView,
+    BalloonView, ConstraintKind, OomPatch, OomPolicy, OomTrigger, OomView, PoolView, PressureView,
+    VmPatch, VmSpec, VmState, VmView,
 };
 use super::DaemonBackend;
 use crate::http::ApiError;
@@ -28,18 +28,9 @@ struct Log {
     followers: Vec<Sender<Value>>,
 }
 
+/// The daemon's own defaults.
 pub(crate) fn policy() -> OomPolicy {
-    OomPolicy {
-        action: OomAction::Kill,
-        kill_fastest_grower: false,
-        dump_vms: true,
-        reclaim_first: true,
-        no_progress_ms: 2000,
-        min_kill_interval_ms: 1000,
-        psi_some_threshold_us: 150_000,
-        psi_window_us: 1_000_000,
-        host_min_available_permille: 50,
-    }
+    crate::daemon::default_policy()
 }
 
 /// A made-up badness: half of guest RAM in pages, plus the adj.

@@ -662,17 +662,7 @@ mod tests {
 
     #[test]
     fn policy_apply_checks_threshold_against_window() {
-        let policy = OomPolicy {
-            action: OomAction::Kill,
-            kill_fastest_grower: false,
-            dump_vms: true,
-            reclaim_first: true,
-            no_progress_ms: 2000,
-            min_kill_interval_ms: 1000,
-            psi_some_threshold_us: 150_000,
-            psi_window_us: 1_000_000,
-            host_min_available_permille: 50,
-        };
+        let policy = crate::daemon::default_policy();
         let next = policy
             .apply(&OomPatch {
                 action: Some(OomAction::Notify),
