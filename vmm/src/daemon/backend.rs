@@ -148,7 +148,7 @@ impl DaemonBackend for Daemon {
                     usage_bytes: 0,
                     vms: 0,
                 });
-                pool.usage_bytes += vm.memory().map_or(0, |m| m.rss + m.swap);
+                pool.usage_bytes += vm.usage_bytes();
                 pool.vms += 1;
             }
             self.memcg_pool_views(&mut pools);

@@ -350,9 +350,7 @@ impl Daemon {
                 vm.state = VmState::Running;
                 self.events.push("vm_running", json!({ "vm": vm.id }));
             }
-            if let Some(m) = vm.memory() {
-                vm.sample(m.rss);
-            }
+            vm.observe();
         }
     }
 

@@ -193,7 +193,7 @@ impl PoolLimit {
 
     /// The host against `host_min_available_permille` (earlyoom's rule:
     /// available memory short and, if there is swap, free swap short too).
-    pub fn host(m: &Meminfo, permille: u16, psi: Option<&Pressure>) -> Self {
+    pub fn host(m: &Meminfo, permille: u16) -> Self {
         let share = |total: u64| (u128::from(total) * u128::from(permille) / 1000) as u64;
         let min_available = share(m.mem_total);
         let swap_short = m.swap_total == 0 || m.swap_free < share(m.swap_total);
@@ -212,8 +212,6 @@ impl PoolLimit {
                 "swap_free_bytes": m.swap_free,
                 "swap_total_bytes": m.swap_total,
                 "min_available_bytes": min_available,
-                "psi_some_avg10": psi.map(|p| p.some.avg10),
-                "psi_full_avg10": psi.and_then(|p| p.full).map(|f| f.avg10),
             }),
         }
     }
@@ -330,8 +328,14 @@ impl Daemon {
         let permille = self.policy().host_min_available_permille;
         // Unreadable meminfo leaves the host to the kernel this tick.
         if let Ok(m) = ProcFs::host().meminfo() {
-            let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
-            let lim = PoolLimit::host(&m, permille, psi.as_ref());
+            let mut lim = PoolLimit::host(&m, permille);
+            if lim.pressure {
+                // For the events only: not read on calm ticks.
+                let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
+                lim.detail["psi_some_avg10"] = json!(psi.as_ref().map(|p| p.some.avg10));
+                lim.detail["psi_full_avg10"] =
+                    json!(psi.as_ref().and_then(|p| p.full).map(|f| f.avg10));
+            }
             self.enforce(Domain::Host, lim, &self.members(Domain::Host));
         }
         for nodes in self.bound_node_sets() {
@@ -351,20 +355,24 @@ impl Daemon {
     /// The NUMA node sets live VMs are bound to, except those that hold
     /// all of the host's memory (the host's domain is theirs).
     fn bound_node_sets(&self) -> Vec<NodeSet> {
-        let with_memory: Option<NodeSet> = node_present_pages(&ProcFs::host()).ok().map(|p| {
-            p.into_iter()
-                .filter(|(_, pages)| *pages > 0)
-                .map(|(n, _)| n)
-                .collect()
-        });
         let mut sets: Vec<NodeSet> = self.with_vms(|vms| {
             vms.values()
                 .filter(|v| is_live(v.state))
                 .filter_map(|v| v.placement.nodes.clone())
                 .collect()
         });
+        if sets.is_empty() {
+            // The common case: no zoneinfo read every tick for nothing.
+            return sets;
+        }
         sets.sort_by_key(|s| s.to_string());
         sets.dedup();
+        let with_memory: Option<NodeSet> = node_present_pages(&ProcFs::host()).ok().map(|p| {
+            p.into_iter()
+                .filter(|(_, pages)| *pages > 0)
+                .map(|(n, _)| n)
+                .collect()
+        });
         sets.retain(|s| with_memory.as_ref().is_some_and(|all| !all.is_subset(s)));
         sets
     }
@@ -381,7 +389,7 @@ impl Daemon {
                 .map(|v| Member {
                     id: v.id.clone(),
                     sock: v.api_sock.clone(),
-                    usage: v.memory().map_or(0, |m| m.rss + m.swap),
+                    usage: v.usage_bytes(),
                     mem_mib: u64::from(v.spec.mem_mib),
                     has_balloon: v.spec.balloon.is_some() && v.state == VmState::Running,
                 })
@@ -627,7 +635,7 @@ mod tests {
     #[test]
     fn the_host_is_short_when_available_memory_and_swap_both_are() {
         // 5 % of 16 GiB is 819 MiB.
-        let short = PoolLimit::host(&meminfo(800 << 20, 0, 0), 50, None);
+        let short = PoolLimit::host(&meminfo(800 << 20, 0, 0), 50);
         assert!(short.pressure);
         assert_eq!(short.kind, "host");
         assert_eq!(short.usage, 16 * GIB - (800 << 20));
@@ -635,12 +643,12 @@ mod tests {
         assert_eq!(short.limit - short.high, min);
         // Reclaim aims for the minimum; release waits for twice that.
         assert_eq!(short.release_below, 16 * GIB - 2 * min);
-        assert!(!PoolLimit::host(&meminfo(900 << 20, 0, 0), 50, None).pressure);
+        assert!(!PoolLimit::host(&meminfo(900 << 20, 0, 0), 50).pressure);
         // Plenty of free swap: not short yet (earlyoom's rule).
-        assert!(!PoolLimit::host(&meminfo(800 << 20, 8 * GIB, 4 * GIB), 50, None).pressure);
-        assert!(PoolLimit::host(&meminfo(800 << 20, 8 * GIB, 400 << 20), 50, None).pressure);
+        assert!(!PoolLimit::host(&meminfo(800 << 20, 8 * GIB, 4 * GIB), 50).pressure);
+        assert!(PoolLimit::host(&meminfo(800 << 20, 8 * GIB, 400 << 20), 50).pressure);
         // 1000 ‰: always short; the why names the figures.
-        let all = PoolLimit::host(&meminfo(15 * GIB, 0, 0), 1000, None);
+        let all = PoolLimit::host(&meminfo(15 * GIB, 0, 0), 1000);
         assert!(all.pressure);
         assert_eq!(
             all.why(Domain::Host, 2000),
@@ -677,7 +685,7 @@ mod tests {
 
     #[test]
     fn progress_is_at_least_a_thousandth_of_the_limit() {
-        let host = PoolLimit::host(&meminfo(GIB, 0, 0), 50, None);
+        let host = PoolLimit::host(&meminfo(GIB, 0, 0), 50);
         assert_eq!(host.progress_step(), 16 * GIB / 1000);
         assert_eq!(PoolLimit::budget(0, 360 << 20).progress_step(), 1 << 20);
     }

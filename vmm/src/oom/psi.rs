@@ -568,7 +568,10 @@ mod tests {
         // which one woke it.
         let woke = PsiTrigger::wait_any(&[&never, &trigger], Duration::from_secs(20)).unwrap();
         let waited = t0.elapsed();
-        let fired = woke == [1];
+        // Index 1 must be among those that woke it. (The 10 s full-stall
+        // trigger has been seen to fire too on a loaded host, where the
+        // thrash stalls everything: poll reports each ready one.)
+        let fired = woke.contains(&1) && woke.iter().all(|&i| i < 2);
         drop(thrash);
         drop(cg);
         let _ = std::fs::remove_file(&file);
