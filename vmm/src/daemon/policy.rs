@@ -306,6 +306,22 @@ struct Balloon<'m> {
     actual_mib: u32,
 }
 
+impl Balloon<'_> {
+    /// What the guest can give, bytes: its reported free memory minus a
+    /// floor it keeps, and no more than the host holds of it. Free pages
+    /// the guest never touched cost the host nothing: ballooning them
+    /// frees nothing, and deflating them later would grow the VM past
+    /// where it started. The host holds the VMM's resident memory less
+    /// what the guest uses (its RAM less its free pages and its balloon).
+    fn can_give(&self) -> u64 {
+        let mem = self.member.mem_mib << 20;
+        let floor = (FLOOR_MIB << 20).max(mem / 20);
+        let used = mem.saturating_sub(self.free + (u64::from(self.actual_mib) << 20));
+        let held = self.member.usage.saturating_sub(used);
+        self.free.saturating_sub(floor).min(held)
+    }
+}
+
 impl Daemon {
     /// One policy pass over every domain with a limit: byte budgets,
     /// memory-cgroup pools, and the host.
@@ -550,21 +566,9 @@ impl Daemon {
                 InflateState::Settled | InflateState::Inflating => usable.push(b),
             }
         }
-        // What each guest can give: its reported free memory minus a floor,
-        // and no more than the host holds of it. Free pages the guest never
-        // touched cost the host nothing: ballooning them frees nothing, and
-        // deflating them later would grow the VM past where it started. The
-        // host holds the VMM's resident memory less what the guest uses
-        // (its RAM less its free pages and its balloon).
         let givers: Vec<(&Balloon<'_>, u64)> = usable
             .into_iter()
-            .map(|b| {
-                let mem = b.member.mem_mib << 20;
-                let floor = (FLOOR_MIB << 20).max(mem / 20);
-                let used = mem.saturating_sub(b.free + (u64::from(b.actual_mib) << 20));
-                let held = b.member.usage.saturating_sub(used);
-                (b, b.free.saturating_sub(floor).min(held))
-            })
+            .map(|b| (b, b.can_give()))
             .filter(|(_, can_give)| *can_give >= 1 << 20)
             .collect();
         let total: u64 = givers.iter().map(|(_, g)| g).sum();
@@ -681,6 +685,41 @@ mod tests {
         // With node 0's plenty beside it, the pair is not short.
         assert!(!PoolLimit::nodes(&[n0, n1], 50).pressure);
         assert_eq!(Domain::Nodes(&set).key(), "(nodes 1)");
+    }
+
+    #[test]
+    fn a_guest_gives_only_free_memory_the_host_holds() {
+        const MIB: u64 = 1 << 20;
+        let member = |usage: u64| Member {
+            id: "vm".into(),
+            sock: PathBuf::new(),
+            usage,
+            mem_mib: 192,
+            has_balloon: true,
+        };
+        // 192 MiB guest using 16 MiB, 176 MiB free, floor 16 MiB.
+        let touched = member(140 * MIB); // it touched 124 MiB more, then freed it
+        let b = Balloon {
+            member: &touched,
+            free: 176 * MIB,
+            actual_mib: 0,
+        };
+        assert_eq!(b.can_give(), 124 * MIB, "what the host holds of it");
+        let fresh = member(20 * MIB); // free memory never touched
+        let b = Balloon {
+            member: &fresh,
+            free: 176 * MIB,
+            actual_mib: 0,
+        };
+        assert_eq!(b.can_give(), 4 * MIB);
+        // Plenty resident: the floor is what limits.
+        let full = member(200 * MIB);
+        let b = Balloon {
+            member: &full,
+            free: 100 * MIB,
+            actual_mib: 32,
+        };
+        assert_eq!(b.can_give(), 84 * MIB);
     }
 
     #[test]
