@@ -16,6 +16,19 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The report's `machine` cell: CPU, count, kernel and KVM flavour.
+    pub fn describe(&self) -> String {
+        let kvm = if self.kvm_pvm {
+            "PVM (`/sys/module/kvm_pvm` present)"
+        } else {
+            "not PVM"
+        };
+        format!(
+            "{}, {} CPUs, kernel {}, KVM: {kvm}",
+            self.cpu, self.nproc, self.kernel
+        )
+    }
+
     /// Collects the facts; anything unreadable becomes "unknown".
     pub fn probe(qemu: &str, repo_dir: &Path) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -1190,15 +1190,8 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(o, "| date | {} |", m.date_utc);
     let _ = writeln!(
         o,
-        "| machine | {}, {} CPUs, kernel {}, KVM: {}, cgroup v1 memory controller |",
-        m.cpu,
-        m.nproc,
-        m.kernel,
-        if m.kvm_pvm {
-            "PVM (`/sys/module/kvm_pvm` present)"
-        } else {
-            "not PVM"
-        }
+        "| machine | {}, cgroup v1 memory controller |",
+        m.describe()
     );
     let _ = writeln!(o, "| vmm commit | {} |", m.vmm_commit);
     let _ = writeln!(o, "| vmm binary | {} |", r.vmm_binary);

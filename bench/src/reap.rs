@@ -559,18 +559,7 @@ fn report(r: &Report<'_>) -> String {
     );
     let _ = writeln!(o, "| | |\n|---|---|");
     let _ = writeln!(o, "| date | {} |", m.date_utc);
-    let _ = writeln!(
-        o,
-        "| machine | {}, {} CPUs, kernel {}, KVM: {} |",
-        m.cpu,
-        m.nproc,
-        m.kernel,
-        if m.kvm_pvm {
-            "PVM (`/sys/module/kvm_pvm` present)"
-        } else {
-            "not PVM"
-        }
-    );
+    let _ = writeln!(o, "| machine | {} |", m.describe());
     let _ = writeln!(o, "| vmm commit | {} |", m.vmm_commit);
     let _ = writeln!(o, "| vmm binary | {} |", r.vmm_binary);
     let _ = writeln!(o, "| produced by | `{}` |", r.invocation);

@@ -695,18 +695,7 @@ fn report(r: &Report<'_>) -> String {
     );
     let _ = writeln!(o, "| | |\n|---|---|");
     let _ = writeln!(o, "| date | {} |", m.date_utc);
-    let _ = writeln!(
-        o,
-        "| machine | {}, {} CPUs, kernel {}, KVM: {} |",
-        m.cpu,
-        m.nproc,
-        m.kernel,
-        if m.kvm_pvm {
-            "PVM (`/sys/module/kvm_pvm` present)"
-        } else {
-            "not PVM"
-        }
-    );
+    let _ = writeln!(o, "| machine | {} |", m.describe());
     let _ = writeln!(o, "| transparent huge pages | `{}` |", m.thp);
     let _ = writeln!(o, "| QEMU | {} |", m.qemu_version);
     let _ = writeln!(o, "| vmm commit | {} |", m.vmm_commit);
