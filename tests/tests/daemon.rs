@@ -207,6 +207,20 @@ fn bad_requests_are_refused_and_change_nothing() {
             r#"{"mem_mib": 64, "numa_nodes": "0-"}"#,
             400,
         ),
+        // Issue 9: boot images the VMM would refuse, refused up front.
+        (
+            "POST",
+            "/vms",
+            r#"{"mem_mib": 64, "initrd": "/dev/zero"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/vms",
+            r#"{"mem_mib": 64, "kernel": "/dev/zero"}"#,
+            400,
+        ),
+        ("POST", "/vms", r#"{"mem_mib": 64, "kernel": "/etc"}"#, 400),
         ("POST", "/oom/trigger", r#"{"nodes": "9"}"#, 400),
         (
             "POST",

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 use vmm::guest_image::TINY_GUEST;
 use vmm::size::ByteSize;
-use vmm::vm::boot::KernelImage;
+use vmm::vm::boot::{BootError, KernelImage};
 use vmm::vm::cpuid::CpuidPolicy;
 
 use vmm::api::ApiServer;
@@ -19,7 +19,7 @@ use vmm::control::{LiveVm, VmControl};
 use vmm::vm::exit::{status, VmExit};
 use vmm::vm::memory;
 use vmm::vm::virtio::Announce;
-use vmm::vm::{Vm, VmConfig};
+use vmm::vm::{Vm, VmConfig, VmError};
 
 #[derive(Parser)]
 #[command(
@@ -211,8 +211,14 @@ fn run(args: RunArgs) -> ExitCode {
     let mut vm = match start_vm(args) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("vmm: cannot start the VM: {e:#}");
             control.set_exited();
+            // A stop signal taken while loading ends the VMM as the signal
+            // would have once the VM ran.
+            if let Some(VmError::Boot(BootError::Stopped(signal))) = e.downcast_ref() {
+                eprintln!("vmm: stopped by signal {signal} while loading the guest");
+                quit(api, VmExit::Signal(*signal).exit_status());
+            }
+            eprintln!("vmm: cannot start the VM: {e:#}");
             quit(api, status::START_FAILED);
         }
     };

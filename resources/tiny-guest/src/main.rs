@@ -96,6 +96,19 @@ extern "C" fn tiny_main(start_info_paddr: u64) -> ! {
         );
     }
 
+    if let Some((paddr, size)) = info.first_module() {
+        // SAFETY: `first_module` checked that the bytes are identity-mapped.
+        let bytes = unsafe { core::slice::from_raw_parts(paddr as *const u8, size as usize) };
+        say!(
+            "module 0 at {:#x} size {} fnv1a64={:#018x}",
+            paddr,
+            size,
+            fnv1a64(bytes)
+        );
+    } else if info.nr_modules != 0 {
+        say!("module list at {:#x} not readable, ignored", info.modlist_paddr);
+    }
+
     let mut cmdline_buf = [0u8; MAX_CMDLINE];
     let cmdline = info.copy_cmdline(&mut cmdline_buf);
     say!("cmdline \"{}\"", Escaped(cmdline));
@@ -276,4 +289,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         None => say!("panic: {}", info.message()),
     }
     exit(EXIT_PANIC)
+}
+
+/// FNV-1a, 64 bits: how the host checks that the initrd arrived intact.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

@@ -16,7 +16,8 @@
 //! | 52     | reserved u32     | 1 |
 //!
 //! Memory-map entries are `{ addr u64, size u64, type u32, reserved u32 }`,
-//! type 1 = RAM.
+//! type 1 = RAM. Module entries (the initrd) are `{ paddr u64, size u64,
+//! cmdline_paddr u64, reserved u64 }`.
 //!
 //! Invariant: every host-provided address is checked against
 //! [`crate::boot::MAPPED_LIMIT`] before it is read (a fault would be a triple
@@ -70,6 +71,8 @@ impl MemmapEntry {
 /// What the guest learned from `hvm_start_info`.
 pub struct StartInfo {
     pub cmdline_paddr: u64,
+    pub nr_modules: u32,
+    pub modlist_paddr: u64,
     /// Entries as announced (may exceed [`MAX_MEMMAP`]).
     pub memmap_entries: u32,
     pub memmap_paddr: u64,
@@ -108,6 +111,8 @@ impl StartInfo {
         };
         Ok(StartInfo {
             cmdline_paddr: raw.cmdline_paddr,
+            nr_modules: raw.nr_modules,
+            modlist_paddr: raw.modlist_paddr,
             memmap_entries,
             memmap_paddr,
         })
@@ -128,6 +133,23 @@ impl StartInfo {
             *slot = unsafe { core::ptr::read_unaligned(addr as *const MemmapEntry) };
         }
         n
+    }
+
+    /// The first module (the initrd) as `(paddr, size)`, if one is
+    /// announced and both its entry and its bytes are readable.
+    pub fn first_module(&self) -> Option<(u64, u64)> {
+        if self.nr_modules == 0 || !readable(self.modlist_paddr, 16) {
+            return None;
+        }
+        // SAFETY: 16 readable bytes (checked above); any bit pattern is a
+        // valid pair of u64.
+        let (paddr, size) = unsafe {
+            (
+                core::ptr::read_unaligned(self.modlist_paddr as *const u64),
+                core::ptr::read_unaligned((self.modlist_paddr + 8) as *const u64),
+            )
+        };
+        readable(paddr, size).then_some((paddr, size))
     }
 
     /// True if the announced memory map exists but cannot be read.

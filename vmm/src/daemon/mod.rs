@@ -89,6 +89,28 @@ pub enum DaemonError {
     },
 }
 
+/// Refuses a kernel or initrd the VMM would refuse (not a regular file, an
+/// initrd larger than guest RAM) with a 400 now, rather than as the VMM's
+/// exit status a moment after a 201. The VMM opens and checks them again:
+/// this is the early answer, not the guard.
+fn check_boot_images(spec: &VmSpec) -> Result<(), DaemonError> {
+    use crate::vm::image_file::ImageFile;
+    let invalid = |e: crate::vm::image_file::ImageFileError| DaemonError::Invalid(e.to_string());
+    if let Some(kernel) = &spec.kernel {
+        ImageFile::open("kernel", Path::new(kernel)).map_err(invalid)?;
+    }
+    if let Some(initrd) = &spec.initrd {
+        let image = ImageFile::open("initrd", Path::new(initrd)).map_err(invalid)?;
+        if image.size >= u64::from(spec.mem_mib) << 20 {
+            return Err(DaemonError::Invalid(format!(
+                "initrd {initrd} ({} bytes) does not fit in the guest's {} MiB of RAM",
+                image.size, spec.mem_mib
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Everything `vmm daemon` needs.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -197,6 +219,7 @@ impl Daemon {
             crate::vm::numa::check_nodes(&nodes, &ProcFs::host())
                 .map_err(|e| DaemonError::Invalid(format!("numa_nodes: {e}")))?;
         }
+        check_boot_images(&spec)?;
         spec.id = Some(id.clone());
         let pool = spec.pool.clone();
         let record = VmRecord::spawn(

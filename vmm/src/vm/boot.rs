@@ -1,7 +1,6 @@
 //! Loading a guest: kernel image (PVH ELF or bzImage), command line, initrd
 //! and the boot information structure each protocol expects.
 
-use std::fs::File;
 use std::io::{Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
@@ -15,9 +14,11 @@ use linux_loader::loader::elf::start_info::{
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::image_file::{ImageFile, ImageFileError};
 use super::layout::{self, E820Entry};
 use super::memory::GuestRam;
 use super::regs::EntryPoint;
+use super::stop_signals;
 
 /// The kernel to boot.
 #[derive(Clone, Debug)]
@@ -38,6 +39,8 @@ pub struct BootSetup {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    #[error(transparent)]
+    Image(#[from] ImageFileError),
     #[error("cannot read {what} {path}")]
     Read {
         what: &'static str,
@@ -64,6 +67,10 @@ pub enum BootError {
         kernel_end: u64,
         limit: u64,
     },
+    #[error("initrd {path} ended after {read} of its {size} bytes (it changed while being read)")]
+    InitrdShort { path: PathBuf, read: u64, size: u64 },
+    #[error("stopped by signal {0} while loading the guest")]
+    Stopped(u8),
     #[error("cannot write {what} into guest memory: {reason}")]
     Write { what: &'static str, reason: String },
 }
@@ -126,13 +133,12 @@ impl KernelImage {
 fn load_kernel(mem: &GuestRam, kernel: &KernelImage) -> Result<KernelLoaderResult, BootError> {
     match kernel {
         KernelImage::Embedded(bytes) => load_image(mem, &mut Cursor::new(*bytes), &kernel.name()),
+        // The loaders read only what the image's own headers describe,
+        // into guest memory, which bounds them; the file must just be one
+        // that ends (a regular file).
         KernelImage::File(path) => {
-            let mut file = File::open(path).map_err(|source| BootError::Read {
-                what: "kernel",
-                path: path.clone(),
-                source,
-            })?;
-            load_image(mem, &mut file, &kernel.name())
+            let mut image = ImageFile::open("kernel", path)?;
+            load_image(mem, &mut image.file, &kernel.name())
         }
     }
 }
@@ -205,15 +211,21 @@ fn write_cmdline(mem: &GuestRam, cmdline: &str) -> Result<(), BootError> {
 /// An initrd placed in guest RAM: `(address, size)`.
 type LoadedInitrd = (u64, u64);
 
+/// How much of an initrd is read between two looks at pending stop
+/// signals: SIGTERM must stop a VMM that loads a large initrd from a slow
+/// disk, and the signals are blocked (they are read from a signalfd once
+/// the VM's event loop runs).
+const INITRD_CHUNK: u64 = 8 << 20;
+
 /// Places the initrd page-aligned at the top of RAM below 4 GiB, where
 /// kernels look for it and where it stays clear of the kernel image.
+///
+/// The size comes from `fstat` before anything is read, and at most that
+/// many bytes are read, straight into guest memory: no host buffer, and a
+/// file that grows meanwhile cannot make us read more.
 fn load_initrd(mem: &GuestRam, path: &Path, kernel_end: u64) -> Result<LoadedInitrd, BootError> {
-    let data = std::fs::read(path).map_err(|source| BootError::Read {
-        what: "initrd",
-        path: path.into(),
-        source,
-    })?;
-    let size = data.len() as u64;
+    let mut image = ImageFile::open("initrd", path)?;
+    let size = image.size;
     let low_ram_end = mem
         .iter()
         .next()
@@ -229,11 +241,28 @@ fn load_initrd(mem: &GuestRam, path: &Path, kernel_end: u64) -> Result<LoadedIni
     if addr < kernel_end.max(layout::HIMEM_START) {
         return Err(too_large());
     }
-    mem.write_slice(&data, GuestAddress(addr))
-        .map_err(|e| BootError::Write {
-            what: "initrd",
-            reason: e.to_string(),
-        })?;
+    let mut read = 0;
+    while read < size {
+        if let Some(signal) = stop_signals::take_pending() {
+            return Err(BootError::Stopped(signal));
+        }
+        let chunk = (size - read).min(INITRD_CHUNK) as usize;
+        mem.read_exact_volatile_from(GuestAddress(addr + read), &mut image.file, chunk)
+            .map_err(|e| match e {
+                vm_memory::GuestMemoryError::PartialBuffer { completed, .. } => {
+                    BootError::InitrdShort {
+                        path: path.into(),
+                        read: read + completed as u64,
+                        size,
+                    }
+                }
+                other => BootError::Write {
+                    what: "initrd",
+                    reason: other.to_string(),
+                },
+            })?;
+        read += chunk as u64;
+    }
     Ok((addr, size))
 }
 

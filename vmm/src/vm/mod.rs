@@ -10,6 +10,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod exit;
+pub mod image_file;
 pub mod layout;
 pub mod memory;
 pub mod numa;
