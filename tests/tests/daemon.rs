@@ -218,6 +218,44 @@ fn sigterm_stops_every_vm_at_once() {
     );
 }
 
+/// Issue 9: `{"oom_score_adj":77,"balloon_target_mib":99999}` answered 500
+/// and applied the adj anyway. A PATCH is checked whole and applied all
+/// or nothing, and what the VM's API refuses is the caller's 4xx.
+#[test]
+fn a_patch_is_applied_whole_or_not_at_all() {
+    let d = Daemon::start("patch");
+    d.create(r#"{"id": "b", "mem_mib": 64, "cmdline": "tiny.hold=forever", "balloon": {"amount_mib": 0, "deflate_on_oom": false}}"#);
+    d.create(r#"{"id": "n", "mem_mib": 32, "cmdline": "tiny.hold=forever"}"#);
+    d.wait_console("b", "tiny-guest: ready");
+    poll_until(BOOT, || (d.vm("b")["state"] == "running").then_some(())).expect("b never ran");
+    for (id, body) in [
+        ("b", r#"{"oom_score_adj": 77, "balloon_target_mib": 99999}"#),
+        ("n", r#"{"oom_score_adj": 77, "balloon_target_mib": 8}"#),
+    ] {
+        let (status, err) = d.call("PATCH", &format!("/vms/{id}"), Some(body));
+        assert_eq!(status, 400, "{id} {body}: {err}");
+        assert!(
+            err["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("balloon_target_mib"),
+            "{err}"
+        );
+        assert_eq!(
+            d.vm(id)["oom_score_adj"],
+            0,
+            "{id}: the adj must not change"
+        );
+    }
+    let (status, vm) = d.call(
+        "PATCH",
+        "/vms/b",
+        Some(r#"{"oom_score_adj": 77, "balloon_target_mib": 8}"#),
+    );
+    assert_eq!(status, 200, "{vm}");
+    assert_eq!(vm["oom_score_adj"], 77, "{vm}");
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let d = Daemon::start("bad");

@@ -5,7 +5,8 @@ use std::sync::mpsc::Receiver;
 
 use serde_json::Value;
 
-use super::{vm_client, Daemon, DaemonError};
+use super::vm_client::{self, VmClientError};
+use super::{Daemon, DaemonError};
 use crate::daemon_api::{
     BalloonView, ConstraintKind, DaemonBackend, OomPatch, OomTrigger, OomView, PoolView,
     PressureView, VmPatch, VmSpec, VmState, VmView,
@@ -27,6 +28,18 @@ impl From<DaemonError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             DaemonError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            // The VM's own API refused what we passed on: the caller's
+            // request was at fault, as the VMM says; a VMM that cannot
+            // answer (stopped, overloaded) is unavailable, not broken.
+            DaemonError::VmApi(VmClientError::Status { status, .. }) if status == 409 => {
+                ApiError::Conflict(e.to_string())
+            }
+            DaemonError::VmApi(VmClientError::Status { status, .. })
+                if (400..500).contains(&status) =>
+            {
+                ApiError::BadRequest(e.to_string())
+            }
+            DaemonError::VmApi(VmClientError::Http(_)) => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(format!("{:#}", anyhow::Error::from(other))),
         }
     }
@@ -109,12 +122,17 @@ impl DaemonBackend for Daemon {
             .ok_or_else(|| DaemonError::NoSuchVm(id.into()).into())
     }
 
+    /// All or nothing: the whole patch is checked against the VM first;
+    /// then the one step that can still fail for reasons outside our
+    /// control, the VMM's own balloon API, goes first, so that a refusal
+    /// there leaves the adj and the run state as they were.
     fn patch_vm(&self, id: &str, patch: VmPatch) -> Result<VmView, ApiError> {
-        if let Some(adj) = patch.oom_score_adj {
-            self.set_oom_score_adj(id, adj)?;
-        }
+        self.with_vms(|vms| check_patch(vms.get(id), id, &patch))?;
         if let Some(mib) = patch.balloon_target_mib {
             self.set_balloon_target(id, mib)?;
+        }
+        if let Some(adj) = patch.oom_score_adj {
+            self.set_oom_score_adj(id, adj)?;
         }
         if let Some(state) = patch.state {
             self.set_run_state(id, state, "operator")?;
@@ -200,4 +218,30 @@ impl DaemonBackend for Daemon {
     fn metrics(&self) -> String {
         super::metrics::render(self)
     }
+}
+
+/// Whether `patch` can be applied to `vm` as it is now; the error names
+/// the first field at fault.
+fn check_patch(vm: Option<&VmRecord>, id: &str, patch: &VmPatch) -> Result<(), DaemonError> {
+    let vm = vm.ok_or_else(|| DaemonError::NoSuchVm(id.into()))?;
+    if let Some(mib) = patch.balloon_target_mib {
+        if vm.spec.balloon.is_none() {
+            return Err(DaemonError::Invalid(format!(
+                "balloon_target_mib: VM '{id}' has no balloon (create it with \"balloon\")"
+            )));
+        }
+        if mib > vm.spec.mem_mib {
+            return Err(DaemonError::Invalid(format!(
+                "balloon_target_mib: {mib} is more than VM '{id}' has ({} MiB)",
+                vm.spec.mem_mib
+            )));
+        }
+        if vm.state != VmState::Running {
+            return Err(DaemonError::NotRunning(id.into()));
+        }
+    }
+    if patch.state.is_some() && !is_live(vm.state) {
+        return Err(DaemonError::NotRunning(id.into()));
+    }
+    Ok(())
 }
