@@ -95,6 +95,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // SIGTERM: the daemon stops its VMs; then make sure.
+        // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = poll_until(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten()

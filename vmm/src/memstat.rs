@@ -204,8 +204,8 @@ RssFile:\t    4096 kB\nRssShmem:\t     368 kB\nVmPTE:\t     180 kB\nVmSwap:\t   
         // Its own VMA, as guest RAM is (see vm::memory).
         // SAFETY: advice on the mapping just created.
         unsafe { libc::madvise(p, LEN, libc::MADV_NOHUGEPAGE) };
-        // SAFETY: writes inside the mapping: the first 3 MiB, one byte a page.
         for off in (0..3 << 20).step_by(4096) {
+            // SAFETY: writes inside the mapping: the first 3 MiB, one byte a page.
             unsafe { *(p as *mut u8).add(off) = 1 };
         }
         let resident = resident_in_mappings(None, &[p as u64]).unwrap();

@@ -310,6 +310,7 @@ mod tests {
 
     impl Device {
         fn rd16(&self, off: usize) -> u16 {
+            // SAFETY: `off` lies in the test's queue page (ring offsets).
             unsafe { read_volatile(self.base.add(off) as *const u16) }
         }
 
@@ -324,6 +325,7 @@ mod tests {
             let mut d = head;
             loop {
                 let off = 16 * d as usize;
+                // SAFETY: descriptor `d` < size lies in the test's page.
                 let (addr, len, flags, next) = unsafe {
                     (
                         read_volatile(self.base.add(off) as *const u64),
@@ -343,17 +345,21 @@ mod tests {
 
         fn push(&mut self, id: u32, len: u32) {
             let slot = USED_OFFSET + 4 + 8 * (self.used_idx % self.size) as usize;
+            // SAFETY: the used ring slot lies in the test's queue page.
             unsafe {
                 write_volatile(self.base.add(slot) as *mut u32, id);
                 write_volatile(self.base.add(slot + 4) as *mut u32, len);
             }
             self.used_idx = self.used_idx.wrapping_add(1);
+            // SAFETY: the used index lies in the test's queue page.
             unsafe { write_volatile(self.base.add(USED_OFFSET + 2) as *mut u16, self.used_idx) };
         }
     }
 
     fn setup(page: &mut Page, size: u16) -> (Virtqueue, Device) {
         let base = page.0.as_mut_ptr();
+        // SAFETY: `page` is a zeroed, page-aligned buffer the queue owns
+        // for the test's lifetime.
         let q = unsafe { Virtqueue::new(base, size) };
         let d = Device {
             base,

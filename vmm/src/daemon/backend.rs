@@ -31,7 +31,7 @@ impl From<DaemonError> for ApiError {
             // The VM's own API refused what we passed on: the caller's
             // request was at fault, as the VMM says; a VMM that cannot
             // answer (stopped, overloaded) is unavailable, not broken.
-            DaemonError::VmApi(VmClientError::Status { status, .. }) if status == 409 => {
+            DaemonError::VmApi(VmClientError::Status { status: 409, .. }) => {
                 ApiError::Conflict(e.to_string())
             }
             DaemonError::VmApi(VmClientError::Status { status, .. })

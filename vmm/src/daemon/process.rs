@@ -29,9 +29,9 @@ impl Pidfd {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: the kernel just gave us this fd.
         Ok(Pidfd {
             pid,
+            // SAFETY: the kernel just gave us this fd; nobody else owns it.
             fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
         })
     }
@@ -99,6 +99,7 @@ impl Pidfd {
     /// Collects the exit status of our exited child without blocking;
     /// `None` while it runs. The status is as `waitpid` reports it.
     pub fn try_reap(&self) -> io::Result<Option<ExitReport>> {
+        // SAFETY: siginfo_t is a plain C struct; all zeroes is valid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid on our own child's pidfd into a zeroed siginfo.
         let ret = unsafe {

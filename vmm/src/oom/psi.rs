@@ -509,6 +509,7 @@ mod tests {
             .parent()
             .unwrap()
             .to_path_buf();
+        // SAFETY: statfs is a plain C struct; all zeroes is valid.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a NUL-terminated path and a statfs buffer we own.

@@ -64,8 +64,8 @@ impl StopSignals {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: `fd` was just returned to us and is owned by nobody else.
         Ok(StopSignals {
+            // SAFETY: `fd` was just returned to us and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             exit,
         })
@@ -80,6 +80,7 @@ impl MutEventSubscriber for StopSignals {
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // SAFETY: signalfd_siginfo is a plain C struct; zeroes are valid.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reads at most `size` bytes into `info`, a plain C struct.
