@@ -257,6 +257,50 @@ fn a_patch_is_applied_whole_or_not_at_all() {
     assert_eq!(vm["oom_score_adj"], 77, "{vm}");
 }
 
+/// One daemon per state directory (issue 9): a second one refuses with a
+/// message naming the first, and a daemon killed with SIGKILL does not
+/// block its successor (the kernel drops a dead holder's flock).
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let mut first = Daemon::start("lock");
+    let sock2 = first.sock.with_file_name("second.sock");
+    let second = Command::new(vmm_bin())
+        .args(["daemon", "--socket", sock2.to_str().unwrap(), "--state-dir"])
+        .arg(&first.state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another vmm daemon (pid {}) already uses the state directory",
+            first.child.id()
+        )),
+        "{stderr}"
+    );
+    assert!(!sock2.exists(), "the refused daemon must not serve");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let _ = std::fs::remove_file(&first.sock);
+    let mut successor = Command::new(vmm_bin())
+        .args([
+            "daemon",
+            "--socket",
+            first.sock.to_str().unwrap(),
+            "--state-dir",
+        ])
+        .arg(&first.state)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = poll_until(BOOT, || first.sock.exists().then_some(()));
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(successor.id() as i32, libc::SIGTERM) };
+    successor.wait().unwrap();
+    assert!(up.is_some(), "a successor of a SIGKILLed daemon must start");
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let d = Daemon::start("bad");

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod pools;
 pub mod process;
 pub mod run;
+pub mod state_lock;
 pub mod vm_client;
 pub mod vms;
 
@@ -81,6 +82,8 @@ pub enum DaemonError {
         pool: String,
         error: crate::oom::cgroup::CgroupError,
     },
+    #[error(transparent)]
+    StateLock(#[from] state_lock::StateLockError),
     #[error("{what}")]
     Io {
         what: String,
@@ -140,6 +143,8 @@ pub struct Daemon {
     last_kill: Mutex<Option<Instant>>,
     pool_states: Mutex<BTreeMap<String, policy::PoolState>>,
     memcg: pools::MemcgPools,
+    /// Held for the daemon's life: one daemon per state directory.
+    _state_lock: state_lock::StateLock,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +159,8 @@ impl Daemon {
         };
         std::fs::create_dir_all(cfg.state_dir.join("vms"))
             .map_err(io("create the state directory"))?;
+        // Before anything in the directory is touched.
+        let state_lock = state_lock::StateLock::take(&cfg.state_dir)?;
         let events = EventLog::new(Some(&cfg.state_dir.join("events.ndjson")))
             .map_err(io("open events.ndjson"))?;
         let memcg = pools::MemcgPools::create(&cfg.memcg_pools)?;
@@ -167,6 +174,7 @@ impl Daemon {
             last_kill: Mutex::new(None),
             pool_states: Mutex::new(BTreeMap::new()),
             memcg,
+            _state_lock: state_lock,
         };
         daemon.announce_memcg_pools();
         Ok(daemon)
