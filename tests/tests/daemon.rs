@@ -301,6 +301,48 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert!(up.is_some(), "a successor of a SIGKILLed daemon must start");
 }
 
+/// Issue 9: `POST /vms` answered 201 for VMs that could never start. Now
+/// what can be checked is refused up front, what only the VMM finds is
+/// refused with the VMM's own words, and nothing is left listed.
+#[test]
+fn create_answers_201_only_for_a_vm_that_runs() {
+    let d = Daemon::start("create");
+    let not_a_kernel = d.state.parent().unwrap().join("not-a-kernel");
+    std::fs::write(&not_a_kernel, "hello\n").unwrap();
+    for (body, says) in [
+        (
+            format!(
+                r#"{{"mem_mib": 64, "kernel": "{}"}}"#,
+                not_a_kernel.display()
+            ),
+            "is neither an ELF (vmlinux) nor a bzImage kernel".to_string(),
+        ),
+        (
+            r#"{"mem_mib": 1048576}"#.to_string(),
+            "mem_mib: 1048576 MiB is more than this host has".to_string(),
+        ),
+        (
+            format!(r#"{{"id": "{}", "mem_mib": 64}}"#, "x".repeat(64)),
+            "cannot be used".to_string(),
+        ),
+    ] {
+        let (status, err) = d.call("POST", "/vms", Some(&body));
+        assert_eq!(status, 400, "{body}: {err}");
+        let message = err["fault_message"].as_str().unwrap();
+        assert!(message.contains(&says), "{body}: {message}");
+        let (_, vms) = d.call("GET", "/vms", None);
+        assert_eq!(vms.as_array().unwrap().len(), 0, "{body}: {vms}");
+    }
+    let failed: Vec<Value> = events_of(&d, "vm_start_failed");
+    assert_eq!(failed.len(), 1, "only the kernel was the VMM's to refuse");
+    assert!(events_of(&d, "vm_running").is_empty());
+
+    // A command line that starts with '-' is the guest's, not a flag.
+    let vm = d.create(r#"{"id": "dash", "mem_mib": 32, "cmdline": "-v tiny.hold=forever"}"#);
+    assert_eq!(vm["state"], "running", "{vm}");
+    d.wait_console("dash", "tiny-guest: cmdline \"-v tiny.hold=forever\"");
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let d = Daemon::start("bad");

@@ -28,6 +28,9 @@ impl From<DaemonError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             DaemonError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            DaemonError::StartFailed { ref how, .. } if how.refused_input() => {
+                ApiError::BadRequest(e.to_string())
+            }
             // The VM's own API refused what we passed on: the caller's
             // request was at fault, as the VMM says; a VMM that cannot
             // answer (stopped, overloaded) is unavailable, not broken.

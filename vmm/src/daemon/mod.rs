@@ -82,6 +82,12 @@ pub enum DaemonError {
         pool: String,
         error: crate::oom::cgroup::CgroupError,
     },
+    #[error("VM '{id}' did not start: its VMM {how}{}", if log.is_empty() { String::new() } else { format!(": {log}") })]
+    StartFailed {
+        id: String,
+        how: StartFailure,
+        log: String,
+    },
     #[error(transparent)]
     StateLock(#[from] state_lock::StateLockError),
     #[error("{what}")]
@@ -112,6 +118,58 @@ fn check_boot_images(spec: &VmSpec) -> Result<(), DaemonError> {
         }
     }
     Ok(())
+}
+
+/// How long a VMM may take from exec until its API says the VM runs (a
+/// VMM answers before the guest boots, whatever the guest).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a VMM did instead of running its VM.
+#[derive(Debug, thiserror::Error)]
+pub enum StartFailure {
+    #[error("{0}")]
+    Exited(process::ExitReport),
+    #[error("exited (its status was collected elsewhere)")]
+    ExitedUnknown,
+    #[error("did not report a running VM within {} s", START_TIMEOUT.as_secs())]
+    NoAnswer,
+    #[error("cannot be watched: {0}")]
+    Unwatchable(String),
+}
+
+impl StartFailure {
+    /// The VMM refused its configuration (exit status 250, "cannot start
+    /// the VM"): the request was at fault, not the daemon.
+    pub fn refused_input(&self) -> bool {
+        matches!(
+            self,
+            StartFailure::Exited(process::ExitReport::Exited(code))
+                if *code == i32::from(crate::vm::exit::status::START_FAILED)
+        )
+    }
+}
+
+/// Waits until the VMM behind `pidfd` answers `GET /vm` with a running VM;
+/// the error says what it did instead.
+fn wait_until_running(pidfd: &Pidfd, api_sock: &Path) -> Result<(), StartFailure> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if pidfd.has_exited() {
+            return Err(match pidfd.try_reap() {
+                Ok(Some(report)) => StartFailure::Exited(report),
+                _ => StartFailure::ExitedUnknown,
+            });
+        }
+        if api_sock.exists() && vm_client::vm_is_running(api_sock) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StartFailure::NoAnswer);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 /// Everything `vmm daemon` needs.
@@ -203,21 +261,82 @@ impl Daemon {
         f(&mut lock(&self.vms))
     }
 
-    /// Starts a VM; returns its id.
+    /// Starts a VM and answers once it runs; returns its id.
+    ///
+    /// What can be checked before spawning is (ids, nodes, boot images,
+    /// the host's size, the socket path); then the VMM is started and
+    /// watched until its own API says the VM runs. A VMM that exits first
+    /// is the caller's error, with the VMM's own message, and leaves no
+    /// VM behind: a 201 is never given for a VM that never ran.
     pub fn create_vm(&self, mut spec: VmSpec) -> Result<String, DaemonError> {
-        let mut vms = lock(&self.vms);
-        let id = match spec.id.take() {
-            Some(id) => id,
-            None => loop {
-                let id = format!("vm{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-                if !vms.contains_key(&id) {
-                    break id;
-                }
-            },
+        let (id, pidfd, api_sock) = {
+            let mut vms = lock(&self.vms);
+            let id = match spec.id.take() {
+                Some(id) => id,
+                None => loop {
+                    let id = format!("vm{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+                    if !vms.contains_key(&id) {
+                        break id;
+                    }
+                },
+            };
+            if vms.contains_key(&id) {
+                return Err(DaemonError::Exists(id));
+            }
+            self.check_spec(&id, &spec)?;
+            spec.id = Some(id.clone());
+            let pool = spec.pool.clone();
+            let record = VmRecord::spawn(
+                &self.cfg.vmm_bin,
+                &self.cfg.state_dir,
+                id.clone(),
+                spec,
+                events::now_ms(),
+                self.memcg_of(pool.as_deref()),
+            )?;
+            self.events.push(
+                "vm_created",
+                json!({ "vm": id, "pid": record.pid(), "mem_mib": record.spec.mem_mib, "oom_score_adj": record.oom_score_adj.get(), "pool": record.spec.pool, "numa_nodes": record.spec.numa_nodes }),
+            );
+            let pidfd = record.pidfd.as_ref().map(Pidfd::try_clone).transpose();
+            let api_sock = record.api_sock.clone();
+            vms.insert(id.clone(), record);
+            (id, pidfd, api_sock)
         };
-        if vms.contains_key(&id) {
-            return Err(DaemonError::Exists(id));
+        // Without the table's lock: a Linux VMM may take a while, and the
+        // supervisor leaves `Starting` VMs to us.
+        let started = match pidfd {
+            Ok(Some(pidfd)) => wait_until_running(&pidfd, &api_sock),
+            Ok(None) => Err(StartFailure::Unwatchable("no pidfd".into())),
+            Err(e) => Err(StartFailure::Unwatchable(e.to_string())),
+        };
+        let mut vms = lock(&self.vms);
+        match started {
+            Ok(()) => {
+                if let Some(vm) = vms.get_mut(&id).filter(|vm| vm.state == VmState::Starting) {
+                    vm.state = VmState::Running;
+                    self.events.push("vm_running", json!({ "vm": id }));
+                }
+                Ok(id)
+            }
+            Err(how) => {
+                let Some(record) = vms.remove(&id) else {
+                    return Err(DaemonError::NoSuchVm(id));
+                };
+                drop(vms);
+                let log = record.start_error_log();
+                self.events.push(
+                    "vm_start_failed",
+                    json!({ "vm": id, "how": how.to_string(), "log": log }),
+                );
+                self.stop_records(vec![record]);
+                Err(DaemonError::StartFailed { id, how, log })
+            }
         }
+    }
+
+    /// What can be known to fail before a VMM is spawned.
+    fn check_spec(&self, id: &str, spec: &VmSpec) -> Result<(), DaemonError> {
         if let Some(nodes) = &spec.numa_nodes {
             // Refused here, with the nodes that exist, rather than as the
             // VMM's exit status 250 a moment later.
@@ -227,23 +346,25 @@ impl Daemon {
             crate::vm::numa::check_nodes(&nodes, &ProcFs::host())
                 .map_err(|e| DaemonError::Invalid(format!("numa_nodes: {e}")))?;
         }
-        check_boot_images(&spec)?;
-        spec.id = Some(id.clone());
-        let pool = spec.pool.clone();
-        let record = VmRecord::spawn(
-            &self.cfg.vmm_bin,
-            &self.cfg.state_dir,
-            id.clone(),
-            spec,
-            events::now_ms(),
-            self.memcg_of(pool.as_deref()),
-        )?;
-        self.events.push(
-            "vm_created",
-            json!({ "vm": id, "pid": record.pid(), "mem_mib": record.spec.mem_mib, "oom_score_adj": record.oom_score_adj.get(), "pool": record.spec.pool, "numa_nodes": record.spec.numa_nodes }),
-        );
-        vms.insert(id.clone(), record);
-        Ok(id)
+        check_boot_images(spec)?;
+        if let Ok(m) = ProcFs::host().meminfo() {
+            let bytes = u64::from(spec.mem_mib) << 20;
+            if bytes > m.mem_total + m.swap_total {
+                return Err(DaemonError::Invalid(format!(
+                    "mem_mib: {} MiB is more than this host has in RAM and swap ({} MiB)",
+                    spec.mem_mib,
+                    (m.mem_total + m.swap_total) >> 20
+                )));
+            }
+        }
+        let api_sock = vms::api_sock_path(&self.cfg.state_dir, id);
+        crate::http::check_socket_path(&api_sock).map_err(|e| {
+            DaemonError::Invalid(format!(
+                "the VM's API socket {} cannot be used ({e}): use a shorter --state-dir or id",
+                api_sock.display()
+            ))
+        })?;
+        Ok(())
     }
 
     /// Changes a VM's oom_score_adj.
@@ -378,7 +499,8 @@ impl Daemon {
     /// exited ones are reaped and cleaned up, live ones sampled.
     pub fn supervise(&self) {
         let mut vms = lock(&self.vms);
-        for vm in vms.values_mut() {
+        // `Starting` VMs belong to `create_vm` until it has seen them run.
+        for vm in vms.values_mut().filter(|vm| vm.state != VmState::Starting) {
             let Some(pidfd) = &vm.pidfd else { continue };
             if is_live(vm.state) && pidfd.has_exited() {
                 if let Ok(Some(report)) = pidfd.try_reap() {
@@ -398,10 +520,6 @@ impl Daemon {
                     }
                 }
                 continue;
-            }
-            if vm.state == VmState::Starting && vm.api_sock.exists() {
-                vm.state = VmState::Running;
-                self.events.push("vm_running", json!({ "vm": vm.id }));
             }
             vm.observe();
         }

@@ -60,6 +60,14 @@ pub fn set_balloon_target(sock: &Path, mib: u32) -> Result<(), VmClientError> {
     .map(|_| ())
 }
 
+/// Whether the VMM's `GET /vm` says its VM runs (false for any error).
+pub fn vm_is_running(sock: &Path) -> bool {
+    request(sock, "GET", "/vm", None)
+        .ok()
+        .and_then(|body| serde_json::from_str::<crate::api::VmInfo>(&body).ok())
+        .is_some_and(|info| info.state == crate::api::VmState::Running)
+}
+
 /// `GET /balloon` as JSON.
 pub fn balloon(sock: &Path) -> Result<serde_json::Value, VmClientError> {
     let body = request(sock, "GET", "/balloon", None)?;

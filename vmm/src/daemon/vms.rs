@@ -82,6 +82,14 @@ pub enum SpawnError {
     Pidfd(#[source] std::io::Error),
 }
 
+/// Where VM `id`'s API socket lives.
+pub fn api_sock_path(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("vms").join(id).join("api.sock")
+}
+
+/// The most of a VMM's log that an error carries.
+const LOG_TAIL_BYTES: u64 = 2048;
+
 /// The `vmm run` arguments for `spec`.
 fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
     let mut args = vec![
@@ -100,9 +108,10 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
         ("--initrd", &spec.initrd),
         ("--cmdline", &spec.cmdline),
     ] {
+        // One argument, `--flag=value`: a value that starts with `-` (a
+        // command line like "-v") must not be taken for a flag.
         if let Some(v) = value {
-            args.push(flag.into());
-            args.push(v.clone());
+            args.push(format!("{flag}={v}"));
         }
     }
     if let Some(nodes) = &spec.numa_nodes {
@@ -137,7 +146,7 @@ impl VmRecord {
             source,
         };
         fs::create_dir_all(&dir).map_err(dir_err)?;
-        let api_sock = dir.join("api.sock");
+        let api_sock = api_sock_path(state_dir, &id);
         let log = File::create(dir.join("vmm.log")).map_err(dir_err)?;
         let mut cmd = Command::new(vmm_bin);
         let procs = cgroup
@@ -271,6 +280,24 @@ impl VmRecord {
     /// the VM is deleted.
     pub fn clean_up_after_exit(&self) {
         let _ = fs::remove_file(&self.api_sock);
+    }
+
+    /// What the VMM said before it failed to start: the `vmm:` lines at
+    /// the end of its log (bounded), joined.
+    pub fn start_error_log(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut tail = String::new();
+        if let Ok(mut f) = File::open(self.dir.join("vmm.log")) {
+            let len = f.metadata().map_or(0, |m| m.len());
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+            let mut bytes = Vec::new();
+            let _ = f.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
+            tail = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        tail.lines()
+            .filter_map(|l| l.strip_prefix("vmm: "))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Removes the VM's directory.

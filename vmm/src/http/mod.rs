@@ -41,3 +41,4 @@ pub use message::{
     AfterSent, Body, Chunk, ChunkSource, Request, Response, JSON, NDJSON, PROMETHEUS_TEXT,
 };
 pub use server::{Handler, Server, ServerConfig};
+pub use socket::check_socket_path;

@@ -138,6 +138,12 @@ fn staging_path(path: &Path) -> Option<PathBuf> {
     Some(path.with_file_name(format!(".{name}.{}.bind", std::process::id())))
 }
 
+/// Whether `path` can be bound as a Unix socket (not empty, no NUL, at
+/// most 107 bytes), so a caller can refuse a path before a server fails on it.
+pub fn check_socket_path(path: &Path) -> Result<(), ServerError> {
+    socket_address(path).map(|_| ())
+}
+
 fn socket_address(path: &Path) -> Result<libc::sockaddr_un, ServerError> {
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
