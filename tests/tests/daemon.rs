@@ -29,7 +29,23 @@ impl Daemon {
         let base = std::env::temp_dir().join(format!("vmm-daemon-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
+        Self::start_in(&base, config)
+    }
+
+    /// Kills the daemon with SIGKILL (its VMs stay, orphaned) and returns
+    /// its directory for a successor; nothing is cleaned up.
+    fn kill_9(mut self) -> PathBuf {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let base = self.state.parent().unwrap().to_path_buf();
+        std::mem::forget(self);
+        base
+    }
+
+    /// A daemon on `base`'s socket and state directory as they are.
+    fn start_in(base: &Path, config: Option<&str>) -> Daemon {
         let sock = base.join("daemon.sock");
+        let _ = std::fs::remove_file(&sock);
         let state = base.join("state");
         let mut cmd = Command::new(vmm_bin());
         cmd.args([
@@ -1096,4 +1112,107 @@ fn in_a_memcg_pool_balloons_reclaim_first_then_the_worst_vm_dies() {
     drop(d);
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert_eq!(vmm_cgroups(&own), before);
+}
+
+/// Issue 9: `kill -9` of the daemon orphaned every VM and a restart listed
+/// nothing. Now a restarted daemon on the same state directory takes back
+/// every VMM that is still the process it started (pid, start time,
+/// executable), in its budget and memcg pools, with its adj; a VM that died
+/// meanwhile is listed as exited with an event; and the OOM policy carries
+/// on: the memcg pool, full when the first daemon died, gets exactly one
+/// kill from the second.
+#[test]
+fn a_restarted_daemon_takes_back_the_vms_of_one_killed_with_sigkill() {
+    require_kvm();
+    let Some(own) = own_memcg_v1() else {
+        eprintln!("skipped: the memory controller is not a cgroup v1 hierarchy here");
+        return;
+    };
+    let pool = format!("ra{}", std::process::id());
+    let _guard = CgroupGuard(own.join(format!("vmm-{pool}")));
+    let limit = 256 * MIB;
+    let config = |no_progress_ms: u64| {
+        format!(
+            r#"{{"memcg_pools": {{"{pool}": {limit}}}, "budgets": {{"bp": {}}},
+                "policy": {{"no_progress_ms": {no_progress_ms}, "min_kill_interval_ms": 500}}}}"#,
+            1024 * MIB
+        )
+    };
+    // The first daemon sees the pressure but would wait ten minutes.
+    let d = Daemon::start_with_config("readopt", Some(&config(600_000)));
+    let spec = |id: &str, pool: &str, extra: &str| {
+        format!(
+            r#"{{"id": "{id}", "pool": "{pool}", "mem_mib": 64, "cmdline": "tiny.touch=32M tiny.hold=forever"{extra}}}"#
+        )
+    };
+    d.create(&spec("m1", &pool, ""));
+    d.create(&spec("m2", &pool, r#", "oom_score_adj": 500"#));
+    d.create(&spec("b1", "bp", ""));
+    d.create(&spec("b2", "bp", r#", "oom_score_adj": -300"#));
+    d.create(r#"{"id": "gone", "mem_mib": 32, "cmdline": "tiny.hold=forever"}"#);
+    for id in ["m1", "m2", "b1", "b2", "gone"] {
+        d.wait_console(id, "tiny-guest: ready");
+    }
+    // 200 MiB more than fills the pool: the grower waits for memory.
+    d.create(&format!(
+        r#"{{"id": "grower", "pool": "{pool}", "mem_mib": 256, "oom_score_adj": -1000, "cmdline": "tiny.touch=200M tiny.hold=forever"}}"#
+    ));
+    poll_until(Duration::from_secs(30), || {
+        (!events_of(&d, "memcg_reserve_lent").is_empty()).then_some(())
+    })
+    .expect("the pool never filled");
+    let pids: std::collections::BTreeMap<String, u64> = ["m1", "m2", "b1", "b2", "gone", "grower"]
+        .iter()
+        .map(|id| (id.to_string(), d.vm(id)["pid"].as_u64().unwrap()))
+        .collect();
+    let base = d.kill_9();
+    for pid in pids.values() {
+        assert!(pid_alive(*pid), "a VMM died with its daemon");
+    }
+    // SAFETY: kill(2) of a VMM this test created.
+    unsafe { libc::kill(pids["gone"] as i32, libc::SIGKILL) };
+    poll_until(Duration::from_secs(5), || {
+        (!pid_alive(pids["gone"])).then_some(())
+    })
+    .expect("gone did not die");
+
+    let d = Daemon::start_in(&base, Some(&config(1000)));
+    let adopted: Vec<String> = events_of(&d, "vm_adopted")
+        .iter()
+        .map(|e| e["vm"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(adopted, ["b1", "b2", "grower", "m1", "m2"]);
+    for (id, pid) in &pids {
+        if id == "gone" {
+            continue;
+        }
+        let vm = d.vm(id);
+        assert_eq!(vm["pid"], *pid, "{vm}");
+    }
+    assert_eq!(d.vm("b2")["oom_score_adj"], -300);
+    assert_eq!(d.vm("m1")["pool"], pool.as_str());
+    let gone = d.vm("gone");
+    assert_eq!(gone["state"], "exited", "{gone}");
+    let exited = events_of(&d, "vm_exited");
+    assert_eq!(exited.len(), 1, "{exited:?}");
+    assert_eq!(exited[0]["vm"], "gone");
+
+    // The policy carries on in the pool it took over: one kill, the
+    // highest badness (m2, adj 500), never the -1000 grower.
+    let kill = poll_until(Duration::from_secs(30), || {
+        events_of(&d, "oom_kill").first().cloned()
+    })
+    .unwrap_or_else(|| panic!("no kill: {}", d.call("GET", "/events?since=0", None).1));
+    assert_eq!(kill["vm"], "m2", "{kill}");
+    poll_until(Duration::from_secs(30), || {
+        let vm = d.vm("grower");
+        (vm["guest_ram_resident_bytes"].as_u64().unwrap() >= 200 * MIB).then_some(())
+    })
+    .expect("the grower never got its memory");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(events_of(&d, "oom_kill").len(), 1, "one shortage, one kill");
+    for id in ["m1", "b1", "b2", "grower"] {
+        assert_eq!(d.vm(id)["state"], "running", "{id}");
+    }
+    assert!(!pid_alive(pids["m2"]));
 }

@@ -13,6 +13,7 @@ pub mod balloon_stall;
 pub mod config;
 pub mod events;
 pub mod metrics;
+pub mod persist;
 pub mod policy;
 pub mod pools;
 pub mod process;
@@ -221,7 +222,16 @@ impl Daemon {
         let state_lock = state_lock::StateLock::take(&cfg.state_dir)?;
         let events = EventLog::new(Some(&cfg.state_dir.join("events.ndjson")))
             .map_err(io("open events.ndjson"))?;
-        let memcg = pools::MemcgPools::create(&cfg.memcg_pools)?;
+        // The VMMs a previous daemon left running, before the pools: their
+        // cgroups are taken over with them in it.
+        let on_disk = persist::load_all(&cfg.state_dir);
+        let adoptable = on_disk
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .filter(|r| persist::ProcessIdentity::of(r.process.pid).is_ok_and(|p| p == r.process))
+            .map(|r| r.process.pid)
+            .collect();
+        let memcg = pools::MemcgPools::create(&cfg.memcg_pools, &adoptable)?;
         let daemon = Daemon {
             policy: Mutex::new(cfg.policy),
             cfg,
@@ -235,6 +245,7 @@ impl Daemon {
             _state_lock: state_lock,
         };
         daemon.announce_memcg_pools();
+        daemon.adopt_vms(on_disk);
         Ok(daemon)
     }
 
@@ -254,6 +265,66 @@ impl Daemon {
     pub fn set_policy(&self, policy: OomPolicy) {
         self.events.push("oom_policy", json!({ "policy": policy }));
         *lock(&self.policy) = policy;
+    }
+
+    /// Writes or removes VM `vm`'s record on disk; a failure is an event
+    /// (the VM runs on, but a restarted daemon could not take it back).
+    fn persist(&self, vm: &VmRecord) {
+        if let Err(e) = vm.persist() {
+            self.events.push(
+                "vm_record_write_failed",
+                json!({ "vm": vm.id, "error": e.to_string() }),
+            );
+        }
+    }
+
+    /// Takes back the VMs a previous daemon on this state directory left
+    /// running (see [`persist`]); those that ended meanwhile are listed as
+    /// exited, with a `vm_exited` event.
+    fn adopt_vms(&self, on_disk: Vec<(PathBuf, Result<persist::VmRecordOnDisk, String>)>) {
+        let mut vms = lock(&self.vms);
+        for (dir, on_disk) in on_disk {
+            let on_disk = on_disk.and_then(|r| {
+                if r.spec.id.as_deref().is_some_and(|id| dir.ends_with(id)) {
+                    Ok(r)
+                } else {
+                    Err("its id does not match its directory".to_string())
+                }
+            });
+            let on_disk = match on_disk {
+                Ok(r) => r,
+                Err(error) => {
+                    self.events.push(
+                        "vm_record_unreadable",
+                        json!({ "dir": dir, "error": error }),
+                    );
+                    continue;
+                }
+            };
+            let cgroup = self.memcg_of(on_disk.spec.pool.as_deref());
+            let (mut record, adoption) = VmRecord::adopt(&self.cfg.state_dir, on_disk, cgroup);
+            match adoption {
+                vms::Adoption::Adopted => {
+                    record.observe();
+                    self.events.push(
+                        "vm_adopted",
+                        json!({ "vm": record.id, "pid": record.pid(), "state": record.state, "pool": record.spec.pool }),
+                    );
+                }
+                vms::Adoption::Ended(how) => {
+                    self.events
+                        .push("vm_exited", json!({ "vm": record.id, "how": how }));
+                }
+            }
+            if let Some(n) = record
+                .id
+                .strip_prefix("vm")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                self.next_id.fetch_max(n + 1, Ordering::Relaxed);
+            }
+            vms.insert(record.id.clone(), record);
+        }
     }
 
     /// Runs `f` over the VM table.
@@ -315,6 +386,7 @@ impl Daemon {
             Ok(()) => {
                 if let Some(vm) = vms.get_mut(&id).filter(|vm| vm.state == VmState::Starting) {
                     vm.state = VmState::Running;
+                    self.persist(vm);
                     self.events.push("vm_running", json!({ "vm": id }));
                 }
                 Ok(id)
@@ -380,6 +452,7 @@ impl Daemon {
         if let Some(pid) = vm.pid() {
             let _ = adj.apply_to_process(pid);
         }
+        self.persist(vm);
         self.events.push(
             "vm_oom_score_adj",
             json!({ "vm": id, "oom_score_adj": adj.get() }),
@@ -445,6 +518,7 @@ impl Daemon {
                 source,
             })?;
         vm.state = next;
+        self.persist(vm);
         self.events.push(kind, json!({ "vm": id, "by": by }));
         Ok(())
     }
@@ -503,21 +577,25 @@ impl Daemon {
         for vm in vms.values_mut().filter(|vm| vm.state != VmState::Starting) {
             let Some(pidfd) = &vm.pidfd else { continue };
             if is_live(vm.state) && pidfd.has_exited() {
-                if let Ok(Some(report)) = pidfd.try_reap() {
-                    let killed = vm.state == VmState::Reaping;
-                    vm.state = if killed {
-                        VmState::Killed
-                    } else {
-                        VmState::Exited
-                    };
-                    vm.exit = Some(report.to_string());
-                    vm.clean_up_after_exit();
-                    if !killed {
-                        self.events.push(
-                            "vm_exited",
-                            json!({ "vm": vm.id, "how": report.to_string() }),
-                        );
-                    }
+                let how = match pidfd.try_reap() {
+                    Ok(Some(report)) => report.to_string(),
+                    Ok(None) => continue,
+                    // A VMM adopted after a restart is not our child: its
+                    // exit is seen, its status went to its new parent.
+                    Err(_) => "exited (adopted: status unknown)".to_string(),
+                };
+                let killed = vm.state == VmState::Reaping;
+                vm.state = if killed {
+                    VmState::Killed
+                } else {
+                    VmState::Exited
+                };
+                vm.exit = Some(how.clone());
+                vm.clean_up_after_exit();
+                self.persist(vm);
+                if !killed {
+                    self.events
+                        .push("vm_exited", json!({ "vm": vm.id, "how": how }));
                 }
                 continue;
             }

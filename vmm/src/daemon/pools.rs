@@ -108,7 +108,14 @@ impl MemcgPools {
     /// Creates a cgroup with its limit for each `pool → bytes`; none if
     /// `limits` is empty (the memory cgroup is then not even looked for).
     /// On an error, what was created is removed again.
-    pub fn create(limits: &BTreeMap<String, u64>) -> Result<Self, DaemonError> {
+    ///
+    /// A cgroup a previous daemon left with VMMs in it is taken over when
+    /// every one of them is in `adoptable`, with any reserve it had lent
+    /// still counted as lent.
+    pub fn create(
+        limits: &BTreeMap<String, u64>,
+        adoptable: &BTreeSet<u32>,
+    ) -> Result<Self, DaemonError> {
         let mut made = MemcgPools::default();
         if limits.is_empty() {
             return Ok(made);
@@ -118,8 +125,14 @@ impl MemcgPools {
             error,
         })?;
         for (pool, &bytes) in limits {
-            match hierarchy.create_pool(&cgroup_name(pool), bytes) {
+            match hierarchy.create_pool_adopting(&cgroup_name(pool), bytes, adoptable) {
                 Ok(cg) => {
+                    if cg.reserve_lent() {
+                        lock(&made.ticks)
+                            .entry(pool.clone())
+                            .or_default()
+                            .lent_since = Some(std::time::Instant::now());
+                    }
                     made.pools.insert(pool.clone(), cg);
                 }
                 Err(error) => {
@@ -491,7 +504,7 @@ mod tests {
 
     #[test]
     fn no_memcg_pools_touch_no_cgroup() {
-        let pools = MemcgPools::create(&BTreeMap::new()).unwrap();
+        let pools = MemcgPools::create(&BTreeMap::new(), &BTreeSet::new()).unwrap();
         assert!(pools.iter().next().is_none());
         assert!(lock(&pools.hierarchy).is_none());
     }

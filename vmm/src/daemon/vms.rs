@@ -15,6 +15,7 @@ use crate::oom::badness::OomScoreAdj;
 use crate::oom::cgroup::PoolCgroup;
 use crate::oom::constraint::{Placed, Placement};
 
+use super::persist::{self, ProcessIdentity, VmRecordOnDisk};
 use super::process::Pidfd;
 
 /// Whether the VM's process may still be alive.
@@ -41,6 +42,8 @@ pub struct VmRecord {
     pub created_at_ms: u64,
     /// How it ended, once it has.
     pub exit: Option<String>,
+    /// Who its VMM process is, for a restarted daemon to re-adopt it.
+    pub identity: Option<ProcessIdentity>,
     /// Recent `(when, rss bytes)` samples.
     samples: VecDeque<(Instant, u64)>,
     /// The kernel's memory counters of the VMM as the supervisor last
@@ -80,6 +83,14 @@ pub enum SpawnError {
     Placement(crate::oom::cgroup::CgroupError),
     #[error("cannot open a pidfd for the new VMM")]
     Pidfd(#[source] std::io::Error),
+}
+
+/// What [`VmRecord::adopt`] found.
+pub enum Adoption {
+    /// The VMM runs on and is ours again.
+    Adopted,
+    /// It ended while no daemon watched it; how, as far as is known.
+    Ended(String),
 }
 
 /// Where VM `id`'s API socket lives.
@@ -205,25 +216,111 @@ impl VmRecord {
         // CAP_SYS_RESOURCE; without it the daemon's own policy still
         // honours the value (the decision event shows it).
         let _ = oom_score_adj.apply_to_process(child.id());
-        Ok(VmRecord {
+        let identity = ProcessIdentity::of(child.id()).ok();
+        let mut record = VmRecord::new(state_dir, id, spec, Some(pidfd), now_ms, cgroup);
+        record.identity = identity;
+        Ok(record)
+    }
+
+    /// A record for `spec` (whose `id` is set) without a process yet.
+    fn new(
+        state_dir: &Path,
+        id: String,
+        spec: VmSpec,
+        pidfd: Option<Pidfd>,
+        created_at_ms: u64,
+        cgroup: Option<&PoolCgroup>,
+    ) -> Self {
+        VmRecord {
             placement: Placement {
                 pool: spec.pool.clone(),
                 cgroup: cgroup.map(|cg| cg.dir().to_path_buf()),
                 // Checked by VmSpec::validate.
                 nodes: spec.numa_nodes.as_deref().and_then(|n| n.parse().ok()),
             },
+            dir: state_dir.join("vms").join(&id),
+            api_sock: api_sock_path(state_dir, &id),
             id,
+            oom_score_adj: OomScoreAdj::try_from(i64::from(spec.oom_score_adj)).unwrap_or_default(),
             spec,
-            dir,
-            api_sock,
-            pidfd: Some(pidfd),
+            pidfd,
             state: VmState::Starting,
-            oom_score_adj,
-            created_at_ms: now_ms,
+            created_at_ms,
             exit: None,
+            identity: None,
             samples: VecDeque::new(),
             counters: None,
-        })
+        }
+    }
+
+    /// Takes back a VM a previous daemon on this state directory started,
+    /// from its record: adopted when its VMM is still the very process the
+    /// record names (pid, start time, executable), else an exited VM. The
+    /// identity is checked again once the pidfd is open, so a pid reused
+    /// between the check and the open is never adopted.
+    pub fn adopt(
+        state_dir: &Path,
+        on_disk: VmRecordOnDisk,
+        cgroup: Option<&PoolCgroup>,
+    ) -> (Self, Adoption) {
+        let id = on_disk.spec.id.clone().unwrap_or_default();
+        let same = |p: &ProcessIdentity| ProcessIdentity::of(p.pid).is_ok_and(|now| now == *p);
+        let pidfd = Some(&on_disk.process)
+            .filter(|p| same(p))
+            .and_then(|p| Pidfd::open(p.pid).ok())
+            .filter(|_| same(&on_disk.process));
+        let adopted = pidfd.is_some();
+        let mut record = VmRecord::new(
+            state_dir,
+            id,
+            on_disk.spec,
+            pidfd,
+            on_disk.created_at_ms,
+            cgroup,
+        );
+        record.oom_score_adj =
+            OomScoreAdj::try_from(i64::from(on_disk.oom_score_adj)).unwrap_or_default();
+        record.spec.oom_score_adj = record.oom_score_adj.get();
+        if adopted {
+            record.state = on_disk.state;
+            record.identity = Some(on_disk.process);
+            (record, Adoption::Adopted)
+        } else {
+            let how = format!(
+                "VMM pid {} ended while no daemon watched it (status unknown)",
+                on_disk.process.pid
+            );
+            record.state = VmState::Exited;
+            record.exit = Some(how.clone());
+            record.clean_up_after_exit();
+            persist::forget(&record.dir);
+            (record, Adoption::Ended(how))
+        }
+    }
+
+    /// Writes (for a running or paused VM) or removes (for an ended one)
+    /// the record a restarted daemon re-adopts it from. A `Reaping` VM
+    /// keeps its last record: writing is an `fsync`, and the kill path
+    /// must not wait for one; its SIGKILLed process is gone long before a
+    /// successor daemon could adopt it.
+    pub fn persist(&self) -> std::io::Result<()> {
+        match (&self.identity, self.state) {
+            (_, VmState::Starting | VmState::Reaping) => Ok(()),
+            (Some(identity), VmState::Running | VmState::Paused) => persist::save(
+                &self.dir,
+                &VmRecordOnDisk {
+                    spec: self.spec.clone(),
+                    process: identity.clone(),
+                    state: self.state,
+                    oom_score_adj: self.oom_score_adj.get(),
+                    created_at_ms: self.created_at_ms,
+                },
+            ),
+            _ => {
+                persist::forget(&self.dir);
+                Ok(())
+            }
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -26,6 +26,7 @@
 //! Every path is joined from a root found in `/proc/self/mountinfo` (or
 //! given by a test) and fixed names; pool names are checked by the caller.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -380,6 +381,20 @@ impl MemoryHierarchy {
     /// `<own>/<name>` with a memory limit of `limit` bytes, the kernel's OOM
     /// killer off inside it under v1 and `memory.oom.group` 0 under v2.
     pub fn create_pool(&mut self, name: &str, limit: u64) -> Result<PoolCgroup, CgroupError> {
+        self.create_pool_adopting(name, limit, &BTreeSet::new())
+    }
+
+    /// [`Self::create_pool`] for a restarted daemon: a cgroup whose
+    /// processes are all in `adoptable` (the VMMs it takes back) is taken
+    /// over with them, and its hard limit is left alone when it is above
+    /// `limit`: that is a reserve the previous daemon lent (see
+    /// [`PoolCgroup::reserve_lent`]).
+    pub fn create_pool_adopting(
+        &mut self,
+        name: &str,
+        limit: u64,
+        adoptable: &BTreeSet<u32>,
+    ) -> Result<PoolCgroup, CgroupError> {
         if self.version == CgroupVersion::V2 {
             self.delegate_memory()?;
         }
@@ -394,7 +409,7 @@ impl MemoryHierarchy {
             dir,
             limit,
         };
-        match pool.configure(limit) {
+        match pool.configure(limit, adoptable) {
             Ok(limit) => Ok(PoolCgroup { limit, ..pool }),
             Err(e) => {
                 if created {
@@ -500,6 +515,12 @@ impl PoolCgroup {
         })
     }
 
+    /// Whether the hard limit is above the pool's limit now: a reserve is
+    /// lent (by this daemon, or by the one before it).
+    pub fn reserve_lent(&self) -> bool {
+        read_limit(&self.limit_file()).is_ok_and(|hard| hard.is_some_and(|h| h > self.limit))
+    }
+
     pub(crate) fn limit_file(&self) -> PathBuf {
         self.dir.join(match self.version {
             CgroupVersion::V1 => "memory.limit_in_bytes",
@@ -509,15 +530,18 @@ impl PoolCgroup {
 
     /// Sets the limit and the OOM behaviour; returns the limit the kernel
     /// took.
-    fn configure(&self, limit: u64) -> Result<u64, CgroupError> {
+    fn configure(&self, limit: u64, adoptable: &BTreeSet<u32>) -> Result<u64, CgroupError> {
         let pids = self.pids()?;
-        if !pids.is_empty() {
+        if pids.iter().any(|p| !adoptable.contains(p)) {
             return Err(CgroupError::InUse {
                 dir: self.dir.clone(),
                 pids,
             });
         }
-        self.set_limit(limit)?;
+        let lent = !pids.is_empty() && read_limit(&self.limit_file())?.is_some_and(|h| h > limit);
+        if !lent {
+            self.set_limit(limit)?;
+        }
         // The nominal limit too, which stays put while the daemon lends a
         // reserve above the hard one (see [`ChargeWait`]).
         let nominal = self.nominal_file();
@@ -532,6 +556,9 @@ impl PoolCgroup {
                     write(&group, "0")?;
                 }
             }
+        }
+        if lent {
+            return Ok(limit);
         }
         Ok(read_limit(&self.limit_file())?.unwrap_or(limit))
     }
@@ -878,6 +905,23 @@ pub(super) mod tests {
             ),
             "{e}"
         );
+        // Unless they are the VMMs a restarted daemon takes back: then the
+        // pool is taken over with them, and a hard limit above the pool's
+        // (a reserve its predecessor lent) is left as it is.
+        let theirs = BTreeSet::from([4242]);
+        let e = h.create_pool_adopting("vmm-busy", 64 << 20, &theirs);
+        assert!(e.is_err(), "4243 is no VMM of ours");
+        t.dir("own/vmm-busy", &[("memory.limit_in_bytes", "83886080\n")]);
+        let ours = BTreeSet::from([4242, 4243]);
+        let pool = h.create_pool_adopting("vmm-busy", 64 << 20, &ours).unwrap();
+        assert_eq!(pool.limit(), 64 << 20);
+        assert!(pool.reserve_lent());
+        assert_eq!(t.read("own/vmm-busy/memory.limit_in_bytes"), "83886080\n");
+        assert_eq!(
+            t.read("own/vmm-busy/memory.soft_limit_in_bytes"),
+            "67108864"
+        );
+        assert_eq!(t.read("own/vmm-busy/memory.oom_control"), "1");
         // A directory that is no cgroup: the one we made is removed again.
         let plain = t.dir("plain", &[]);
         let mut h = MemoryHierarchy::at(CgroupVersion::V1, &plain, false);
