@@ -359,6 +359,37 @@ fn create_answers_201_only_for_a_vm_that_runs() {
     d.wait_console("dash", "tiny-guest: cmdline \"-v tiny.hold=forever\"");
 }
 
+/// The control socket is 0600; should its mode be widened (or its
+/// descriptor leak), `SO_PEERCRED` still keeps other users out: their
+/// connection is closed unanswered (issue 9, defence in depth).
+#[test]
+fn another_user_is_refused_even_through_a_widened_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start("peercred");
+    std::fs::set_permissions(&d.sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let ctl = |uid: Option<u32>| {
+        let mut cmd = Command::new(vmm_bin());
+        cmd.args(["ctl", "--socket"]).arg(&d.sock).arg("list");
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd.output().unwrap()
+    };
+    let nobody = ctl(Some(65534));
+    assert!(
+        !nobody.status.success(),
+        "uid 65534 was answered: {}",
+        String::from_utf8_lossy(&nobody.stdout)
+    );
+    let owner = ctl(None);
+    assert!(
+        owner.status.success(),
+        "{}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let d = Daemon::start("bad");

@@ -626,6 +626,9 @@ struct Reactor {
     /// Failed `accept`s not reported yet, and when the last report was.
     accept_failures: u64,
     accept_reported: Option<Instant>,
+    /// Connections refused for their peer's uid (see
+    /// [`socket::peer_is_trusted`]).
+    refused_peers: u64,
 }
 
 /// Accept failures are reported at most this often.
@@ -650,6 +653,7 @@ impl Reactor {
             accept_backoff: MIN_ACCEPT_BACKOFF,
             accept_failures: 0,
             accept_reported: None,
+            refused_peers: 0,
         }
     }
 
@@ -762,7 +766,18 @@ impl Reactor {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     self.accept_backoff = MIN_ACCEPT_BACKOFF;
-                    self.admit(stream);
+                    if socket::peer_is_trusted(&stream) {
+                        self.admit(stream);
+                    } else {
+                        // Closed unanswered: a stranger learns nothing.
+                        self.refused_peers += 1;
+                        report(
+                            self.shared.thread_name,
+                            "refused a connection from another user; refusals so far",
+                            self.refused_peers,
+                            None,
+                        );
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)

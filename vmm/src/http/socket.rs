@@ -208,6 +208,33 @@ fn clear_stale(path: &Path) -> Result<(), ServerError> {
     }
 }
 
+/// Whether the process at the other end of `stream` may use the API: its
+/// uid (`SO_PEERCRED`, what the kernel recorded at `connect`) is ours or
+/// root's.
+///
+/// The socket file is 0600 already; this holds when that is not enough:
+/// a socket file whose mode an operator widened, or a descriptor passed to
+/// another user's process. Root is let in because it can bypass the file
+/// mode and ptrace us anyway: refusing it would protect nothing.
+pub(crate) fn peer_is_trusted(stream: &std::os::unix::net::UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data; all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid cannot fail.
+    rc == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::geteuid() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
