@@ -19,3 +19,5 @@
 pub mod host;
 pub mod protocol;
 
+#[cfg(feature = "agent")]
+pub mod agent;
