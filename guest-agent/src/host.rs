@@ -418,7 +418,13 @@ mod tests {
         let mut s = HostSession::new();
         s.connection_started();
         let ev = feed(&mut s, &hello_line("b1", "i1"));
-        assert!(matches!(&ev[0], Event::Hello { resumed_at: None, .. }));
+        assert!(matches!(
+            &ev[0],
+            Event::Hello {
+                resumed_at: None,
+                ..
+            }
+        ));
         assert_eq!(s.take_ack(), None);
         let mut both = msg_line(1);
         both.extend(msg_line(2));
@@ -461,7 +467,13 @@ mod tests {
         s.take_ack();
         s.connection_started();
         let ev = feed(&mut s, &hello_line("b", "i"));
-        assert!(matches!(&ev[0], Event::Hello { resumed_at: Some(2), .. }));
+        assert!(matches!(
+            &ev[0],
+            Event::Hello {
+                resumed_at: Some(2),
+                ..
+            }
+        ));
         assert_eq!(s.take_ack(), Some(Ack { ack: 2 }));
         let ev = feed(&mut s, &[msg_line(2), msg_line(3)].concat());
         assert_eq!(ev[0], Event::Duplicate { seq: 2 });
@@ -469,7 +481,13 @@ mod tests {
         // A new agent instance in the same boot is a new stream.
         s.connection_started();
         let ev = feed(&mut s, &hello_line("b", "j"));
-        assert!(matches!(&ev[0], Event::Hello { resumed_at: None, .. }));
+        assert!(matches!(
+            &ev[0],
+            Event::Hello {
+                resumed_at: None,
+                ..
+            }
+        ));
         let ev = feed(&mut s, &msg_line(1));
         assert!(matches!(ev[0], Event::Message { seq: 1, .. }));
     }
@@ -479,7 +497,10 @@ mod tests {
         let mut s = HostSession::new();
         s.connection_started();
         feed(&mut s, &hello_line("b", "i"));
-        let ev = feed(&mut s, b"not json\n\xff\xfe\n{\"seq\":1}\n{\"type\":\"hello\"}\n");
+        let ev = feed(
+            &mut s,
+            b"not json\n\xff\xfe\n{\"seq\":1}\n{\"type\":\"hello\"}\n",
+        );
         assert!(matches!(ev[0], Event::Error(ProtocolError::Malformed(_))));
         assert_eq!(ev[1], Event::Error(ProtocolError::NotUtf8));
         assert!(matches!(ev[2], Event::Error(ProtocolError::Malformed(_))));
@@ -503,7 +524,10 @@ mod tests {
             s.feed(&[b'x'; 64], &mut ev);
             assert!(s.buffered() <= 300);
         }
-        assert_eq!(ev, vec![Event::Error(ProtocolError::LineTooLong { limit: 300 })]);
+        assert_eq!(
+            ev,
+            vec![Event::Error(ProtocolError::LineTooLong { limit: 300 })]
+        );
         // The rest of the long line up to its newline is skipped; the next
         // line is fine.
         let ev = feed(&mut s, &[&b"yyy\n"[..], &msg_line(1)].concat());
@@ -515,7 +539,9 @@ mod tests {
         let mut s = HostSession::new();
         s.connection_started();
         let line = hello_line("b", "i");
-        let text = String::from_utf8(line).unwrap().replace("\"proto\":1", "\"proto\":99");
+        let text = String::from_utf8(line)
+            .unwrap()
+            .replace("\"proto\":1", "\"proto\":99");
         let ev = feed(&mut s, text.as_bytes());
         assert_eq!(
             ev[0],

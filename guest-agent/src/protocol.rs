@@ -92,7 +92,7 @@ pub struct Envelope {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// The guest kernel's OOM killer killed a process.
-    OomKill(OomKill),
+    OomKill(Box<OomKill>),
     /// The OOM reaper reported on an earlier kill's victim.
     OomReaped(OomReaped),
     /// The kernel was out of memory and found nothing to kill.

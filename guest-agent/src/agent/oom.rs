@@ -254,7 +254,7 @@ pub fn parse_group(text: &str) -> Option<&str> {
 /// What [`OomTracker`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OomEvent {
-    Kill(OomKill),
+    Kill(Box<OomKill>),
     Reaped(OomReaped),
     NoVictim(OomNoVictim),
 }
@@ -347,7 +347,7 @@ impl OomTracker {
                 self.recent_kills.pop_front();
             }
             self.recent_kills.push_back((kill.pid, None));
-            out(OomEvent::Kill(kill));
+            out(OomEvent::Kill(Box::new(kill)));
             return;
         }
         if let Some(mut r) = parse_reaper(text) {
@@ -462,7 +462,8 @@ mod tests {
 
     // Lines in the exact formats of Linux 6.12.117 mm/oom_kill.c and
     // mm/memcontrol.c (see tests/data/ for whole logs).
-    const INVOKED: &str = "stress invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0";
+    const INVOKED: &str =
+        "stress invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0";
     const CONTEXT_MEMCG: &str = "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/oomtest,task_memcg=/oomtest,task=stress,pid=95,uid=0";
     const KILLED_MEMCG: &str = "Memory cgroup out of memory: Killed process 95 (stress) total-vm:9000kB, anon-rss:7800kB, file-rss:400kB, shmem-rss:0kB, UID:0 pgtables:56kB oom_score_adj:0";
 
@@ -522,7 +523,10 @@ mod tests {
         assert_eq!(c.mems_allowed.as_deref(), Some("0"));
         assert_eq!(c.oom_memcg.as_deref(), Some("/oomtest"));
         assert_eq!(c.task_memcg.as_deref(), Some("/oomtest"));
-        assert_eq!((c.task.as_deref(), c.pid, c.uid), (Some("stress"), Some(95), Some(0)));
+        assert_eq!(
+            (c.task.as_deref(), c.pid, c.uid),
+            (Some("stress"), Some(95), Some(0))
+        );
         assert!(!c.global_oom);
         let c = parse_context(
             "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0-1,3,global_oom,task_memcg=/user.slice/a,b,task=x,y,pid=1234,uid=1000",
@@ -532,7 +536,10 @@ mod tests {
         assert_eq!(c.oom_memcg, None);
         assert_eq!(c.mems_allowed.as_deref(), Some("0-1,3"));
         assert_eq!(c.task_memcg.as_deref(), Some("/user.slice/a,b"));
-        assert_eq!((c.task.as_deref(), c.pid, c.uid), (Some("x,y"), Some(1234), Some(1000)));
+        assert_eq!(
+            (c.task.as_deref(), c.pid, c.uid),
+            (Some("x,y"), Some(1234), Some(1000))
+        );
         // Cpuset constraint with a node list.
         let c = parse_context(
             "oom-kill:constraint=CONSTRAINT_CPUSET,nodemask=0-1,cpuset=job1,mems_allowed=1,global_oom,task_memcg=/,task=j,pid=5,uid=0",
@@ -558,14 +565,22 @@ mod tests {
         assert_eq!(k.comm, "a (b) c");
         assert_eq!((k.uid, k.oom_score_adj), (Some(1000), Some(-17)));
         // Linux 4.x: no reason, fewer counters.
-        let k = parse_killed("Killed process 3 (x) total-vm:10kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB").unwrap();
+        let k = parse_killed(
+            "Killed process 3 (x) total-vm:10kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB",
+        )
+        .unwrap();
         assert_eq!((k.reason.as_str(), k.pid, k.pgtables_kb), ("", 3, None));
-        assert!(parse_killed("Out of memory: Kill process 3 (x) score 1 or sacrifice child").is_none());
+        assert!(
+            parse_killed("Out of memory: Kill process 3 (x) score 1 or sacrifice child").is_none()
+        );
     }
 
     #[test]
     fn reaper_lines() {
-        let r = parse_reaper("oom_reaper: reaped process 95 (stress), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB").unwrap();
+        let r = parse_reaper(
+            "oom_reaper: reaped process 95 (stress), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB",
+        )
+        .unwrap();
         assert_eq!((r.pid, r.comm.as_str(), r.reaped), (95, "stress", true));
         assert_eq!(r.anon_rss_kb, Some(0));
         let r = parse_reaper("oom_reaper: unable to reap pid:95 (stress)").unwrap();
@@ -581,7 +596,11 @@ mod tests {
             log.push_str(l);
             log.push('\n');
         }
-        r.feed(log.as_bytes(), &mut |rec| t.record(rec, &mut |e| out.push(e)), &mut |_| {});
+        r.feed(
+            log.as_bytes(),
+            &mut |rec| t.record(rec, &mut |e| out.push(e)),
+            &mut |_| {},
+        );
         (out, t)
     }
 
@@ -605,7 +624,9 @@ mod tests {
         assert_eq!(k.memcg_limit_kb, Some(8192));
         let inv = k.invoker.as_ref().unwrap();
         assert_eq!((inv.comm.as_str(), inv.pid), ("stress", Some(95)));
-        let OomEvent::Reaped(r) = &ev[1] else { panic!() };
+        let OomEvent::Reaped(r) = &ev[1] else {
+            panic!()
+        };
         assert!(r.reaped);
         assert_eq!(t.kills_logged, 1);
     }
@@ -694,7 +715,9 @@ mod tests {
             &mut |rec| t.record(rec, &mut |e| out.push(e)),
             &mut |_| {},
         );
-        let OomEvent::Reaped(r) = &out[1] else { panic!() };
+        let OomEvent::Reaped(r) = &out[1] else {
+            panic!()
+        };
         assert_eq!(r.kill_seq, Some(41));
     }
 
@@ -704,7 +727,9 @@ mod tests {
             &format!("4,0,100,-;{INVOKED}"),
             "4,1,101,-;Out of memory and no killable processes...",
         ]);
-        let OomEvent::NoVictim(n) = &ev[0] else { panic!() };
+        let OomEvent::NoVictim(n) = &ev[0] else {
+            panic!()
+        };
         assert_eq!(n.invoker.as_ref().unwrap().comm, "stress");
     }
 }

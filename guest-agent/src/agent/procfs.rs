@@ -182,11 +182,13 @@ mod tests {
 
     #[test]
     fn memory_events() {
-        let e = parse_memory_events(
-            b"low 0\nhigh 3\nmax 41\noom 2\noom_kill 2\noom_group_kill 1\n",
-        )
-        .unwrap();
-        assert_eq!((e.high, e.max, e.oom, e.oom_kill, e.oom_group_kill), (3, 41, 2, 2, 1));
+        let e =
+            parse_memory_events(b"low 0\nhigh 3\nmax 41\noom 2\noom_kill 2\noom_group_kill 1\n")
+                .unwrap();
+        assert_eq!(
+            (e.high, e.max, e.oom, e.oom_kill, e.oom_group_kill),
+            (3, 41, 2, 2, 1)
+        );
         assert!(parse_memory_events(b"").is_none());
     }
 }
