@@ -174,6 +174,11 @@ impl HostSession {
             .map(|s| s.last_seq)
     }
 
+    /// Streams remembered for dedup (at most [`Limits::max_streams`]).
+    pub fn known_streams(&self) -> usize {
+        self.streams.len()
+    }
+
     pub fn stats(&self) -> Stats {
         self.stats
     }

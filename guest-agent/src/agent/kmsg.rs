@@ -183,6 +183,11 @@ impl KmsgReader {
         self.carry.clear();
     }
 
+    /// Bytes held for a partial line (at most [`READ_BUF`]).
+    pub fn buffered(&self) -> usize {
+        self.carry.len()
+    }
+
     /// Sequence number of the last record delivered.
     pub fn last_seq(&self) -> Option<u64> {
         self.last_seq

@@ -278,7 +278,7 @@ struct Pending {
 }
 
 /// Longest line assembled from continuation fragments.
-const MAX_PENDING: usize = 4 * MAX_PATH;
+pub const MAX_PENDING: usize = 4 * MAX_PATH;
 
 /// Merges the kernel's OOM lines into [`OomEvent`]s.
 #[derive(Debug, Default)]
@@ -294,6 +294,15 @@ pub struct OomTracker {
 impl OomTracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Bytes and entries held between records (bounded: the pending
+    /// continuation line by [`MAX_PENDING`], the recent kills by 32).
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.pending.as_ref().map_or(0, |p| p.text.len()),
+            self.recent_kills.len(),
+        )
     }
 
     /// Tells the tracker which agent seq the kill of `pid` was sent as, so
