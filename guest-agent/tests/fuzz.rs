@@ -34,7 +34,7 @@ fn seed() -> u64 {
     std::env::var("GUEST_AGENT_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_0f_a9e7)
+        .unwrap_or(0x005e_ed0f_a9e7)
 }
 
 /// xorshift64*: deterministic, no dependency.
