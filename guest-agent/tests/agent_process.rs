@@ -49,6 +49,7 @@ impl Fake {
             "cgroup/hog/memory.events",
             "low 0\nhigh 0\nmax 37\noom 1\noom_kill 1\noom_group_kill 0\n",
         );
+        w("cgroup/cgroup.controllers", "cpuset cpu io memory pids\n");
         std::fs::create_dir_all(dir.join("cgroup/idle")).unwrap();
         std::fs::copy(data("kmsg-memcg-oom-6.12.txt"), dir.join("kmsg")).unwrap();
         Fake { dir }

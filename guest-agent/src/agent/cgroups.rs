@@ -1,7 +1,8 @@
 //! cgroup v2 `memory.events` of the guest's memory cgroups.
 //!
 //! Frugal: the tree under the cgroup2 mount is walked (bounded in depth and
-//! count) at start, every few minutes and when a kill names a cgroup not
+//! count; not at all when the root's `cgroup.controllers` lacks `memory`)
+//! at start, every few minutes and when a kill names a cgroup not
 //! watched yet; each watched cgroup's `memory.events` stays open, so
 //! checking it is one `pread`. Checks run on the tick and right after a
 //! kill; a cgroup is reported when its counters changed, and at first
@@ -58,6 +59,19 @@ impl CgroupWatch {
     /// Walks the tree and starts watching cgroups not watched yet.
     /// Returns how many were added.
     pub fn rescan(&mut self) -> usize {
+        // Not a cgroup2 mount, or one without the memory controller (a
+        // kernel without CONFIG_MEMCG): nothing to walk.
+        // (open + pread + close: read_to_string would add a statx.)
+        let mut buf = [0u8; 256];
+        let n = sys::open(&self.root.join("cgroup.controllers"), libc::O_RDONLY)
+            .and_then(|f| sys::pread0(&f, &mut buf))
+            .unwrap_or(0);
+        if !buf[..n]
+            .split(|b| b.is_ascii_whitespace())
+            .any(|c| c == b"memory")
+        {
+            return 0;
+        }
         let mut added = 0;
         // Breadth first, so that a big tree fills the budget with the top
         // levels, where pools and services are.
@@ -160,10 +174,14 @@ mod tests {
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         std::fs::create_dir_all(root.join("quiet")).unwrap();
         std::fs::create_dir_all(root.join("nomem")).unwrap();
+        let mut w = CgroupWatch::new(root.clone());
+        assert_eq!(w.rescan(), 0, "no cgroup.controllers: not cgroup2");
+        std::fs::write(root.join("cgroup.controllers"), "cpu io pids\n").unwrap();
+        assert_eq!(w.rescan(), 0, "no memory controller");
+        std::fs::write(root.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
         events(&root.join("a"), 0, 0);
         events(&root.join("a/b"), 1, 1);
         events(&root.join("quiet"), 0, 0);
-        let mut w = CgroupWatch::new(root.clone());
         assert_eq!(w.rescan(), 3);
         assert!(w.watches("/a/b"));
         assert!(!w.watches("/nomem"));

@@ -382,12 +382,24 @@ impl Agent {
 
 /// A PSI trigger (Documentation/accounting/psi.rst): write the spec with
 /// its NUL (the kernel overwrites the last byte written with one), then
-/// poll for POLLPRI.
+/// poll for POLLPRI. Without CAP_SYS_RESOURCE the kernel only takes
+/// windows in multiples of 2 s: then the window (and the stall, in
+/// proportion) is rounded up to one.
 fn open_trigger(path: &Path, spec: &str, verbose: bool) -> Option<File> {
     let f = sys::open(path, libc::O_RDWR | libc::O_NONBLOCK).ok()?;
-    let mut bytes = spec.as_bytes().to_vec();
-    bytes.push(0);
-    match sys::write(std::os::fd::AsRawFd::as_raw_fd(&f), &bytes) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let write = |spec: &str| {
+        let mut bytes = spec.as_bytes().to_vec();
+        bytes.push(0);
+        sys::write(fd, &bytes)
+    };
+    let mut result = write(spec);
+    if result.as_ref().err().and_then(io::Error::raw_os_error) == Some(libc::EINVAL) {
+        if let Some(spec2) = unprivileged_trigger(spec) {
+            result = write(&spec2);
+        }
+    }
+    match result {
         Ok(_) => Some(f),
         Err(e) => {
             if verbose {
@@ -395,5 +407,40 @@ fn open_trigger(path: &Path, spec: &str, verbose: bool) -> Option<File> {
             }
             None
         }
+    }
+}
+
+/// `some 150000 1000000` -> `some 300000 2000000`; `None` when the window
+/// is already a multiple of 2 s.
+fn unprivileged_trigger(spec: &str) -> Option<String> {
+    const UNIT: u64 = 2_000_000;
+    let mut p = spec.split_ascii_whitespace();
+    let (kind, stall, window) = (
+        p.next()?,
+        p.next()?.parse::<u64>().ok()?,
+        p.next()?.parse::<u64>().ok()?,
+    );
+    if window == 0 || window % UNIT == 0 {
+        return None;
+    }
+    let w2 = window.div_ceil(UNIT) * UNIT;
+    Some(format!("{kind} {} {w2}", stall * w2 / window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unprivileged_trigger;
+
+    #[test]
+    fn trigger_windows_for_unprivileged_writers() {
+        assert_eq!(
+            unprivileged_trigger("some 150000 1000000").as_deref(),
+            Some("some 300000 2000000")
+        );
+        assert_eq!(
+            unprivileged_trigger("full 100000 3000000").as_deref(),
+            Some("full 133333 4000000")
+        );
+        assert_eq!(unprivileged_trigger("some 100000 2000000"), None);
     }
 }
