@@ -390,6 +390,40 @@ fn another_user_is_refused_even_through_a_widened_socket() {
     );
 }
 
+/// Issue 9: an operator's negative adj that the kernel refuses (no
+/// CAP_SYS_RESOURCE) was dropped silently, so in a host OOM the kernel saw
+/// a -1000 VM as 0. The kernel's value is shown when it differs, with an
+/// event saying why.
+#[test]
+fn a_refused_negative_adj_is_reported_not_hidden() {
+    let d = Daemon::start("adj");
+    let vm = d.create(
+        r#"{"id": "n", "mem_mib": 32, "cmdline": "tiny.hold=forever", "oom_score_adj": -500}"#,
+    );
+    let pid = vm["pid"].as_u64().unwrap();
+    let kernel: i64 = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let vm = d.vm("n");
+    assert_eq!(vm["oom_score_adj"], -500, "{vm}");
+    let warned = events_of(&d, "oom_score_adj_not_mirrored");
+    if kernel == -500 {
+        // This daemon has CAP_SYS_RESOURCE: nothing to report.
+        assert!(vm.get("kernel_oom_score_adj").is_none(), "{vm}");
+        assert!(warned.is_empty(), "{warned:?}");
+    } else {
+        assert_eq!(vm["kernel_oom_score_adj"], kernel, "{vm}");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert_eq!(warned[0]["kernel_oom_score_adj"], kernel);
+    }
+    // Raising it always works: then kernel and daemon agree again.
+    let (status, vm) = d.call("PATCH", "/vms/n", Some(r#"{"oom_score_adj": 300}"#));
+    assert_eq!(status, 200, "{vm}");
+    assert!(vm.get("kernel_oom_score_adj").is_none(), "{vm}");
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let d = Daemon::start("bad");

@@ -954,6 +954,7 @@ mod tests {
             mem_mib: 128,
             vcpus: 1,
             oom_score_adj: 0,
+            kernel_oom_score_adj: None,
             rss_bytes: 70 << 20,
             swap_bytes: 0,
             page_tables_bytes: 300 << 10,

@@ -24,6 +24,7 @@ fn web1() -> VmView {
         mem_mib: 256,
         vcpus: 2,
         oom_score_adj: 0,
+        kernel_oom_score_adj: None,
         rss_bytes: 100 << 20,
         swap_bytes: 0,
         page_tables_bytes: 1 << 20,

@@ -75,6 +75,7 @@ impl Daemon {
             mem_mib: vm.spec.mem_mib,
             vcpus: vm.spec.vcpus,
             oom_score_adj: vm.oom_score_adj.get(),
+            kernel_oom_score_adj: vm.kernel_oom_score_adj,
             rss_bytes: mem.rss,
             swap_bytes: mem.swap,
             page_tables_bytes: mem.page_tables,

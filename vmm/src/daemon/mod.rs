@@ -267,6 +267,23 @@ impl Daemon {
         *lock(&self.policy) = policy;
     }
 
+    /// An event when the host kernel holds another `oom_score_adj` for the
+    /// VM's VMM than the operator gave: in a host OOM the kernel would
+    /// rank it by that one.
+    fn warn_if_kernel_adj_differs(&self, vm: &VmRecord) {
+        if let Some(kernel) = vm.kernel_oom_score_adj {
+            self.events.push(
+                "oom_score_adj_not_mirrored",
+                json!({
+                    "vm": vm.id,
+                    "oom_score_adj": vm.oom_score_adj.get(),
+                    "kernel_oom_score_adj": kernel,
+                    "why": "lowering a process's oom_score_adj below 0 needs CAP_SYS_RESOURCE, which the daemon lacks; the daemon's own decisions use oom_score_adj",
+                }),
+            );
+        }
+    }
+
     /// Writes or removes VM `vm`'s record on disk; a failure is an event
     /// (the VM runs on, but a restarted daemon could not take it back).
     fn persist(&self, vm: &VmRecord) {
@@ -306,6 +323,9 @@ impl Daemon {
             match adoption {
                 vms::Adoption::Adopted => {
                     record.observe();
+                    if let Some(pid) = record.pid() {
+                        record.kernel_oom_score_adj = vms::mirror_adj(record.oom_score_adj, pid);
+                    }
                     self.events.push(
                         "vm_adopted",
                         json!({ "vm": record.id, "pid": record.pid(), "state": record.state, "pool": record.spec.pool }),
@@ -388,6 +408,7 @@ impl Daemon {
                     vm.state = VmState::Running;
                     self.persist(vm);
                     self.events.push("vm_running", json!({ "vm": id }));
+                    self.warn_if_kernel_adj_differs(vm);
                 }
                 Ok(id)
             }
@@ -450,7 +471,8 @@ impl Daemon {
         vm.oom_score_adj = adj;
         vm.spec.oom_score_adj = adj.get();
         if let Some(pid) = vm.pid() {
-            let _ = adj.apply_to_process(pid);
+            vm.kernel_oom_score_adj = vms::mirror_adj(adj, pid);
+            self.warn_if_kernel_adj_differs(vm);
         }
         self.persist(vm);
         self.events.push(

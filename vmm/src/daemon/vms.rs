@@ -42,6 +42,9 @@ pub struct VmRecord {
     pub created_at_ms: u64,
     /// How it ended, once it has.
     pub exit: Option<String>,
+    /// The host kernel's `oom_score_adj` of the VMM as last read back,
+    /// when it is not the operator's (see [`mirror_adj`]).
+    pub kernel_oom_score_adj: Option<i16>,
     /// Who its VMM process is, for a restarted daemon to re-adopt it.
     pub identity: Option<ProcessIdentity>,
     /// Recent `(when, rss bytes)` samples.
@@ -83,6 +86,22 @@ pub enum SpawnError {
     Placement(crate::oom::cgroup::CgroupError),
     #[error("cannot open a pidfd for the new VMM")]
     Pidfd(#[source] std::io::Error),
+}
+
+/// Mirrors the operator's `adj` into the kernel's `oom_score_adj` of the
+/// VMM `pid`, so that the host kernel's own OOM killer, should it act
+/// before the daemon, ranks the VMs as the operator did. Returns what the
+/// kernel holds when that is not `adj`: lowering it below 0 needs
+/// `CAP_SYS_RESOURCE`, and without it the kernel refuses (the daemon's own
+/// decisions use `adj` either way).
+pub fn mirror_adj(adj: OomScoreAdj, pid: u32) -> Option<i16> {
+    let _ = adj.apply_to_process(pid);
+    let kernel: i16 = fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (kernel != adj.get()).then_some(kernel)
 }
 
 /// What [`VmRecord::adopt`] found.
@@ -215,10 +234,11 @@ impl VmRecord {
         // OOM killer agrees with ours. Lowering it below 0 needs
         // CAP_SYS_RESOURCE; without it the daemon's own policy still
         // honours the value (the decision event shows it).
-        let _ = oom_score_adj.apply_to_process(child.id());
+        let kernel_adj = mirror_adj(oom_score_adj, child.id());
         let identity = ProcessIdentity::of(child.id()).ok();
         let mut record = VmRecord::new(state_dir, id, spec, Some(pidfd), now_ms, cgroup);
         record.identity = identity;
+        record.kernel_oom_score_adj = kernel_adj;
         Ok(record)
     }
 
@@ -247,6 +267,7 @@ impl VmRecord {
             state: VmState::Starting,
             created_at_ms,
             exit: None,
+            kernel_oom_score_adj: None,
             identity: None,
             samples: VecDeque::new(),
             counters: None,

@@ -99,6 +99,7 @@ impl FakeDaemon {
             mem_mib: spec.mem_mib,
             vcpus: spec.vcpus,
             oom_score_adj: spec.oom_score_adj,
+            kernel_oom_score_adj: None,
             rss_bytes: (u64::from(spec.mem_mib) << 20) / 2,
             swap_bytes: 0,
             page_tables_bytes: 256 << 10,

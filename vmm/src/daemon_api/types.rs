@@ -244,8 +244,14 @@ pub struct VmView {
     pub mem_mib: u32,
     /// vCPUs.
     pub vcpus: u8,
-    /// Its `oom_score_adj`.
+    /// Its `oom_score_adj`, as the daemon's decisions use it.
     pub oom_score_adj: i16,
+    /// What the host kernel's own OOM killer uses for the VMM process
+    /// (`/proc/<pid>/oom_score_adj`), when it differs from
+    /// `oom_score_adj`: lowering it below 0 needs `CAP_SYS_RESOURCE`,
+    /// which a daemon without it does not have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_oom_score_adj: Option<i16>,
     /// Resident bytes of the VMM process (guest RAM included).
     pub rss_bytes: u64,
     /// Swapped-out bytes of the VMM process.
