@@ -26,8 +26,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::BalloonConfig;
+use crate::daemon_api::events::{
+    DomainFigures, DomainName, DomainUsage, KillOutcome, OomDecision, OomKill,
+};
 use crate::daemon_api::{
-    OomAction, OomPatch, OomTrigger, OomView, RunState, VmPatch, VmSpec, VmView,
+    Event, EventRecord, OomAction, OomPatch, OomTrigger, OomView, RunState, VmPatch, VmSpec, VmView,
 };
 use crate::http::{Client, ClientError};
 use crate::size::ByteSize;
@@ -342,10 +345,13 @@ pub fn execute(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 };
                 let (raw, _): (Value, Value) =
                     api.call("POST", "/oom/trigger", Some(&to_json(&trigger)?))?;
-                if json {
-                    print_json(out, &raw)
-                } else {
-                    Ok(out.write_all(decision_text(&raw).as_bytes())?)
+                let record = EventRecord::from_value(raw.clone()).ok();
+                match record.as_ref().and_then(|r| Some((r, r.decision()?))) {
+                    Some((record, decision)) if !json => {
+                        Ok(out.write_all(decision_text(record, decision).as_bytes())?)
+                    }
+                    // --json, or a decision this build cannot read.
+                    _ => print_json(out, &raw),
                 }
             }
         },
@@ -506,20 +512,26 @@ impl Api {
         Ok((raw, typed))
     }
 
-    /// `events`: the history, or the stream with `--follow`.
+    /// `events`: the history, or the stream with `--follow`. An event of
+    /// a kind this build does not know (a newer daemon) is shown with its
+    /// fields as they come.
     fn events(&self, args: &EventsArgs, json: bool, out: &mut dyn Write) -> Result<(), CtlError> {
-        let line = |out: &mut dyn Write, event: &Value| -> Result<(), CtlError> {
+        let line = |out: &mut dyn Write, event: Value| -> Result<(), CtlError> {
             if json {
                 writeln!(out, "{event}")?;
             } else {
-                writeln!(out, "{}", event_line(event))?;
+                let text = match EventRecord::from_value(event) {
+                    Ok(record) => event_line(&record),
+                    Err(raw) => raw_event_line(&raw),
+                };
+                writeln!(out, "{text}")?;
             }
             Ok(out.flush()?)
         };
         if !args.follow {
             let (_, events): (Value, Vec<Value>) =
                 self.call("GET", &format!("/events?since={}", args.since), None)?;
-            return events.iter().try_for_each(|e| line(out, e));
+            return events.into_iter().try_for_each(|e| line(out, e));
         }
         let target = format!("/events?since={}&follow=true", args.since);
         let io_err = |source| ClientError::Io {
@@ -549,7 +561,7 @@ impl Api {
             }
             let event: Value = serde_json::from_str(&text)
                 .map_err(|e| CtlError::Decode(format!("event {text:?}: {e}")))?;
-            line(out, &event)?;
+            line(out, event)?;
         }
     }
 }
@@ -757,10 +769,7 @@ pub fn oom_text(oom: &OomView) -> String {
             .map(|pool| {
                 vec![
                     pool.name.clone(),
-                    serde_json::to_value(pool.constraint)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    pool.constraint.as_str().to_string(),
                     pool.limit_bytes.map_or_else(|| "-".to_string(), mib),
                     mib(pool.usage_bytes),
                     pool.vms.to_string(),
@@ -786,86 +795,47 @@ fn scalar(value: &Value) -> String {
     }
 }
 
-/// Bytes of a table row: `<name>_bytes`, else `<name>_pages` × the page
-/// size.
-fn row_bytes(row: &Value, name: &str) -> Option<u64> {
-    row.get(format!("{name}_bytes"))
-        .and_then(Value::as_u64)
-        .or_else(|| {
-            row.get(format!("{name}_pages"))
-                .and_then(Value::as_u64)
-                .map(|pages| pages * crate::oom::host::page_size())
-        })
-}
-
-/// The id of a decision's victim (`"id"` or `{"id": ...}`).
-fn victim_id(decision: &Value) -> Option<String> {
-    match decision.get("victim")? {
-        Value::String(id) => Some(id.clone()),
-        Value::Object(v) => v.get("id").and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    }
-}
-
 /// An OOM decision event, for `oom trigger`: the domain, the candidate
 /// table with scores (the victim marked `*`), the reason and the victim.
-pub fn decision_text(d: &Value) -> String {
-    let get = |k: &str| d.get(k).map(scalar);
-    let victim = victim_id(d);
-    let mut out = String::new();
-    let mut head = format!("OOM decision #{}", get("seq").unwrap_or_else(|| "?".into()));
-    if d.get("dry_run").and_then(Value::as_bool) == Some(true) {
-        head.push_str(" (dry run)");
+pub fn decision_text(record: &EventRecord, d: &OomDecision) -> String {
+    let mut out = format!("OOM decision #{}", record.seq);
+    if d.dry_run {
+        out.push_str(" (dry run)");
     }
-    if let Some(trigger) = get("trigger") {
-        let _ = write!(head, ", trigger {trigger}");
-    }
-    if let Some(time) = d.get("time_ms").and_then(Value::as_u64) {
-        let _ = write!(head, ", at {}", utc_time(time));
-    }
-    out.push_str(&head);
-    out.push('\n');
-    let mut domain = get("constraint").unwrap_or_else(|| "-".into());
-    if let (Some(basis), Some(pages)) = (get("basis"), get("totalpages")) {
-        let _ = write!(domain, ": {basis}, {pages} pages");
-    }
-    let mut lines = vec![("constraint", domain)];
-    if let Some(action) = get("action") {
-        lines.push(("action", action));
-    }
-    out.push_str(&fields(&lines));
-    let rows = d
-        .get("table")
-        .or_else(|| d.get("candidates"))
-        .and_then(Value::as_array);
-    match rows {
+    let _ = writeln!(
+        out,
+        ", trigger {}, at {}",
+        d.trigger.as_str(),
+        utc_time(record.time_ms)
+    );
+    out.push_str(&fields(&[
+        (
+            "constraint",
+            format!("{}: {}, {} pages", d.constraint, d.basis, d.totalpages),
+        ),
+        ("action", d.action.as_str().to_string()),
+    ]));
+    match &d.table {
         Some(rows) if !rows.is_empty() => {
+            let page = crate::oom::host::page_size();
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|row| {
-                    let id = row.get("id").map(scalar).unwrap_or_default();
-                    let mark = if victim.as_deref() == Some(id.as_str()) {
+                    let mark = if d.victim.as_deref() == Some(row.id.as_str()) {
                         "*"
                     } else {
                         ""
                     };
-                    let size = |name| row_bytes(row, name).map_or_else(|| "-".to_string(), mib);
-                    let growth = row
-                        .get("growth_bytes_per_s")
-                        .and_then(Value::as_i64)
-                        .map_or_else(|| "-".into(), |g| format!("{}KiB/s", g / 1024));
                     vec![
                         mark.to_string(),
-                        id,
-                        size("rss"),
-                        size("swap"),
-                        size("pgtables"),
-                        row.get("oom_score_adj").map(scalar).unwrap_or_default(),
-                        row.get("badness").map(scalar).unwrap_or_else(|| "-".into()),
-                        row.get("oom_score")
-                            .map(scalar)
-                            .unwrap_or_else(|| "-".into()),
-                        growth,
+                        row.id.clone(),
+                        mib(row.rss_pages * page),
+                        mib(row.swap_pages * page),
+                        mib(row.pgtables_pages * page),
+                        row.oom_score_adj.to_string(),
+                        or_dash(row.badness),
+                        row.oom_score.to_string(),
+                        format!("{}KiB/s", row.growth_bytes_per_s / 1024),
                     ]
                 })
                 .collect();
@@ -883,66 +853,313 @@ pub fn decision_text(d: &Value) -> String {
         None => {}
     }
     out.push_str(&fields(&[
-        ("reason", get("reason").unwrap_or_else(|| "-".into())),
-        ("victim", victim.unwrap_or_else(|| "none".into())),
+        ("reason", d.reason.clone()),
+        ("victim", d.victim.clone().unwrap_or_else(|| "none".into())),
     ]));
     out
 }
 
-/// One event as one line: time, `#seq`, kind, then its fields as
-/// `key=value` (an OOM decision shows its victim, domain, action and
-/// reason, and the number of candidates instead of its table).
-pub fn event_line(event: &Value) -> String {
+/// `key=value` pairs of one event line; a value with spaces, quotes or
+/// nothing in it is quoted.
+#[derive(Default)]
+struct Pairs(String);
+
+impl Pairs {
+    fn add(&mut self, key: &str, value: impl ToString) -> &mut Self {
+        let text = value.to_string();
+        if text.is_empty() || text.contains(char::is_whitespace) || text.contains('"') {
+            let _ = write!(self.0, " {key}={text:?}");
+        } else {
+            let _ = write!(self.0, " {key}={text}");
+        }
+        self
+    }
+
+    fn opt(&mut self, key: &str, value: Option<impl ToString>) -> &mut Self {
+        self.add(key, or_dash(value))
+    }
+
+    fn bytes(&mut self, key: &str, bytes: u64) -> &mut Self {
+        self.add(key, mib(bytes))
+    }
+
+    /// The domain: `pool=` or `nodes=`; the host shows neither.
+    fn domain(&mut self, d: &DomainName) -> &mut Self {
+        if let Some(pool) = &d.pool {
+            self.add("pool", pool);
+        }
+        if let Some(nodes) = &d.nodes {
+            self.add("nodes", nodes);
+        }
+        self
+    }
+
+    fn usage(&mut self, u: &DomainUsage) -> &mut Self {
+        self.domain(&u.domain)
+            .add("constraint", u.figures.kind().as_str())
+            .bytes("usage", u.usage_bytes)
+            .bytes("limit", u.limit_bytes);
+        match &u.figures {
+            DomainFigures::Budget { .. } | DomainFigures::Nodes(_) => self,
+            DomainFigures::Memcg(m) => self
+                .add("failcnt", m.failcnt)
+                .add("under_oom", m.under_oom)
+                .add("reserve_lent", m.reserve_lent),
+            DomainFigures::Host(h) => self
+                .opt("psi_some_avg10", h.psi_some_avg10)
+                .opt("psi_full_avg10", h.psi_full_avg10),
+        }
+    }
+}
+
+/// A signal number as its name, for the two that stop the daemon.
+fn signal_name(signal: u8) -> String {
+    match i32::from(signal) {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        n => n.to_string(),
+    }
+}
+
+/// One event as one line: time, `#seq`, kind, then what happened as
+/// `key=value` (the VM or pool first; sizes in MiB; an OOM decision shows
+/// its victim, domain, action and reason, and the number of candidates
+/// instead of its table).
+pub fn event_line(record: &EventRecord) -> String {
+    let mut p = Pairs::default();
+    // Every kind says what it shows: a new kind cannot be forgotten here.
+    match &record.event {
+        Event::DaemonStarted {
+            socket,
+            state_dir,
+            policy,
+        } => p
+            .add("socket", socket.display())
+            .add("state_dir", state_dir.display())
+            .add("action", policy.action.as_str()),
+        Event::DaemonStopping { signal } => p.add("signal", signal_name(*signal)),
+        Event::OomPolicy { policy: q } => p
+            .add("action", q.action.as_str())
+            .add("kill_fastest_grower", q.kill_fastest_grower)
+            .add("dump_vms", q.dump_vms)
+            .add("reclaim_first", q.reclaim_first)
+            .add("no_progress_ms", q.no_progress_ms)
+            .add("min_kill_interval_ms", q.min_kill_interval_ms)
+            .add("psi_some_threshold_us", q.psi_some_threshold_us)
+            .add("psi_window_us", q.psi_window_us)
+            .add("host_min_available_permille", q.host_min_available_permille),
+        Event::PsiTrigger {
+            pool,
+            file,
+            trigger,
+        } => p
+            .opt("pool", pool.as_deref())
+            .add("file", file.display())
+            .add("trigger", trigger),
+        Event::PsiUnavailable { pool, file, error } => p
+            .opt("pool", pool.as_deref())
+            .add("file", file.display())
+            .add("error", error),
+        Event::PsiPressure {
+            pool,
+            some_avg10,
+            full_avg10,
+            trigger,
+        } => p
+            .opt("pool", pool.as_deref())
+            .opt("some_avg10", *some_avg10)
+            .opt("full_avg10", *full_avg10)
+            .add("trigger", trigger),
+        Event::VmCreated {
+            vm,
+            pid,
+            mem_mib,
+            oom_score_adj,
+            pool,
+            numa_nodes,
+        } => p
+            .add("vm", vm)
+            .opt("pid", *pid)
+            .bytes("mem", u64::from(*mem_mib) << 20)
+            .add("oom_score_adj", oom_score_adj)
+            .opt("pool", pool.as_deref())
+            .opt("numa_nodes", numa_nodes.as_deref()),
+        Event::VmRunning { vm } | Event::VmDeleted { vm } => p.add("vm", vm),
+        Event::VmExited { vm, how } => p.add("vm", vm).add("how", how),
+        Event::VmStartFailed { vm, how, log } => p.add("vm", vm).add("how", how).add("log", log),
+        Event::VmAdopted {
+            vm,
+            pid,
+            state,
+            pool,
+        } => p
+            .add("vm", vm)
+            .opt("pid", *pid)
+            .add("state", state.as_str())
+            .opt("pool", pool.as_deref()),
+        Event::VmRecordWriteFailed { vm, error } => p.add("vm", vm).add("error", error),
+        Event::VmRecordUnreadable { dir, error } => p.add("dir", dir.display()).add("error", error),
+        Event::OomScoreAdjNotMirrored {
+            vm,
+            oom_score_adj,
+            kernel_oom_score_adj,
+            why,
+        } => p
+            .add("vm", vm)
+            .add("oom_score_adj", oom_score_adj)
+            .add("kernel_oom_score_adj", kernel_oom_score_adj)
+            .add("why", why),
+        Event::VmOomScoreAdj { vm, oom_score_adj } => {
+            p.add("vm", vm).add("oom_score_adj", oom_score_adj)
+        }
+        Event::VmPaused { vm, by } | Event::VmResumed { vm, by } => {
+            p.add("vm", vm).add("by", by.as_str())
+        }
+        Event::BalloonTarget { vm, target_mib, by } => p
+            .add("vm", vm)
+            .bytes("target", u64::from(*target_mib) << 20)
+            .add("by", by.as_str()),
+        Event::Reclaim(r) => {
+            let asked: Vec<String> = r
+                .balloons
+                .iter()
+                .map(|b| format!("{}:{}MiB", b.vm, b.target_mib))
+                .collect();
+            p.domain(&r.domain)
+                .add("constraint", r.constraint.as_str())
+                .bytes("excess", r.excess_bytes)
+                .add("balloons", asked.join(","))
+        }
+        Event::BalloonStalled(b) => p
+            .add("vm", &b.vm)
+            .domain(&b.domain)
+            .opt("target_mib", b.target_mib)
+            .add("actual_mib", b.actual_mib)
+            .add("rate_mib_s", b.rate_mib_s)
+            .add("backoff_s", b.backoff_s),
+        Event::ReclaimReleased(r) => {
+            let released: Vec<String> = r
+                .balloons
+                .iter()
+                .map(|b| format!("{}:{}MiB", b.vm, b.target_mib))
+                .collect();
+            p.usage(&r.usage).add("balloons", released.join(","))
+        }
+        Event::OomPressure(o) => {
+            p.usage(&o.usage)
+                .add("pressure_to_decision_ms", o.pressure_to_decision_ms);
+            if !o.stalled_balloons.is_empty() {
+                p.add("stalled_balloons", o.stalled_balloons.join(","));
+            }
+            p.add("why", &o.why)
+        }
+        Event::OomDecision(d) => p
+            .add("victim", d.victim.as_deref().unwrap_or("none"))
+            .add("action", d.action.as_str())
+            .add("trigger", d.trigger.as_str())
+            .add("constraint", &d.constraint)
+            .add("totalpages", d.totalpages)
+            .opt("candidates", d.table.as_ref().map(Vec::len))
+            .add("decision_us", d.decision_us)
+            .add("reason", &d.reason),
+        Event::OomPauseFailed { vm, error } => p.add("vm", vm).add("error", error),
+        Event::OomKill(OomKill { vm, pid, outcome }) => {
+            p.add("vm", vm).opt("pid", *pid);
+            match outcome {
+                KillOutcome::Reaped {
+                    report: r,
+                    decision_to_freed_us,
+                } => {
+                    p.add("method", r.method.as_str());
+                    if let Some(from) = r.fallback_from {
+                        p.add("fallback_from", from.as_str())
+                            .opt("fallback_reason", r.fallback_reason.as_deref());
+                    }
+                    p.bytes("freed", r.bytes_freed)
+                        .add("freed_by", r.freed_by.as_str())
+                        .add("kill_to_freed_us", r.freed_us)
+                        .add("decision_to_freed_us", decision_to_freed_us)
+                        .add("kill_to_exit_us", r.exited_us)
+                }
+                KillOutcome::Failed { method, error } => {
+                    p.add("method", method.as_str()).add("error", error)
+                }
+            }
+        }
+        Event::MemcgPoolCreated {
+            pool,
+            cgroup,
+            version,
+            limit_bytes,
+            kernel_oom_killer,
+        } => p
+            .add("pool", pool)
+            .bytes("limit", *limit_bytes)
+            .add("cgroup", cgroup.display())
+            .add("version", version.as_str())
+            .add("kernel_oom_killer", kernel_oom_killer.as_str()),
+        Event::MemcgPoolUnreadable { pool, error }
+        | Event::MemcgReserveFailed { pool, error }
+        | Event::MemcgPoolRemoveFailed { pool, error } => p.add("pool", pool).add("error", error),
+        Event::MemcgReserveLent {
+            pool,
+            reserve_bytes,
+            usage_bytes,
+            under_oom,
+        } => p
+            .add("pool", pool)
+            .bytes("reserve", *reserve_bytes)
+            .bytes("usage", *usage_bytes)
+            .add("under_oom", under_oom),
+        Event::MemcgReserveReturned {
+            pool,
+            usage_bytes,
+            lent_ms,
+        } => p
+            .add("pool", pool)
+            .bytes("usage", *usage_bytes)
+            .add("lent_ms", lent_ms),
+        Event::MemcgPoolRemoved { pool } => p.add("pool", pool),
+    };
+    format!(
+        "{}  #{}  {}{}",
+        utc_time(record.time_ms),
+        record.seq,
+        record.kind(),
+        p.0
+    )
+}
+
+/// An event this build cannot read (a kind from a newer daemon): time,
+/// `#seq`, kind, then its fields as `key=value` in key order, the VM
+/// first.
+pub fn raw_event_line(event: &Value) -> String {
     let time = event
         .get("time_ms")
         .and_then(Value::as_u64)
         .map_or_else(|| "-".to_string(), utc_time);
     let seq = event.get("seq").map(scalar).unwrap_or_else(|| "?".into());
     let kind = event.get("kind").map(scalar).unwrap_or_else(|| "?".into());
-    let mut line = format!("{time}  #{seq}  {kind}");
+    let mut p = Pairs(format!("{time}  #{seq}  {kind}"));
     let Some(fields) = event.as_object() else {
-        return line;
+        return p.0;
     };
-    // (key, text, whether the text is a string that may need quotes)
-    let mut pairs: Vec<(&str, String, bool)> = Vec::new();
-    if kind == "oom_decision" {
-        pairs.push((
-            "victim",
-            victim_id(event).unwrap_or_else(|| "none".into()),
-            true,
-        ));
-    }
-    // The VM an event is about first, the rest in key order.
     let mut keys: Vec<&String> = fields.keys().collect();
     keys.sort_by_key(|k| (!matches!(k.as_str(), "vm" | "id"), k.as_str()));
     for key in keys {
-        let value = &fields[key];
-        match key.as_str() {
-            "seq" | "time_ms" | "kind" => {}
-            "victim" if kind == "oom_decision" => {}
-            "table" | "candidates" => {
-                let n = value.as_array().map_or(0, Vec::len);
-                pairs.push(("candidates", n.to_string(), false));
-            }
-            _ => pairs.push((key, scalar(value), value.is_string())),
+        if !matches!(key.as_str(), "seq" | "time_ms" | "kind") {
+            p.add(key, scalar(&fields[key]));
         }
     }
-    for (key, text, is_string) in pairs {
-        let quote = is_string
-            && (text.is_empty() || text.contains(char::is_whitespace) || text.contains('"'));
-        if quote {
-            let _ = write!(line, " {key}={text:?}");
-        } else {
-            let _ = write!(line, " {key}={text}");
-        }
-    }
-    line
+    p.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon_api::events::{DecisionAction, DecisionTrigger};
     use crate::daemon_api::{BalloonView, ConstraintKind, PoolView, PressureView, VmState};
+    use crate::oom::select::CandidateRow;
     use serde_json::json;
 
     fn vm(id: &str) -> VmView {
@@ -1087,26 +1304,50 @@ web    memcg            -    5MiB    1
         );
     }
 
-    fn decision() -> Value {
-        json!({
-            "seq": 7, "time_ms": 1_700_000_000_000_u64, "kind": "oom_decision",
-            "trigger": "manual", "dry_run": true,
-            "constraint": "CONSTRAINT_NONE (host)", "basis": "host RAM + swap",
-            "totalpages": 6_291_456, "victim": "b", "action": "none (dry run)",
-            "reason": "highest badness: 20000 pages (oom_score 6)", "decision_us": 80,
-            "table": [
-                {"id": "a", "rss_bytes": 8 << 20, "swap_bytes": 0, "pgtables_bytes": 90 << 10,
-                 "oom_score_adj": -1000, "badness": null, "oom_score": 0, "growth_bytes_per_s": 0},
-                {"id": "b", "rss_bytes": 78 << 20, "swap_bytes": 1 << 20, "pgtables_bytes": 300 << 10,
-                 "oom_score_adj": 0, "badness": 20000, "oom_score": 6, "growth_bytes_per_s": 2048},
-            ],
-        })
+    fn decision() -> EventRecord {
+        let page = crate::oom::host::page_size();
+        let row = |id: &str, rss: u64, swap: u64, pgtables: u64| CandidateRow {
+            id: id.into(),
+            rss_pages: rss / page,
+            swap_pages: swap / page,
+            pgtables_pages: pgtables / page,
+            oom_score_adj: 0,
+            badness: Some(20_000),
+            oom_score: 6,
+            growth_bytes_per_s: 2048,
+        };
+        EventRecord {
+            seq: 7,
+            time_ms: 1_700_000_000_000,
+            event: Event::OomDecision(OomDecision {
+                trigger: DecisionTrigger::Manual,
+                dry_run: true,
+                constraint: "CONSTRAINT_NONE (host)".into(),
+                basis: "host RAM + swap".into(),
+                totalpages: 6_291_456,
+                victim: Some("b".into()),
+                reason: "highest badness: 20000 pages (oom_score 6)".into(),
+                action: DecisionAction::DryRun,
+                decision_us: 80,
+                table: Some(vec![
+                    CandidateRow {
+                        oom_score_adj: -1000,
+                        badness: None,
+                        oom_score: 0,
+                        growth_bytes_per_s: 0,
+                        ..row("a", 8 << 20, 0, 92 << 10)
+                    },
+                    row("b", 78 << 20, 1 << 20, 300 << 10),
+                ]),
+            }),
+        }
     }
 
     #[test]
     fn decisions_show_domain_table_reason_and_victim() {
+        let record = decision();
         assert_eq!(
-            decision_text(&decision()),
+            decision_text(&record, record.decision().unwrap()),
             "\
 OOM decision #7 (dry run), trigger manual, at 2023-11-14T22:13:20.000Z
 constraint  CONSTRAINT_NONE (host): host RAM + swap, 6291456 pages
@@ -1120,15 +1361,14 @@ reason  highest badness: 20000 pages (oom_score 6)
 victim  b
 "
         );
-        // Pages instead of bytes, no table, no victim.
-        let pages = json!({"rss_pages": 256});
-        assert_eq!(
-            row_bytes(&pages, "rss"),
-            Some(256 * crate::oom::host::page_size())
-        );
-        let none = json!({"seq": 8, "kind": "oom_decision", "victim": null, "table": [],
-                          "reason": "no eligible VM"});
-        let text = decision_text(&none);
+        // No candidates, no victim.
+        let mut none = decision();
+        if let Event::OomDecision(d) = &mut none.event {
+            d.victim = None;
+            d.table = Some(Vec::new());
+            d.reason = "no eligible VM".into();
+        }
+        let text = decision_text(&none, none.decision().unwrap());
         assert!(text.contains("(no candidates)"), "{text}");
         assert!(
             text.ends_with("reason  no eligible VM\nvictim  none\n"),
@@ -1141,18 +1381,61 @@ victim  b
         assert_eq!(
             event_line(&decision()),
             "2023-11-14T22:13:20.000Z  #7  oom_decision victim=b action=\"none (dry run)\" \
-             basis=\"host RAM + swap\" constraint=\"CONSTRAINT_NONE (host)\" decision_us=80 \
-             dry_run=true reason=\"highest badness: 20000 pages (oom_score 6)\" candidates=2 \
-             totalpages=6291456 trigger=manual"
+             trigger=manual constraint=\"CONSTRAINT_NONE (host)\" totalpages=6291456 \
+             candidates=2 decision_us=80 reason=\"highest badness: 20000 pages (oom_score 6)\""
         );
+        let at = |seq, event| EventRecord {
+            seq,
+            time_ms: 0,
+            event,
+        };
         assert_eq!(
-            event_line(
-                &json!({"seq": 1, "time_ms": 0, "kind": "vm_created", "vm": "a",
-                               "pool": null, "nested": {"x": 1}})
-            ),
-            "1970-01-01T00:00:00.000Z  #1  vm_created vm=a nested={\"x\":1} pool=-"
+            event_line(&at(
+                1,
+                Event::VmCreated {
+                    vm: "a".into(),
+                    pid: Some(42),
+                    mem_mib: 128,
+                    oom_score_adj: -500,
+                    pool: None,
+                    numa_nodes: Some("0".into()),
+                }
+            )),
+            "1970-01-01T00:00:00.000Z  #1  vm_created vm=a pid=42 mem=128MiB oom_score_adj=-500 \
+             pool=- numa_nodes=0"
         );
-        assert_eq!(event_line(&json!({"odd": true})), "-  #?  ? odd=true");
+        // Every kind has a line of its own, none empty or with a torn
+        // quote.
+        for (i, event) in crate::daemon_api::events::tests::one_of_each()
+            .into_iter()
+            .enumerate()
+        {
+            let record = at(i as u64, event);
+            let line = event_line(&record);
+            let head = format!("1970-01-01T00:00:00.000Z  #{i}  {} ", record.kind());
+            assert!(line.starts_with(&head), "{line}");
+            assert_eq!(line.matches('"').count() % 2, 0, "{line}");
+        }
+        let kill = crate::daemon_api::events::tests::one_of_each()
+            .into_iter()
+            .find(|e| e.kind() == "oom_kill")
+            .unwrap();
+        assert_eq!(
+            event_line(&at(9, kill)),
+            "1970-01-01T00:00:00.000Z  #9  oom_kill vm=web-1 pid=4242 method=sigkill_mrelease \
+             fallback_from=vmm_release fallback_reason=\"the VMM did not answer\" freed=78MiB \
+             freed_by=mrelease_returned kill_to_freed_us=251000 decision_to_freed_us=251300 \
+             kill_to_exit_us=252000"
+        );
+        // A kind from a newer daemon: its fields as they come.
+        assert_eq!(
+            raw_event_line(
+                &json!({"seq": 1, "time_ms": 0, "kind": "vm_migrated", "vm": "a",
+                                   "to": null, "nested": {"x": 1}})
+            ),
+            "1970-01-01T00:00:00.000Z  #1  vm_migrated vm=a nested=\"{\\\"x\\\":1}\" to=-"
+        );
+        assert_eq!(raw_event_line(&json!({"odd": true})), "-  #?  ? odd=true");
     }
 
     #[test]
@@ -1405,18 +1688,17 @@ victim  b
         #[test]
         fn events_follow_prints_each_event_as_it_happens() {
             let d = daemon();
-            d.fake
-                .push_event("vm_created", serde_json::json!({"vm": "a"}));
+            d.fake.push_event(Event::VmRunning { vm: "a".into() });
             let out = Shared::default();
             let args = parse(&d, "events --follow");
             let mut writer = out.clone();
             let follower = thread::spawn(move || execute(&args, &mut writer));
 
-            assert!(out.wait_for(1)[0].ends_with("#1  vm_created vm=a"));
-            d.fake.push_event(
-                "vm_exited",
-                serde_json::json!({"vm": "a", "how": "exit status 0"}),
-            );
+            assert!(out.wait_for(1)[0].ends_with("#1  vm_running vm=a"));
+            d.fake.push_event(Event::VmExited {
+                vm: "a".into(),
+                how: "exit status 0".into(),
+            });
             assert!(out.wait_for(2)[1].ends_with("#2  vm_exited vm=a how=\"exit status 0\""));
             // The daemon ends the stream: the command ends, successfully.
             d.fake.end_streams();

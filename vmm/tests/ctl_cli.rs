@@ -6,10 +6,10 @@ use std::process::{Command, Output};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use vmm::daemon_api::{
-    ApiError, DaemonApiServer, DaemonBackend, OomPatch, OomTrigger, OomView, VmPatch, VmSpec,
-    VmState, VmView,
+    ApiError, DaemonApiServer, DaemonBackend, Event, EventRecord, OomPatch, OomTrigger, OomView,
+    VmPatch, VmSpec, VmState, VmView,
 };
 
 /// One VM, and nothing else works.
@@ -66,13 +66,24 @@ impl DaemonBackend for OneVm {
     fn patch_oom(&self, _: OomPatch) -> Result<OomView, ApiError> {
         Err(unsupported())
     }
-    fn trigger_oom(&self, _: OomTrigger) -> Result<Value, ApiError> {
+    fn trigger_oom(&self, _: OomTrigger) -> Result<EventRecord, ApiError> {
         Err(unsupported())
     }
-    fn events(&self, _: u64) -> Vec<Value> {
-        vec![json!({"seq": 1, "time_ms": 0, "kind": "vm_created", "vm": "web-1"})]
+    fn events(&self, _: u64) -> Vec<EventRecord> {
+        vec![EventRecord {
+            seq: 1,
+            time_ms: 0,
+            event: Event::VmCreated {
+                vm: "web-1".into(),
+                pid: Some(4321),
+                mem_mib: 256,
+                oom_score_adj: 0,
+                pool: None,
+                numa_nodes: None,
+            },
+        }]
     }
-    fn follow_events(&self, _: u64) -> Receiver<Value> {
+    fn follow_events(&self, _: u64) -> Receiver<EventRecord> {
         mpsc::channel().1
     }
     fn metrics(&self) -> String {
@@ -144,7 +155,8 @@ fn ctl_prints_tables_json_and_errors() {
     let out = vmm(Some(&sock), &["events"]);
     assert_eq!(
         text(&out.stdout),
-        "1970-01-01T00:00:00.000Z  #1  vm_created vm=web-1\n"
+        "1970-01-01T00:00:00.000Z  #1  vm_created vm=web-1 pid=4321 mem=256MiB oom_score_adj=0 \
+         pool=- numa_nodes=-\n"
     );
     // The daemon has nothing to follow: the stream ends at once.
     let out = vmm(Some(&sock), &["events", "--follow"]);

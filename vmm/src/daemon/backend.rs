@@ -3,13 +3,12 @@
 use std::path::Path;
 use std::sync::mpsc::Receiver;
 
-use serde_json::Value;
-
 use super::vm_client::{self, VmClientError};
 use super::{Daemon, DaemonError};
+use crate::daemon_api::events::{Actor, DecisionTrigger};
 use crate::daemon_api::{
-    BalloonView, ConstraintKind, DaemonBackend, OomPatch, OomTrigger, OomView, PoolView,
-    PressureView, VmPatch, VmSpec, VmState, VmView,
+    BalloonView, ConstraintKind, DaemonBackend, EventRecord, OomPatch, OomTrigger, OomView,
+    PoolView, PressureView, VmPatch, VmSpec, VmState, VmView,
 };
 use crate::http::ApiError;
 use crate::memstat::{self, MmCounters};
@@ -139,7 +138,7 @@ impl DaemonBackend for Daemon {
             self.set_oom_score_adj(id, adj)?;
         }
         if let Some(state) = patch.state {
-            self.set_run_state(id, state, "operator")?;
+            self.set_run_state(id, state, Actor::Operator)?;
         }
         self.get_vm(id)
     }
@@ -195,7 +194,7 @@ impl DaemonBackend for Daemon {
         Ok(self.oom())
     }
 
-    fn trigger_oom(&self, req: OomTrigger) -> Result<Value, ApiError> {
+    fn trigger_oom(&self, req: OomTrigger) -> Result<EventRecord, ApiError> {
         let constraint = match (&req.pool, &req.nodes) {
             (Some(pool), _) => self.pool_constraint(pool)?,
             (None, Some(nodes)) => {
@@ -208,14 +207,14 @@ impl DaemonBackend for Daemon {
             }
             (None, None) => Constraint::Host,
         };
-        Ok(self.oom_decide("manual", req.dry_run, constraint)?)
+        Ok(self.oom_decide(DecisionTrigger::Manual, req.dry_run, constraint)?)
     }
 
-    fn events(&self, since: u64) -> Vec<Value> {
+    fn events(&self, since: u64) -> Vec<EventRecord> {
         self.events.since(since)
     }
 
-    fn follow_events(&self, since: u64) -> Receiver<Value> {
+    fn follow_events(&self, since: u64) -> Receiver<EventRecord> {
         self.events.follow(since)
     }
 

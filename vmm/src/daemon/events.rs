@@ -1,9 +1,8 @@
 //! One timeline of everything the daemon saw and did: VM lifecycle, OOM
-//! decisions with their tables, kills with their latencies. Each event is a
-//! JSON object with a monotonically increasing `seq`, a `time_ms` (Unix
-//! milliseconds) and a `kind`. Events are kept in memory (the most recent
-//! [`KEEP`]), appended to `events.ndjson` in the state directory so they
-//! survive the daemon, and streamed to followers.
+//! decisions with their tables, kills with their latencies, as typed
+//! [`Event`]s numbered by `seq` ([`EventRecord`]). Events are kept in
+//! memory (the most recent [`KEEP`]), appended to `events.ndjson` in the
+//! state directory so they survive the daemon, and streamed to followers.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -13,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use crate::daemon_api::{Event, EventRecord};
 
 /// Events kept in memory for `GET /events`.
 pub const KEEP: usize = 10_000;
@@ -24,8 +23,8 @@ pub struct EventLog {
 
 struct Inner {
     next_seq: u64,
-    recent: VecDeque<Value>,
-    followers: Vec<Sender<Value>>,
+    recent: VecDeque<EventRecord>,
+    followers: Vec<Sender<EventRecord>>,
     file: Option<File>,
 }
 
@@ -56,47 +55,47 @@ impl EventLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records an event of `kind` with the fields of `body` (an object).
-    pub fn push(&self, kind: &str, body: Value) -> Value {
+    /// Records `event`: numbered, kept, appended to the file, sent to the
+    /// followers. Returns the record.
+    pub fn push(&self, event: Event) -> EventRecord {
         let mut inner = self.inner();
-        let mut event = json!({ "seq": inner.next_seq, "time_ms": now_ms(), "kind": kind });
-        if let (Some(e), Value::Object(fields)) = (event.as_object_mut(), body) {
-            e.extend(fields);
-        }
+        let record = EventRecord {
+            seq: inner.next_seq,
+            time_ms: now_ms(),
+            event,
+        };
         inner.next_seq += 1;
         if let Some(f) = inner.file.as_mut() {
             // Losing the file copy must not lose the event: it is still
             // in memory and streamed.
-            let _ = writeln!(f, "{event}");
+            if let Ok(line) = serde_json::to_string(&record) {
+                let _ = writeln!(f, "{line}");
+            }
         }
-        inner.followers.retain(|tx| tx.send(event.clone()).is_ok());
-        inner.recent.push_back(event.clone());
+        inner.followers.retain(|tx| tx.send(record.clone()).is_ok());
+        inner.recent.push_back(record.clone());
         if inner.recent.len() > KEEP {
             inner.recent.pop_front();
         }
-        event
+        record
     }
 
     /// Events with `seq > since`, oldest first.
-    pub fn since(&self, since: u64) -> Vec<Value> {
+    pub fn since(&self, since: u64) -> Vec<EventRecord> {
         let inner = self.inner();
         inner
             .recent
             .iter()
-            .filter(|e| e["seq"].as_u64().unwrap_or(0) > since)
+            .filter(|e| e.seq > since)
             .cloned()
             .collect()
     }
 
     /// Events with `seq > since`, then every new one as it happens.
-    pub fn follow(&self, since: u64) -> Receiver<Value> {
+    pub fn follow(&self, since: u64) -> Receiver<EventRecord> {
         let (tx, rx) = mpsc::channel();
         let mut inner = self.inner();
-        for e in inner
-            .recent
-            .iter()
-            .filter(|e| e["seq"].as_u64().unwrap_or(0) > since)
-        {
+        for e in inner.recent.iter().filter(|e| e.seq > since) {
             let _ = tx.send(e.clone());
         }
         inner.followers.push(tx);
@@ -108,21 +107,22 @@ impl EventLog {
 mod tests {
     use super::*;
 
+    fn running(vm: &str) -> Event {
+        Event::VmRunning { vm: vm.into() }
+    }
+
     #[test]
     fn events_are_numbered_kept_and_followed() {
         let log = EventLog::new(None).unwrap();
-        log.push("a", json!({"x": 1}));
+        log.push(running("a"));
         let rx = log.follow(0);
-        log.push("b", json!({}));
+        log.push(running("b"));
         assert_eq!(log.since(1).len(), 1);
-        assert_eq!(rx.recv().unwrap()["kind"], "a");
+        assert_eq!(rx.recv().unwrap().event, running("a"));
         let b = rx.recv().unwrap();
-        assert_eq!(
-            (b["kind"].as_str(), b["seq"].as_u64()),
-            (Some("b"), Some(2))
-        );
+        assert_eq!((b.kind(), b.seq), ("vm_running", 2));
         drop(rx);
-        log.push("c", json!({}));
+        log.push(running("c"));
         assert!(
             log.inner().followers.is_empty(),
             "a gone follower is dropped"

@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use crate::daemon_api::{OomAction, OomPolicy, RunState, VmSpec, VmState};
+use crate::daemon_api::events::{
+    Actor, DecisionAction, DecisionTrigger, KillOutcome, OomDecision, OomKill,
+};
+use crate::daemon_api::{Event, EventRecord, OomAction, OomPolicy, RunState, VmSpec, VmState};
 use crate::memstat::MmCounters;
 use crate::oom::badness::{OomScoreAdj, VmUsage};
 use crate::oom::constraint::{constrained_alloc, Constraint};
@@ -263,7 +264,7 @@ impl Daemon {
     }
 
     pub fn set_policy(&self, policy: OomPolicy) {
-        self.events.push("oom_policy", json!({ "policy": policy }));
+        self.events.push(Event::OomPolicy { policy });
         *lock(&self.policy) = policy;
     }
 
@@ -272,15 +273,14 @@ impl Daemon {
     /// rank it by that one.
     fn warn_if_kernel_adj_differs(&self, vm: &VmRecord) {
         if let Some(kernel) = vm.kernel_oom_score_adj {
-            self.events.push(
-                "oom_score_adj_not_mirrored",
-                json!({
-                    "vm": vm.id,
-                    "oom_score_adj": vm.oom_score_adj.get(),
-                    "kernel_oom_score_adj": kernel,
-                    "why": "lowering a process's oom_score_adj below 0 needs CAP_SYS_RESOURCE, which the daemon lacks; the daemon's own decisions use oom_score_adj",
-                }),
-            );
+            self.events.push(Event::OomScoreAdjNotMirrored {
+                vm: vm.id.clone(),
+                oom_score_adj: vm.oom_score_adj.get(),
+                kernel_oom_score_adj: kernel,
+                why: "lowering a process's oom_score_adj below 0 needs CAP_SYS_RESOURCE, \
+                      which the daemon lacks; the daemon's own decisions use oom_score_adj"
+                    .into(),
+            });
         }
     }
 
@@ -288,10 +288,10 @@ impl Daemon {
     /// (the VM runs on, but a restarted daemon could not take it back).
     fn persist(&self, vm: &VmRecord) {
         if let Err(e) = vm.persist() {
-            self.events.push(
-                "vm_record_write_failed",
-                json!({ "vm": vm.id, "error": e.to_string() }),
-            );
+            self.events.push(Event::VmRecordWriteFailed {
+                vm: vm.id.clone(),
+                error: e.to_string(),
+            });
         }
     }
 
@@ -311,10 +311,7 @@ impl Daemon {
             let on_disk = match on_disk {
                 Ok(r) => r,
                 Err(error) => {
-                    self.events.push(
-                        "vm_record_unreadable",
-                        json!({ "dir": dir, "error": error }),
-                    );
+                    self.events.push(Event::VmRecordUnreadable { dir, error });
                     continue;
                 }
             };
@@ -326,14 +323,18 @@ impl Daemon {
                     if let Some(pid) = record.pid() {
                         record.kernel_oom_score_adj = vms::mirror_adj(record.oom_score_adj, pid);
                     }
-                    self.events.push(
-                        "vm_adopted",
-                        json!({ "vm": record.id, "pid": record.pid(), "state": record.state, "pool": record.spec.pool }),
-                    );
+                    self.events.push(Event::VmAdopted {
+                        vm: record.id.clone(),
+                        pid: record.pid(),
+                        state: record.state,
+                        pool: record.spec.pool.clone(),
+                    });
                 }
                 vms::Adoption::Ended(how) => {
-                    self.events
-                        .push("vm_exited", json!({ "vm": record.id, "how": how }));
+                    self.events.push(Event::VmExited {
+                        vm: record.id.clone(),
+                        how,
+                    });
                 }
             }
             if let Some(n) = record
@@ -385,10 +386,14 @@ impl Daemon {
                 events::now_ms(),
                 self.memcg_of(pool.as_deref()),
             )?;
-            self.events.push(
-                "vm_created",
-                json!({ "vm": id, "pid": record.pid(), "mem_mib": record.spec.mem_mib, "oom_score_adj": record.oom_score_adj.get(), "pool": record.spec.pool, "numa_nodes": record.spec.numa_nodes }),
-            );
+            self.events.push(Event::VmCreated {
+                vm: id.clone(),
+                pid: record.pid(),
+                mem_mib: record.spec.mem_mib,
+                oom_score_adj: record.oom_score_adj.get(),
+                pool: record.spec.pool.clone(),
+                numa_nodes: record.spec.numa_nodes.clone(),
+            });
             let pidfd = record.pidfd.as_ref().map(Pidfd::try_clone).transpose();
             let api_sock = record.api_sock.clone();
             vms.insert(id.clone(), record);
@@ -407,7 +412,7 @@ impl Daemon {
                 if let Some(vm) = vms.get_mut(&id).filter(|vm| vm.state == VmState::Starting) {
                     vm.state = VmState::Running;
                     self.persist(vm);
-                    self.events.push("vm_running", json!({ "vm": id }));
+                    self.events.push(Event::VmRunning { vm: id.clone() });
                     self.warn_if_kernel_adj_differs(vm);
                 }
                 Ok(id)
@@ -418,10 +423,11 @@ impl Daemon {
                 };
                 drop(vms);
                 let log = record.start_error_log();
-                self.events.push(
-                    "vm_start_failed",
-                    json!({ "vm": id, "how": how.to_string(), "log": log }),
-                );
+                self.events.push(Event::VmStartFailed {
+                    vm: id.clone(),
+                    how: how.to_string(),
+                    log: log.clone(),
+                });
                 self.stop_records(vec![record]);
                 Err(DaemonError::StartFailed { id, how, log })
             }
@@ -475,10 +481,10 @@ impl Daemon {
             self.warn_if_kernel_adj_differs(vm);
         }
         self.persist(vm);
-        self.events.push(
-            "vm_oom_score_adj",
-            json!({ "vm": id, "oom_score_adj": adj.get() }),
-        );
+        self.events.push(Event::VmOomScoreAdj {
+            vm: id.into(),
+            oom_score_adj: adj.get(),
+        });
         Ok(())
     }
 
@@ -495,33 +501,24 @@ impl Daemon {
             vm.api_sock.clone()
         };
         vm_client::set_balloon_target(&sock, mib)?;
-        self.events.push(
-            "balloon_target",
-            json!({ "vm": id, "target_mib": mib, "by": "operator" }),
-        );
+        self.events.push(Event::BalloonTarget {
+            vm: id.into(),
+            target_mib: mib,
+            by: Actor::Operator,
+        });
         Ok(())
     }
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) a running or paused VM; `by`
     /// names who asked, for the event.
-    pub fn set_run_state(&self, id: &str, to: RunState, by: &str) -> Result<(), DaemonError> {
+    pub fn set_run_state(&self, id: &str, to: RunState, by: Actor) -> Result<(), DaemonError> {
         let mut vms = lock(&self.vms);
         let vm = vms
             .get_mut(id)
             .ok_or_else(|| DaemonError::NoSuchVm(id.into()))?;
-        let (from, signal, next, kind) = match to {
-            RunState::Paused => (
-                VmState::Running,
-                libc::SIGSTOP,
-                VmState::Paused,
-                "vm_paused",
-            ),
-            RunState::Running => (
-                VmState::Paused,
-                libc::SIGCONT,
-                VmState::Running,
-                "vm_resumed",
-            ),
+        let (from, signal, next) = match to {
+            RunState::Paused => (VmState::Running, libc::SIGSTOP, VmState::Paused),
+            RunState::Running => (VmState::Paused, libc::SIGCONT, VmState::Running),
         };
         if vm.state == next {
             return Ok(());
@@ -541,7 +538,11 @@ impl Daemon {
             })?;
         vm.state = next;
         self.persist(vm);
-        self.events.push(kind, json!({ "vm": id, "by": by }));
+        let vm = id.to_string();
+        self.events.push(match to {
+            RunState::Paused => Event::VmPaused { vm, by },
+            RunState::Running => Event::VmResumed { vm, by },
+        });
         Ok(())
     }
 
@@ -587,7 +588,7 @@ impl Daemon {
                 let _ = pidfd.try_reap();
             }
             record.remove_files();
-            self.events.push("vm_deleted", json!({ "vm": record.id }));
+            self.events.push(Event::VmDeleted { vm: record.id });
         }
     }
 
@@ -616,8 +617,10 @@ impl Daemon {
                 vm.clean_up_after_exit();
                 self.persist(vm);
                 if !killed {
-                    self.events
-                        .push("vm_exited", json!({ "vm": vm.id, "how": how }));
+                    self.events.push(Event::VmExited {
+                        vm: vm.id.clone(),
+                        how,
+                    });
                 }
                 continue;
             }
@@ -630,10 +633,10 @@ impl Daemon {
     /// pick the victim, act. Returns the decision event.
     pub fn oom_decide(
         &self,
-        trigger: &str,
+        trigger: DecisionTrigger,
         dry_run: bool,
         constraint: Constraint,
-    ) -> Result<Value, DaemonError> {
+    ) -> Result<EventRecord, DaemonError> {
         let t0 = Instant::now();
         let policy = self.policy();
 
@@ -670,20 +673,22 @@ impl Daemon {
                 },
             );
             let victim = selection.victim.map(|i| selection.table[i].id.clone());
-            let mut decision = json!({
-                "trigger": trigger,
-                "dry_run": dry_run,
-                "constraint": constraint.to_string(),
-                "basis": scope.basis.to_string(),
-                "totalpages": scope.totalpages,
-                "victim": victim,
-                "reason": selection.reason,
-                "action": if dry_run { "none (dry run)" } else { policy.action.as_str() },
-                "decision_us": t0.elapsed().as_micros() as u64,
-            });
-            if policy.dump_vms || dry_run {
-                decision["table"] = serde_json::to_value(&selection.table).unwrap_or(Value::Null);
-            }
+            let decision = OomDecision {
+                trigger,
+                dry_run,
+                constraint: constraint.to_string(),
+                basis: scope.basis.to_string(),
+                totalpages: scope.totalpages,
+                victim: victim.clone(),
+                action: if dry_run {
+                    DecisionAction::DryRun
+                } else {
+                    policy.action.into()
+                },
+                decision_us: t0.elapsed().as_micros() as u64,
+                table: (policy.dump_vms || dry_run).then_some(selection.table),
+                reason: selection.reason,
+            };
             let victim = match (&victim, dry_run, policy.action) {
                 (Some(id), false, OomAction::Kill) => {
                     let vm = vms.get_mut(id).expect("the victim came from the table");
@@ -702,13 +707,13 @@ impl Daemon {
             };
             (decision, victim)
         };
-        let decision = self.events.push("oom_decision", decision);
+        let decision = self.events.push(Event::OomDecision(decision));
         if let Some(id) = pause {
-            if let Err(e) = self.set_run_state(&id, RunState::Paused, "oom") {
-                self.events.push(
-                    "oom_pause_failed",
-                    json!({ "vm": id, "error": e.to_string() }),
-                );
+            if let Err(e) = self.set_run_state(&id, RunState::Paused, Actor::Oom) {
+                self.events.push(Event::OomPauseFailed {
+                    vm: id,
+                    error: e.to_string(),
+                });
             }
         }
 
@@ -720,29 +725,25 @@ impl Daemon {
                 api_sock: Some(&sock),
                 guest_ram_bytes,
             };
-            let report = kill_and_reap(&victim, self.cfg.reap, REAP_TIMEOUT);
-            let body = match &report {
-                Ok(r) => json!({
-                    "vm": id,
-                    "pid": pidfd.pid(),
-                    "method": r.method,
-                    "fallback_from": r.fallback_from,
-                    "fallback_reason": r.fallback_reason,
-                    "rss_before": r.rss_before,
-                    "bytes_freed": r.bytes_freed,
-                    "freed_by": r.freed_by,
-                    "vmm_answer_us": r.vmm_answer_us,
-                    "vmm_madvise_us": r.vmm_madvise_us,
-                    "sigkill_us": r.sigkill_us,
-                    "mrelease_us": r.mrelease_us,
-                    "mrelease_raced": r.mrelease_raced,
-                    "kill_to_freed_us": r.freed_us,
-                    "kill_to_exit_us": r.exited_us,
-                    "decision_to_freed_us": kill_started_us + r.freed_us,
-                }),
-                Err(e) => json!({ "vm": id, "method": self.cfg.reap, "error": e.to_string() }),
+            let kill = match kill_and_reap(&victim, self.cfg.reap, REAP_TIMEOUT) {
+                Ok(report) => OomKill {
+                    vm: id,
+                    pid: Some(pidfd.pid()),
+                    outcome: KillOutcome::Reaped {
+                        decision_to_freed_us: kill_started_us + report.freed_us,
+                        report,
+                    },
+                },
+                Err(e) => OomKill {
+                    vm: id,
+                    pid: None,
+                    outcome: KillOutcome::Failed {
+                        method: self.cfg.reap,
+                        error: e.to_string(),
+                    },
+                },
             };
-            self.events.push("oom_kill", body);
+            self.events.push(Event::OomKill(kill));
             // Reap the zombie now so the VM shows as killed at once.
             if pidfd.wait_exit(REAP_TIMEOUT) {
                 self.supervise();

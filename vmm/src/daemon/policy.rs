@@ -57,12 +57,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::balloon_stall::{InflateState, InflateWatch};
 use super::vms::is_live;
 use super::{lock, vm_client, Daemon};
-use crate::daemon_api::VmState;
+use crate::daemon_api::events::{
+    BalloonAsk, BalloonRelease, BalloonStalled, DomainFigures, DomainName, DomainUsage,
+    HostFigures, NodeFigures, OomPressure, Reclaim, ReclaimReleased,
+};
+use crate::daemon_api::{ConstraintKind, Event, VmState};
 use crate::oom::constraint::{node_present_pages, Constraint, NodeSet};
 use crate::oom::host::{Meminfo, NodeMeminfo, ProcFs};
 use crate::oom::psi::Pressure;
@@ -81,17 +85,23 @@ pub enum Domain<'a> {
 }
 
 impl Domain<'_> {
-    /// The key of its [`PoolState`]; pool names cannot start with `(`.
-    /// Names the domain in an event body: `pool` or `nodes`; the host is
-    /// the domain of an event that names neither.
-    fn tag(self, body: &mut Value) {
+    /// Names the domain in an event: `pool` or `nodes`; the host is the
+    /// domain of an event that names neither.
+    fn name(self) -> DomainName {
         match self {
-            Domain::Host => {}
-            Domain::Pool(pool) => body["pool"] = json!(pool),
-            Domain::Nodes(nodes) => body["nodes"] = json!(nodes.to_string()),
+            Domain::Host => DomainName::default(),
+            Domain::Pool(pool) => DomainName {
+                pool: Some(pool.into()),
+                nodes: None,
+            },
+            Domain::Nodes(nodes) => DomainName {
+                pool: None,
+                nodes: Some(nodes.to_string()),
+            },
         }
     }
 
+    /// The key of its [`PoolState`]; pool names cannot start with `(`.
     fn key(self) -> String {
         match self {
             Domain::Host => "(host)".into(),
@@ -151,10 +161,10 @@ const RELEASE_HOLD: Duration = Duration::from_secs(10);
 /// A domain's limit and usage as read this tick, whatever enforces the
 /// limit.
 pub struct PoolLimit {
-    /// What sets the limit: `budget` (the daemon alone), `memcg` (a
-    /// memory cgroup, the kernel) or `host`; names the trigger of the
-    /// decision.
-    pub kind: &'static str,
+    /// What sets the limit (a budget the daemon alone enforces, a memory
+    /// cgroup the kernel does, the host, NUMA nodes; it names the trigger
+    /// of the decision), with the figures behind it, for the events.
+    pub figures: DomainFigures,
     /// Bytes the domain uses.
     pub usage: u64,
     /// The budget, the cgroup's limit or the host's RAM, in bytes.
@@ -168,9 +178,6 @@ pub struct PoolLimit {
     pub pressure: bool,
     /// Tasks of the domain wait for memory (memory cgroups).
     pub waiting: bool,
-    /// More for the events (a cgroup's path and counters, the host's
-    /// figures).
-    pub detail: Value,
 }
 
 /// Deflate once a pool's usage is below this fraction of its limit
@@ -180,15 +187,21 @@ pub const RELEASE_BELOW_PERCENT: u64 = 90;
 impl PoolLimit {
     fn budget(usage: u64, budget: u64) -> Self {
         PoolLimit {
-            kind: "budget",
+            figures: DomainFigures::Budget {
+                budget_bytes: budget,
+            },
             usage,
             limit: budget,
             high: budget,
             release_below: budget / 100 * RELEASE_BELOW_PERCENT,
             pressure: usage > budget,
             waiting: false,
-            detail: Value::Null,
         }
+    }
+
+    /// What sets the limit.
+    pub fn kind(&self) -> ConstraintKind {
+        self.figures.kind()
     }
 
     /// The host against `host_min_available_permille` (earlyoom's rule:
@@ -199,20 +212,21 @@ impl PoolLimit {
         let swap_short = m.swap_total == 0 || m.swap_free < share(m.swap_total);
         let usage = m.mem_total.saturating_sub(m.mem_available);
         PoolLimit {
-            kind: "host",
+            figures: DomainFigures::Host(HostFigures {
+                mem_available_bytes: m.mem_available,
+                mem_total_bytes: m.mem_total,
+                swap_free_bytes: m.swap_free,
+                swap_total_bytes: m.swap_total,
+                min_available_bytes: min_available,
+                psi_some_avg10: None,
+                psi_full_avg10: None,
+            }),
             usage,
             limit: m.mem_total,
             high: m.mem_total - min_available,
             release_below: m.mem_total.saturating_sub(2 * min_available),
             pressure: m.mem_available < min_available && swap_short,
             waiting: false,
-            detail: json!({
-                "mem_available_bytes": m.mem_available,
-                "mem_total_bytes": m.mem_total,
-                "swap_free_bytes": m.swap_free,
-                "swap_total_bytes": m.swap_total,
-                "min_available_bytes": min_available,
-            }),
         }
     }
 
@@ -232,45 +246,42 @@ impl PoolLimit {
         let available: u64 = nodes.iter().map(|n| n.available()).sum::<u64>().min(total);
         let min_available = (u128::from(total) * u128::from(permille) / 1000) as u64;
         PoolLimit {
-            kind: "nodes",
+            figures: DomainFigures::Nodes(NodeFigures {
+                available_bytes: available,
+                min_available_bytes: min_available,
+                mem_free_bytes: nodes.iter().map(|n| n.mem_free).sum::<u64>(),
+            }),
             usage: total - available,
             limit: total,
             high: total - min_available,
             release_below: total.saturating_sub(2 * min_available),
             pressure: available < min_available,
             waiting: false,
-            detail: json!({
-                "available_bytes": available,
-                "min_available_bytes": min_available,
-                "mem_free_bytes": nodes.iter().map(|n| n.mem_free).sum::<u64>(),
-            }),
         }
     }
 
-    /// The event body about this domain.
-    fn event(&self, domain: Domain<'_>) -> Value {
-        let mut body = json!({
-            "constraint": self.kind,
-            "usage_bytes": self.usage,
-            "limit_bytes": self.limit,
-        });
-        domain.tag(&mut body);
-        if self.kind == "budget" {
-            body["budget_bytes"] = json!(self.limit);
+    /// The domain's usage and figures, for an event.
+    fn event(&self, domain: Domain<'_>) -> DomainUsage {
+        DomainUsage {
+            domain: domain.name(),
+            figures: self.figures.clone(),
+            usage_bytes: self.usage,
+            limit_bytes: self.limit,
         }
-        if let (Some(body), Some(detail)) = (body.as_object_mut(), self.detail.as_object()) {
-            body.extend(detail.clone());
-        }
-        body
     }
 
     fn why(&self, domain: Domain<'_>, no_progress_ms: u64) -> String {
         let (usage, limit) = (self.usage >> 20, self.limit >> 20);
-        let state = match self.kind {
-            "budget" => format!("is over its budget ({usage} MiB > {limit} MiB)"),
-            "host" | "nodes" => format!(
+        let kind = self.kind();
+        let state = match kind {
+            ConstraintKind::Budget => format!("is over its budget ({usage} MiB > {limit} MiB)"),
+            ConstraintKind::Host | ConstraintKind::Nodes => format!(
                 "{} short of memory ({} MiB available, under the minimum of {} MiB)",
-                if self.kind == "host" { "is" } else { "are" },
+                if kind == ConstraintKind::Host {
+                    "is"
+                } else {
+                    "are"
+                },
                 (self.limit - self.usage) >> 20,
                 (self.limit - self.high) >> 20
             ),
@@ -345,12 +356,11 @@ impl Daemon {
         // Unreadable meminfo leaves the host to the kernel this tick.
         if let Ok(m) = ProcFs::host().meminfo() {
             let mut lim = PoolLimit::host(&m, permille);
-            if lim.pressure {
+            if let (true, DomainFigures::Host(host)) = (lim.pressure, &mut lim.figures) {
                 // For the events only: not read on calm ticks.
                 let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
-                lim.detail["psi_some_avg10"] = json!(psi.as_ref().map(|p| p.some.avg10));
-                lim.detail["psi_full_avg10"] =
-                    json!(psi.as_ref().and_then(|p| p.full).map(|f| f.avg10));
+                host.psi_some_avg10 = psi.as_ref().map(|p| p.some.avg10);
+                host.psi_full_avg10 = psi.as_ref().and_then(|p| p.full).map(|f| f.avg10);
             }
             self.enforce(Domain::Host, lim, &self.members(Domain::Host));
         }
@@ -460,13 +470,17 @@ impl Daemon {
                 for (id, mib) in released.iter().filter(|(id, _)| !held(id)) {
                     if let Some(m) = members.iter().find(|m| &m.id == id) {
                         if vm_client::set_balloon_target(&m.sock, *mib).is_ok() {
-                            deflated.push(json!({ "vm": id, "target_mib": mib }));
+                            deflated.push(BalloonRelease {
+                                vm: id.clone(),
+                                target_mib: *mib,
+                            });
                         }
                     }
                 }
-                let mut body = lim.event(domain);
-                body["balloons"] = json!(deflated);
-                self.events.push("reclaim_released", body);
+                self.events.push(Event::ReclaimReleased(ReclaimReleased {
+                    usage: lim.event(domain),
+                    balloons: deflated,
+                }));
             }
             return;
         }
@@ -491,7 +505,7 @@ impl Daemon {
         if policy.reclaim_first {
             let shift = st.pressure_ticks.min(ASK_GROWTH_MAX_SHIFT);
             let excess = usage.saturating_sub(lim.high).max(1 << 20) << shift;
-            stalled = self.reclaim(domain, lim.kind, excess, &balloons, st, now);
+            stalled = self.reclaim(domain, lim.kind(), excess, &balloons, st, now);
         }
         st.pressure_ticks = st.pressure_ticks.saturating_add(1);
         // Without reclaim there is no progress to wait for: decide at once
@@ -504,22 +518,21 @@ impl Daemon {
         });
         if no_progress && rate_ok {
             drop(states);
-            let mut body = lim.event(domain);
-            body["why"] = json!(lim.why(domain, policy.no_progress_ms));
-            // Pressure seen → this decision; the decision and kill events
-            // carry the rest of the chain.
-            body["pressure_to_decision_ms"] = json!(now.duration_since(since).as_millis() as u64);
-            if !stalled.is_empty() {
-                body["stalled_balloons"] = json!(stalled);
-            }
-            self.events.push("oom_pressure", body);
+            self.events.push(Event::OomPressure(OomPressure {
+                usage: lim.event(domain),
+                why: lim.why(domain, policy.no_progress_ms),
+                // Pressure seen → this decision; the decision and kill
+                // events carry the rest of the chain.
+                pressure_to_decision_ms: now.duration_since(since).as_millis() as u64,
+                stalled_balloons: stalled,
+            }));
             let constraint = match domain {
                 Domain::Host => Ok(Constraint::Host),
                 Domain::Pool(pool) => self.pool_constraint(pool),
                 Domain::Nodes(nodes) => Constraint::nodes(nodes.clone()).map_err(Into::into),
             };
             if let Ok(constraint) = constraint {
-                let _ = self.oom_decide(lim.kind, false, constraint);
+                let _ = self.oom_decide(lim.kind().into(), false, constraint);
             }
             if let Some(st) = lock(&self.pool_states).get_mut(&domain.key()) {
                 // A new round: the kill is the progress.
@@ -535,7 +548,7 @@ impl Daemon {
     fn reclaim(
         &self,
         domain: Domain<'_>,
-        kind: &'static str,
+        kind: ConstraintKind,
         excess: u64,
         balloons: &[Balloon<'_>],
         st: &mut PoolState,
@@ -551,15 +564,14 @@ impl Daemon {
             };
             match state {
                 InflateState::Stalled { rate_mib_s } => {
-                    let mut body = json!({
-                        "vm": id,
-                        "target_mib": st.requested_mib.get(id),
-                        "actual_mib": b.actual_mib,
-                        "rate_mib_s": (rate_mib_s * 10.0).round() / 10.0,
-                        "backoff_s": super::balloon_stall::STALL_BACKOFF.as_secs(),
-                    });
-                    domain.tag(&mut body);
-                    self.events.push("balloon_stalled", body);
+                    self.events.push(Event::BalloonStalled(BalloonStalled {
+                        domain: domain.name(),
+                        vm: id.clone(),
+                        target_mib: st.requested_mib.get(id).copied(),
+                        actual_mib: b.actual_mib,
+                        rate_mib_s: (rate_mib_s * 10.0).round() / 10.0,
+                        backoff_s: super::balloon_stall::STALL_BACKOFF.as_secs(),
+                    }));
                     stalled.push(id.clone());
                 }
                 InflateState::BackingOff => stalled.push(id.clone()),
@@ -589,15 +601,20 @@ impl Daemon {
                     .entry(m.id.clone())
                     .or_default()
                     .asked(now, target, b.actual_mib);
-                asked.push(
-                    json!({ "vm": m.id, "target_mib": target, "can_give_mib": can_give >> 20 }),
-                );
+                asked.push(BalloonAsk {
+                    vm: m.id.clone(),
+                    target_mib: target,
+                    can_give_mib: can_give >> 20,
+                });
             }
         }
         if !asked.is_empty() {
-            let mut body = json!({ "constraint": kind, "excess_bytes": excess, "balloons": asked });
-            domain.tag(&mut body);
-            self.events.push("reclaim", body);
+            self.events.push(Event::Reclaim(Reclaim {
+                domain: domain.name(),
+                constraint: kind,
+                excess_bytes: excess,
+                balloons: asked,
+            }));
         }
         stalled
     }
@@ -641,7 +658,7 @@ mod tests {
         // 5 % of 16 GiB is 819 MiB.
         let short = PoolLimit::host(&meminfo(800 << 20, 0, 0), 50);
         assert!(short.pressure);
-        assert_eq!(short.kind, "host");
+        assert_eq!(short.kind(), ConstraintKind::Host);
         assert_eq!(short.usage, 16 * GIB - (800 << 20));
         let min = 16 * GIB * 50 / 1000;
         assert_eq!(short.limit - short.high, min);
@@ -659,8 +676,10 @@ mod tests {
             "the host is short of memory (15360 MiB available, under the minimum of 16384 MiB) \
              with no progress for 2000 ms"
         );
-        assert_eq!(all.event(Domain::Host)["min_available_bytes"], 16 * GIB);
-        assert!(all.event(Domain::Host).get("pool").is_none());
+        let event = serde_json::to_value(all.event(Domain::Host)).unwrap();
+        assert_eq!(event["min_available_bytes"], 16 * GIB);
+        assert_eq!(event["constraint"], "host");
+        assert!(event.get("pool").is_none());
     }
 
     #[test]
@@ -681,7 +700,10 @@ mod tests {
             "NUMA nodes 1 are short of memory (537 MiB available, under the minimum of \
              1600 MiB) with no progress for 2000 ms"
         );
-        assert_eq!(one.event(Domain::Nodes(&set))["nodes"], "1");
+        assert_eq!(
+            one.event(Domain::Nodes(&set)).domain.nodes.as_deref(),
+            Some("1")
+        );
         // With node 0's plenty beside it, the pair is not short.
         assert!(!PoolLimit::nodes(&[n0, n1], 50).pressure);
         assert_eq!(Domain::Nodes(&set).key(), "(nodes 1)");

@@ -46,11 +46,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::policy::PoolLimit;
 use super::{lock, Daemon, DaemonError};
-use crate::daemon_api::{ConstraintKind, PoolView};
+use crate::daemon_api::events::{CgroupVersionName, DomainFigures, KernelOomKiller, MemcgFigures};
+use crate::daemon_api::{ConstraintKind, Event, PoolView};
 use crate::oom::cgroup::{CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup};
 use crate::oom::constraint::Constraint;
 use crate::oom::host::ProcFs;
@@ -192,19 +191,16 @@ impl Daemon {
             // v1: off in the pool (the daemon decides); v2: no switch, the
             // kernel's memcg OOM killer stays the backstop.
             let (version, kernel_oom_killer) = match cg.version() {
-                CgroupVersion::V1 => ("v1", "off"),
-                CgroupVersion::V2 => ("v2", "backstop"),
+                CgroupVersion::V1 => (CgroupVersionName::V1, KernelOomKiller::Off),
+                CgroupVersion::V2 => (CgroupVersionName::V2, KernelOomKiller::Backstop),
             };
-            self.events.push(
-                "memcg_pool_created",
-                json!({
-                    "pool": pool,
-                    "cgroup": cg.dir(),
-                    "version": version,
-                    "limit_bytes": cg.limit(),
-                    "kernel_oom_killer": kernel_oom_killer,
-                }),
-            );
+            self.events.push(Event::MemcgPoolCreated {
+                pool: pool.clone(),
+                cgroup: cg.dir().to_path_buf(),
+                version,
+                limit_bytes: cg.limit(),
+                kernel_oom_killer,
+            });
         }
     }
 
@@ -256,10 +252,10 @@ impl Daemon {
                     if !lock(&self.memcg.unreadable).insert(pool.clone()) {
                         return None;
                     }
-                    self.events.push(
-                        "memcg_pool_unreadable",
-                        json!({ "pool": pool, "error": e.to_string() }),
-                    );
+                    self.events.push(Event::MemcgPoolUnreadable {
+                        pool: pool.clone(),
+                        error: e.to_string(),
+                    });
                     None
                 }
             })
@@ -288,35 +284,29 @@ impl Daemon {
             None if lend => match cg.set_limit(limit + RESERVE) {
                 Ok(()) => {
                     tick.lent_since = Some(std::time::Instant::now());
-                    self.events.push(
-                        "memcg_reserve_lent",
-                        json!({
-                            "pool": pool,
-                            "reserve_bytes": RESERVE,
-                            "usage_bytes": s.usage_bytes,
-                            "under_oom": s.under_oom,
-                        }),
-                    );
+                    self.events.push(Event::MemcgReserveLent {
+                        pool: pool.into(),
+                        reserve_bytes: RESERVE,
+                        usage_bytes: s.usage_bytes,
+                        under_oom: s.under_oom,
+                    });
                 }
                 Err(e) => {
-                    self.events.push(
-                        "memcg_reserve_failed",
-                        json!({ "pool": pool, "error": e.to_string() }),
-                    );
+                    self.events.push(Event::MemcgReserveFailed {
+                        pool: pool.into(),
+                        error: e.to_string(),
+                    });
                 }
             },
             // Not returned if the kernel refuses (usage rose again): next
             // tick.
             Some(since) if s.usage_bytes <= high && cg.set_limit(limit).is_ok() => {
                 tick.lent_since = None;
-                self.events.push(
-                    "memcg_reserve_returned",
-                    json!({
-                        "pool": pool,
-                        "usage_bytes": s.usage_bytes,
-                        "lent_ms": since.elapsed().as_millis() as u64,
-                    }),
-                );
+                self.events.push(Event::MemcgReserveReturned {
+                    pool: pool.into(),
+                    usage_bytes: s.usage_bytes,
+                    lent_ms: since.elapsed().as_millis() as u64,
+                });
             }
             _ => {}
         }
@@ -327,20 +317,19 @@ impl Daemon {
             CgroupVersion::V2 => waiting || s.usage_bytes > high,
         };
         PoolLimit {
-            kind: "memcg",
+            figures: DomainFigures::Memcg(MemcgFigures {
+                cgroup: cg.dir().to_path_buf(),
+                failcnt: s.failcnt,
+                under_oom: s.under_oom,
+                reserve_lent: tick.lent_since.is_some(),
+                kernel_oom_kills: s.oom_kills,
+            }),
             usage: s.usage_bytes,
             limit,
             high,
             release_below: limit / 100 * super::policy::RELEASE_BELOW_PERCENT,
             pressure,
             waiting,
-            detail: json!({
-                "cgroup": cg.dir(),
-                "failcnt": s.failcnt,
-                "under_oom": s.under_oom,
-                "reserve_lent": tick.lent_since.is_some(),
-                "kernel_oom_kills": s.oom_kills,
-            }),
         }
     }
 
@@ -427,15 +416,13 @@ impl Daemon {
     /// Removes the pool cgroups (daemon stop, after its VMs are gone).
     pub(super) fn remove_memcg_pools(&self) {
         for (pool, r) in self.memcg.remove_all() {
-            match r {
-                Ok(()) => self
-                    .events
-                    .push("memcg_pool_removed", json!({ "pool": pool })),
-                Err(e) => self.events.push(
-                    "memcg_pool_remove_failed",
-                    json!({ "pool": pool, "error": e.to_string() }),
-                ),
-            };
+            self.events.push(match r {
+                Ok(()) => Event::MemcgPoolRemoved { pool },
+                Err(e) => Event::MemcgPoolRemoveFailed {
+                    pool,
+                    error: e.to_string(),
+                },
+            });
         }
     }
 }
@@ -532,13 +519,20 @@ mod tests {
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("memory.limit_in_bytes").trim(), "67108864");
         assert!(read("memory.oom_control").contains("oom_kill_disable 1"));
-        let created = d.events.since(0);
-        let created = created
-            .iter()
-            .find(|e| e["kind"] == "memcg_pool_created")
+        let created = d
+            .events
+            .since(0)
+            .into_iter()
+            .find_map(|e| match e.event {
+                Event::MemcgPoolCreated {
+                    cgroup,
+                    kernel_oom_killer,
+                    ..
+                } => Some((cgroup, kernel_oom_killer)),
+                _ => None,
+            })
             .expect("an event");
-        assert_eq!(created["cgroup"], dir.display().to_string());
-        assert_eq!(created["kernel_oom_killer"], "off");
+        assert_eq!(created, (dir.clone(), KernelOomKiller::Off));
 
         let view = d.oom();
         let p = view.pressure.pools.iter().find(|p| p.name == pool).unwrap();
@@ -556,15 +550,20 @@ mod tests {
         assert!(metrics.contains(&format!(
             "vmm_memcg_pool_kernel_oom_kills_total{{pool=\"{pool}\"}} 0"
         )));
-        let decision = d
-            .oom_decide("manual", true, d.pool_constraint(&pool).unwrap())
+        let record = d
+            .oom_decide(
+                crate::daemon_api::events::DecisionTrigger::Manual,
+                true,
+                d.pool_constraint(&pool).unwrap(),
+            )
             .unwrap();
+        let decision = record.decision().unwrap();
         assert_eq!(
-            decision["constraint"],
+            decision.constraint,
             format!("CONSTRAINT_MEMCG ({})", dir.display())
         );
-        assert_eq!(decision["totalpages"], (64 << 20) / crate::oom::page_size());
-        assert!(decision["victim"].is_null());
+        assert_eq!(decision.totalpages, (64 << 20) / crate::oom::page_size());
+        assert_eq!(decision.victim, None);
         let e = d.pool_constraint("nope").unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -577,7 +576,7 @@ mod tests {
             .events
             .since(0)
             .iter()
-            .any(|e| e["kind"] == "memcg_pool_removed"));
+            .any(|e| e.kind() == "memcg_pool_removed"));
         drop(d);
 
         // A daemon that ends without stop_all still removes its pools.

@@ -145,80 +145,9 @@ impl std::fmt::Display for ExitReport {
     }
 }
 
-/// How the memory of a killed VM is reclaimed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReapMethod {
-    /// SIGKILL only: the dying process frees its own memory.
-    Sigkill,
-    /// SIGKILL, then `process_mrelease` from the daemon.
-    SigkillMrelease,
-    /// Ask the VMM to release guest RAM itself (the per-VM API's
-    /// `ReleaseMemory`: vCPUs stopped, `madvise(MADV_DONTNEED)` on several
-    /// threads), after which it exits; SIGKILL + `process_mrelease` when it
-    /// does not answer in time ([`release_timeout`]) or fails.
-    VmmRelease,
-}
-
-impl ReapMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReapMethod::Sigkill => "sigkill",
-            ReapMethod::SigkillMrelease => "sigkill_mrelease",
-            ReapMethod::VmmRelease => "vmm_release",
-        }
-    }
-}
-
-/// How the daemon knew the memory was back (see [`KillReport::freed_us`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FreedBy {
-    /// The VMM answered `ReleaseMemory`: it had released guest RAM.
-    VmmAnswer,
-    /// `process_mrelease` returned: the address space was reaped.
-    MreleaseReturned,
-    /// The process exited (its pidfd polled readable): the kernel frees
-    /// the address space in `exit_mm`, before the exit is signalled.
-    ProcessExited,
-    /// None of those within the timeout.
-    NotSeen,
-}
-
-/// What a kill observed. Times are from the start of the kill (the first
-/// request to the VMM, or the SIGKILL).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct KillReport {
-    /// The method that freed the memory (the fallback, if there was one).
-    pub method: ReapMethod,
-    /// The method tried first, when it gave way to `method`.
-    pub fallback_from: Option<ReapMethod>,
-    /// Why the first method gave way.
-    pub fallback_reason: Option<String>,
-    /// Resident bytes of the process just before the kill
-    /// (`RssAnon + RssFile + RssShmem`).
-    pub rss_before: u64,
-    /// Bytes freed: what the VMM reported released for `vmm_release`;
-    /// otherwise the anonymous and shmem resident bytes before the kill
-    /// (what the exit frees; the binary's file pages stay cached).
-    pub bytes_freed: u64,
-    /// → the VMM's answer to `ReleaseMemory` (zero if none came).
-    pub vmm_answer_us: u64,
-    /// The VMM's own time for its `madvise` calls (zero if none).
-    pub vmm_madvise_us: u64,
-    /// → SIGKILL sent (zero when the VMM released and exited by itself).
-    pub sigkill_us: u64,
-    /// → `process_mrelease` returned (zero if not called).
-    pub mrelease_us: u64,
-    /// Whether `process_mrelease` found the address space already gone.
-    pub mrelease_raced: bool,
-    /// → the memory was known to be back, by `freed_by`: the first of the
-    /// VMM's answer, `process_mrelease` returning, the process's exit.
-    pub freed_us: u64,
-    pub freed_by: FreedBy,
-    /// → the process exited (zero if it did not within the timeout).
-    pub exited_us: u64,
-}
+// What a kill reports is part of the `oom_kill` event: the types live
+// with the events, in the API layer.
+pub use crate::daemon_api::events::{FreedBy, KillReport, ReapMethod};
 
 /// How long the daemon waits for a VMM's answer to `ReleaseMemory` before
 /// it kills instead: 250 ms plus 250 ms per GiB of guest RAM (the VMM

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::json;
 
 use super::{Daemon, DaemonConfig};
-use crate::daemon_api::DaemonApiServer;
+use crate::daemon_api::{DaemonApiServer, Event};
 use crate::oom::psi::{Pressure, PsiTrigger, Stall, TriggerSpec};
 use crate::vm::stop_signals;
 
@@ -36,17 +35,19 @@ fn open_psi_triggers(daemon: &Daemon) -> Vec<(Option<String>, PsiTrigger)> {
     for (pool, file) in files {
         match PsiTrigger::open_adapting(&file, spec) {
             Ok(t) => {
-                daemon.events.push(
-                    "psi_trigger",
-                    json!({ "pool": pool, "file": file, "trigger": t.spec().to_string() }),
-                );
+                daemon.events.push(Event::PsiTrigger {
+                    pool: pool.clone(),
+                    file,
+                    trigger: t.spec().to_string(),
+                });
                 triggers.push((pool, t));
             }
             Err(e) => {
-                daemon.events.push(
-                    "psi_unavailable",
-                    json!({ "pool": pool, "file": file, "error": e.to_string() }),
-                );
+                daemon.events.push(Event::PsiUnavailable {
+                    pool,
+                    file,
+                    error: e.to_string(),
+                });
             }
         }
     }
@@ -61,10 +62,11 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon::new(cfg)?);
     let server = DaemonApiServer::start(&socket, daemon.clone())
         .with_context(|| format!("cannot serve the control API on {}", socket.display()))?;
-    daemon.events.push(
-        "daemon_started",
-        json!({ "socket": socket, "state_dir": daemon.state_dir(), "policy": daemon.policy() }),
-    );
+    daemon.events.push(Event::DaemonStarted {
+        socket: socket.clone(),
+        state_dir: daemon.state_dir().to_path_buf(),
+        policy: daemon.policy(),
+    });
     let psi = open_psi_triggers(&daemon);
     let armed: Vec<&PsiTrigger> = psi.iter().map(|(_, t)| t).collect();
     let mut last_psi_event: Option<Instant> = None;
@@ -90,21 +92,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             for i in fired {
                 let (pool, trigger) = &psi[i];
                 let pressure = Pressure::read(trigger.path()).ok();
-                daemon.events.push(
-                    "psi_pressure",
-                    json!({
-                        "pool": pool,
-                        "some_avg10": pressure.as_ref().map(|p| p.some.avg10),
-                        "full_avg10": pressure.as_ref().and_then(|p| p.full).map(|f| f.avg10),
-                        "trigger": trigger.spec().to_string(),
-                    }),
-                );
+                daemon.events.push(Event::PsiPressure {
+                    pool: pool.clone(),
+                    some_avg10: pressure.as_ref().map(|p| p.some.avg10),
+                    full_avg10: pressure.as_ref().and_then(|p| p.full).map(|f| f.avg10),
+                    trigger: trigger.spec().to_string(),
+                });
             }
         }
     };
-    daemon
-        .events
-        .push("daemon_stopping", json!({ "signal": signal }));
+    daemon.events.push(Event::DaemonStopping { signal });
     server.shutdown();
     daemon.stop_all();
     Ok(())

@@ -2,8 +2,7 @@
 
 use std::sync::mpsc::Receiver;
 
-use serde_json::Value;
-
+use super::events::EventRecord;
 use super::types::{OomPatch, OomTrigger, OomView, VmPatch, VmSpec, VmView};
 use crate::http::ApiError;
 
@@ -48,19 +47,18 @@ pub trait DaemonBackend: Send + Sync + 'static {
     /// `PATCH /oom`: the view after the change.
     fn patch_oom(&self, patch: OomPatch) -> Result<OomView, ApiError>;
     /// `POST /oom/trigger`: one OOM decision now, like sysrq-f (acted on
-    /// unless `dry_run`); the decision event (as also recorded in the
-    /// event log).
-    fn trigger_oom(&self, req: OomTrigger) -> Result<Value, ApiError>;
+    /// unless `dry_run`); the `oom_decision` event (as also recorded in
+    /// the event log).
+    fn trigger_oom(&self, req: OomTrigger) -> Result<EventRecord, ApiError>;
     /// `GET /events?since=N`: the events still kept whose `seq` is above
-    /// `since`, oldest first. Each is a JSON object with at least `seq`
-    /// (monotonically increasing), `time_ms` and `kind`.
-    fn events(&self, since: u64) -> Vec<Value>;
+    /// `since`, oldest first.
+    fn events(&self, since: u64) -> Vec<EventRecord>;
     /// `GET /events?since=N&follow=true`: the same events, then every new
     /// one as it happens, without a gap or a repeat between the two. The
     /// server drops the receiver when the client goes away, so a send
     /// failing means that follower is gone; dropping the sender ends the
     /// stream.
-    fn follow_events(&self, since: u64) -> Receiver<Value>;
+    fn follow_events(&self, since: u64) -> Receiver<EventRecord>;
     /// `GET /metrics`: Prometheus text exposition format 0.0.4.
     fn metrics(&self) -> String;
 }

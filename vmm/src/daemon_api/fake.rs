@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 
-use serde_json::{json, Value};
-
+use super::events::{DecisionAction, DecisionTrigger, Event, EventRecord, OomDecision};
 use super::types::{
     BalloonView, ConstraintKind, OomPatch, OomPolicy, OomTrigger, OomView, PoolView, PressureView,
     VmPatch, VmSpec, VmState, VmView,
 };
 use super::DaemonBackend;
 use crate::http::ApiError;
+use crate::oom::select::CandidateRow;
 
 /// The fake daemon.
 pub(crate) struct FakeDaemon {
@@ -24,8 +24,8 @@ pub(crate) struct FakeDaemon {
 
 #[derive(Default)]
 struct Log {
-    events: Vec<Value>,
-    followers: Vec<Sender<Value>>,
+    events: Vec<EventRecord>,
+    followers: Vec<Sender<EventRecord>>,
 }
 
 /// The daemon's own defaults.
@@ -61,28 +61,37 @@ impl FakeDaemon {
 
     /// Records an event: numbered, kept, sent to every follower still
     /// there (those whose receiver is gone are dropped).
-    pub fn push_event(&self, kind: &str, body: Value) -> Value {
+    pub fn push_event(&self, event: Event) -> EventRecord {
         let mut log = self.log.lock().unwrap();
-        let mut event = json!({
-            "seq": log.events.len() as u64 + 1,
-            "time_ms": 1_700_000_000_000_u64 + log.events.len() as u64 * 1500,
-            "kind": kind,
-        });
-        if let (Some(e), Value::Object(fields)) = (event.as_object_mut(), body) {
-            e.extend(fields);
-        }
-        log.events.push(event.clone());
-        log.followers.retain(|f| f.send(event.clone()).is_ok());
-        event
+        let record = EventRecord {
+            seq: log.events.len() as u64 + 1,
+            time_ms: 1_700_000_000_000_u64 + log.events.len() as u64 * 1500,
+            event,
+        };
+        log.events.push(record.clone());
+        log.followers.retain(|f| f.send(record.clone()).is_ok());
+        record
     }
 
-    /// Sends `value` to the followers only, and says how many took it:
-    /// a follower whose client went away and whose stream the server
-    /// closed does not.
-    pub fn probe_followers(&self, value: Value) -> usize {
+    /// Sends a probe (seq 0, a `vm_running` of VM `probe<n>`) to the
+    /// followers only, and says how many took it: a follower whose client
+    /// went away and whose stream the server closed does not.
+    pub fn probe_followers(&self, n: u32) -> usize {
+        let probe = Self::probe(n);
         let mut log = self.log.lock().unwrap();
-        log.followers.retain(|f| f.send(value.clone()).is_ok());
+        log.followers.retain(|f| f.send(probe.clone()).is_ok());
         log.followers.len()
+    }
+
+    /// What [`Self::probe_followers`] sends.
+    pub fn probe(n: u32) -> EventRecord {
+        EventRecord {
+            seq: 0,
+            time_ms: 0,
+            event: Event::VmRunning {
+                vm: format!("probe{n}"),
+            },
+        }
     }
 
     /// Drops every follower's sender: their streams end.
@@ -128,7 +137,14 @@ impl DaemonBackend for FakeDaemon {
         let view = Self::view(&id, n, &spec);
         vms.insert(id.clone(), view.clone());
         drop(vms);
-        self.push_event("vm_created", json!({ "vm": id, "mem_mib": spec.mem_mib }));
+        self.push_event(Event::VmCreated {
+            vm: id,
+            pid: view.pid,
+            mem_mib: spec.mem_mib,
+            oom_score_adj: spec.oom_score_adj,
+            pool: spec.pool,
+            numa_nodes: spec.numa_nodes,
+        });
         Ok(view)
     }
 
@@ -206,7 +222,7 @@ impl DaemonBackend for FakeDaemon {
         Ok(self.oom())
     }
 
-    fn trigger_oom(&self, req: OomTrigger) -> Result<Value, ApiError> {
+    fn trigger_oom(&self, req: OomTrigger) -> Result<EventRecord, ApiError> {
         self.record(format!("trigger_oom {req:?}"));
         if let Some(pool) = &req.pool {
             if pool != "batch" {
@@ -216,15 +232,17 @@ impl DaemonBackend for FakeDaemon {
             }
         }
         let vms = self.vms.lock().unwrap();
-        let table: Vec<Value> = vms
+        let table: Vec<CandidateRow> = vms
             .values()
-            .map(|vm| {
-                json!({
-                    "id": vm.id, "rss_pages": vm.rss_bytes / 4096, "swap_pages": 0,
-                    "pgtables_pages": vm.page_tables_bytes / 4096,
-                    "oom_score_adj": vm.oom_score_adj, "badness": vm.badness,
-                    "oom_score": vm.oom_score.unwrap_or(0), "growth_bytes_per_s": 0,
-                })
+            .map(|vm| CandidateRow {
+                id: vm.id.clone(),
+                rss_pages: vm.rss_bytes / 4096,
+                swap_pages: 0,
+                pgtables_pages: vm.page_tables_bytes / 4096,
+                oom_score_adj: vm.oom_score_adj,
+                badness: vm.badness,
+                oom_score: vm.oom_score.unwrap_or(0),
+                growth_bytes_per_s: 0,
             })
             .collect();
         let victim = vms
@@ -240,45 +258,42 @@ impl DaemonBackend for FakeDaemon {
             ),
             None => "no eligible VM: every candidate has oom_score_adj -1000 or none exists".into(),
         };
-        Ok(self.push_event(
-            "oom_decision",
-            json!({
-                "trigger": "manual",
-                "dry_run": req.dry_run,
-                "constraint": match &req.pool {
-                    Some(p) => format!("CONSTRAINT_BUDGET (pool {p}, 512 MiB)"),
-                    None => "CONSTRAINT_NONE (host)".into(),
-                },
-                "basis": "host RAM + swap",
-                "totalpages": 6_291_456,
-                "victim": victim.map(|v| v.0),
-                "reason": reason,
-                "action": if req.dry_run { "none (dry run)" } else { "kill" },
-                "decision_us": 87,
-                "table": table,
-            }),
-        ))
+        Ok(self.push_event(Event::OomDecision(OomDecision {
+            trigger: DecisionTrigger::Manual,
+            dry_run: req.dry_run,
+            constraint: match &req.pool {
+                Some(p) => format!("CONSTRAINT_BUDGET (pool {p}, 512 MiB)"),
+                None => "CONSTRAINT_NONE (host)".into(),
+            },
+            basis: "host RAM + swap".into(),
+            totalpages: 6_291_456,
+            victim: victim.map(|v| v.0),
+            reason,
+            action: if req.dry_run {
+                DecisionAction::DryRun
+            } else {
+                DecisionAction::Kill
+            },
+            decision_us: 87,
+            table: Some(table),
+        })))
     }
 
-    fn events(&self, since: u64) -> Vec<Value> {
+    fn events(&self, since: u64) -> Vec<EventRecord> {
         self.record(format!("events {since}"));
         let log = self.log.lock().unwrap();
         log.events
             .iter()
-            .filter(|e| e["seq"].as_u64().unwrap_or(0) > since)
+            .filter(|e| e.seq > since)
             .cloned()
             .collect()
     }
 
-    fn follow_events(&self, since: u64) -> Receiver<Value> {
+    fn follow_events(&self, since: u64) -> Receiver<EventRecord> {
         self.record(format!("follow_events {since}"));
         let (tx, rx) = mpsc::channel();
         let mut log = self.log.lock().unwrap();
-        for event in log
-            .events
-            .iter()
-            .filter(|e| e["seq"].as_u64().unwrap_or(0) > since)
-        {
+        for event in log.events.iter().filter(|e| e.seq > since) {
             let _ = tx.send(event.clone());
         }
         log.followers.push(tx);

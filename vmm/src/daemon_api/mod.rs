@@ -15,7 +15,7 @@
 //! | `GET` | `/oom` | – | 200 [`OomView`] |
 //! | `PATCH` | `/oom` | [`OomPatch`] | 200 [`OomView`] |
 //! | `POST` | `/oom/trigger` | [`OomTrigger`] (optional) | 200 the decision event |
-//! | `GET` | `/events?since=N` | – | 200 `[event]` |
+//! | `GET` | `/events?since=N` | – | 200 `[`[`EventRecord`]`]` |
 //! | `GET` | `/events?since=N&follow=true` | – | 200 NDJSON stream, chunked |
 //! | `GET` | `/metrics` | – | 200 Prometheus text 0.0.4 |
 //!
@@ -41,10 +41,11 @@
 //!
 //! Layout: [`server`] ([`DaemonApiServer`]), `routes` (method + path →
 //! backend call, the NDJSON event stream), [`types`] (bodies and their
-//! validation), [`backend`] (the trait the daemon implements). Errors are
-//! [`crate::http::ApiError`].
+//! validation), [`events`] (the typed events), [`backend`] (the trait the
+//! daemon implements). Errors are [`crate::http::ApiError`].
 
 pub mod backend;
+pub mod events;
 mod routes;
 pub mod server;
 pub mod types;
@@ -56,6 +57,7 @@ mod tests;
 
 pub use crate::http::ApiError;
 pub use backend::DaemonBackend;
+pub use events::{Event, EventRecord};
 pub use server::DaemonApiServer;
 pub use types::{
     BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView, PoolView,

@@ -8,9 +8,8 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::backend::DaemonBackend;
+use super::events::EventRecord;
 use super::types::{validate_name, OomPatch, OomTrigger, VmPatch, VmSpec};
 use crate::http::route::{
     json_body, method_not_allowed, no_body, no_query, optional_json_body, query_pairs,
@@ -209,14 +208,16 @@ pub(crate) fn dispatch(call: Call, backend: &dyn DaemonBackend) -> Result<Respon
 /// Events as NDJSON: one JSON object a line, sent as they arrive (those
 /// already waiting go out together).
 struct EventStream {
-    events: Receiver<Value>,
+    events: Receiver<EventRecord>,
 }
 
 /// Appends `event` and a newline.
-fn push_line(out: &mut Vec<u8>, event: &Value) {
-    // A Value always encodes.
-    if serde_json::to_writer(&mut *out, event).is_ok() {
-        out.push(b'\n');
+fn push_line(out: &mut Vec<u8>, event: &EventRecord) {
+    let start = out.len();
+    // Typed events always encode; should one not, no half of it is sent.
+    match serde_json::to_writer(&mut *out, event) {
+        Ok(()) => out.push(b'\n'),
+        Err(_) => out.truncate(start),
     }
 }
 

@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 
 use super::fake::{FakeDaemon, TempDir};
 use super::*;
+
+fn running(vm: String) -> Event {
+    Event::VmRunning { vm }
+}
 use crate::http::{Client, ClientResponse, Limits};
 
 struct Harness {
@@ -301,7 +305,7 @@ fn next_event(lines: &mut dyn BufRead, within: Duration) -> Value {
 fn follow_streams_history_then_live_events_as_they_happen() {
     let h = harness();
     for i in 0..3 {
-        h.daemon.push_event("test", json!({ "i": i }));
+        h.daemon.push_event(running(format!("test{i}")));
     }
     let res = h
         .client
@@ -328,9 +332,10 @@ fn follow_streams_history_then_live_events_as_they_happen() {
     // New events arrive one by one while the stream is open, each well
     // before the next is sent.
     for i in 3..6 {
-        let sent = h.daemon.push_event("live", json!({ "i": i }));
+        let sent = h.daemon.push_event(running(format!("live{i}")));
         let got = next_event(&mut body, Duration::from_secs(2));
-        assert_eq!(got, sent);
+        assert_eq!(got, serde_json::to_value(&sent).unwrap());
+        assert_eq!(serde_json::from_value::<EventRecord>(got).unwrap(), sent);
     }
 
     // The daemon ends the stream (e.g. it shuts down): a clean chunked end.
@@ -351,7 +356,7 @@ fn follow_notices_a_client_that_went_away_while_idle() {
     let res = h.client.stream("GET", "/events?follow", None).unwrap();
     assert_eq!(res.status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.daemon.probe_followers(json!({"probe": 0})) != 1 {
+    while h.daemon.probe_followers(0) != 1 {
         assert!(Instant::now() < deadline, "no follower registered");
         thread::sleep(Duration::from_millis(10));
     }
@@ -360,7 +365,7 @@ fn follow_notices_a_client_that_went_away_while_idle() {
     // Nothing is sent; the server must notice the hang-up by itself and
     // drop the receiver within its poll interval.
     thread::sleep(Duration::from_secs(1));
-    assert_eq!(h.daemon.probe_followers(json!({"probe": 1})), 0);
+    assert_eq!(h.daemon.probe_followers(1), 0);
 
     // Its connection slot is free again: the server still answers.
     assert_eq!(h.send("GET", "/vms", None).status, 200);
@@ -381,7 +386,7 @@ fn followers_cannot_starve_requests_and_beyond_the_limit_get_503() {
     let second = h.client.stream("GET", "/events?follow", None).unwrap();
     assert_eq!((first.status, second.status), (200, 200));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.daemon.probe_followers(json!({"probe": 0})) != 2 {
+    while h.daemon.probe_followers(0) != 2 {
         assert!(Instant::now() < deadline, "the followers did not register");
         thread::sleep(Duration::from_millis(10));
     }
@@ -399,7 +404,7 @@ fn followers_cannot_starve_requests_and_beyond_the_limit_get_503() {
         "too many open streams (limit 2); close one or retry later"
     );
     // Its source was dropped unsent: the daemon has two followers.
-    assert_eq!(h.daemon.probe_followers(json!({"probe": 1})), 2);
+    assert_eq!(h.daemon.probe_followers(1), 2);
 
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -418,14 +423,14 @@ fn followers_cannot_starve_requests_and_beyond_the_limit_get_503() {
         );
         thread::sleep(Duration::from_millis(50));
     };
-    let sent = h.daemon.push_event("after", json!({}));
+    let sent = h.daemon.push_event(running("after".into()));
     let got = loop {
         let event = next_event(&mut again.body, Duration::from_secs(5));
-        if event.get("kind") == Some(&json!("after")) {
+        if event["vm"] == "after" {
             break event;
         }
     };
-    assert_eq!(got, sent);
+    assert_eq!(got, serde_json::to_value(&sent).unwrap());
     drop(second);
 }
 
@@ -439,12 +444,12 @@ fn follow_ends_at_shutdown_and_speaks_http_1_0() {
         .unwrap();
     s.shutdown(Shutdown::Write).unwrap(); // a half-close is not a hang-up
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.daemon.probe_followers(json!({"probe": 0})) != 1 {
+    while h.daemon.probe_followers(0) != 1 {
         assert!(Instant::now() < deadline, "no follower registered");
         thread::sleep(Duration::from_millis(10));
     }
     thread::sleep(Duration::from_millis(300));
-    h.daemon.push_event("one", json!({}));
+    h.daemon.push_event(running("one".into()));
     thread::sleep(Duration::from_millis(200));
 
     let t = Instant::now();
@@ -466,8 +471,11 @@ fn follow_ends_at_shutdown_and_speaks_http_1_0() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines[0], json!({"probe": 0}));
-    assert_eq!(lines.last().unwrap()["kind"], "one");
+    assert_eq!(
+        lines[0],
+        serde_json::to_value(FakeDaemon::probe(0)).unwrap()
+    );
+    assert_eq!(lines.last().unwrap()["vm"], "one");
 }
 
 #[test]
@@ -500,13 +508,13 @@ fn socket_is_private_and_panics_are_500() {
         fn patch_oom(&self, _: OomPatch) -> Result<OomView, ApiError> {
             unreachable!()
         }
-        fn trigger_oom(&self, _: OomTrigger) -> Result<Value, ApiError> {
+        fn trigger_oom(&self, _: OomTrigger) -> Result<EventRecord, ApiError> {
             unreachable!()
         }
-        fn events(&self, _: u64) -> Vec<Value> {
+        fn events(&self, _: u64) -> Vec<EventRecord> {
             unreachable!()
         }
-        fn follow_events(&self, _: u64) -> std::sync::mpsc::Receiver<Value> {
+        fn follow_events(&self, _: u64) -> std::sync::mpsc::Receiver<EventRecord> {
             unreachable!()
         }
         fn metrics(&self) -> String {
@@ -582,7 +590,6 @@ fn openapi_document_covers_every_route_field_and_status() {
             nodes: Some("0".into()),
         })
         .unwrap(),
-        daemon.trigger_oom(OomTrigger::default()).unwrap(),
     ];
     for body in bodies {
         for key in body.as_object().unwrap().keys() {
@@ -591,5 +598,86 @@ fn openapi_document_covers_every_route_field_and_status() {
     }
     for status in [400, 404, 405, 408, 409, 411, 413, 415, 417, 431, 500, 503] {
         assert!(spec.contains(&format!("\"{status}\":")), "{status}");
+    }
+}
+
+/// The text of schema `name` in the OpenAPI document, with the text of the
+/// schemas it refers to (recursively): where its fields are described.
+fn schema_text(spec: &str, name: &str, seen: &mut Vec<String>) -> String {
+    if seen.iter().any(|s| s == name) {
+        return String::new();
+    }
+    seen.push(name.to_string());
+    let head = format!("\n    {name}:\n");
+    let start = spec
+        .find(&head)
+        .unwrap_or_else(|| panic!("no schema {name}"));
+    let body = &spec[start + head.len()..];
+    // Up to the next schema (4 spaces in) or section (2 spaces in).
+    let end = body
+        .match_indices('\n')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let rest = &body[i + 1..];
+            let indent = rest.len() - rest.trim_start_matches(' ').len();
+            matches!(indent, 2 | 4) && !rest.trim().is_empty()
+        })
+        .unwrap_or(body.len());
+    let mut text = body[..end].to_string();
+    let refs: Vec<String> = text
+        .match_indices("#/components/schemas/")
+        .map(|(i, m)| {
+            text[i + m.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect()
+        })
+        .collect();
+    for r in refs {
+        text.push_str(&schema_text(spec, &r, seen));
+    }
+    text
+}
+
+/// Every kind of event is in the OpenAPI document: in the `Event` oneOf,
+/// in its discriminator's mapping, with a schema of its own that fixes
+/// `kind` and describes every field an event of the kind can have.
+#[test]
+fn openapi_document_describes_every_event_kind() {
+    let spec = include_str!("../../api/daemon-openapi.yaml");
+    let event_schema = schema_text(spec, "Event", &mut vec!["EventHeader".into()]);
+    for event in super::events::tests::one_of_each() {
+        let kind = event.kind();
+        let name: String = kind
+            .split('_')
+            .map(|w| w[..1].to_uppercase() + &w[1..])
+            .chain(["Event".to_string()])
+            .collect();
+        let target = format!("\"#/components/schemas/{name}\"");
+        assert!(
+            event_schema.contains(&format!("- $ref: {target}\n")),
+            "{kind}: not in the oneOf"
+        );
+        assert!(
+            event_schema.contains(&format!("{kind}: {target}\n")),
+            "{kind}: not in the mapping"
+        );
+        let text = schema_text(spec, &name, &mut Vec::new());
+        assert!(
+            text.contains(&format!("enum: [{kind}]")),
+            "{name}: kind is not fixed"
+        );
+        let record = EventRecord {
+            seq: 1,
+            time_ms: 0,
+            event,
+        };
+        let value = serde_json::to_value(&record).unwrap();
+        for key in value.as_object().unwrap().keys() {
+            assert!(
+                text.contains(&format!(" {key}:\n")),
+                "{name}: no field {key}"
+            );
+        }
     }
 }

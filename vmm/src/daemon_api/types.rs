@@ -436,6 +436,18 @@ pub enum ConstraintKind {
     Budget,
 }
 
+impl ConstraintKind {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConstraintKind::Host => "host",
+            ConstraintKind::Memcg => "memcg",
+            ConstraintKind::Nodes => "nodes",
+            ConstraintKind::Budget => "budget",
+        }
+    }
+}
+
 /// Memory pressure now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PressureView {

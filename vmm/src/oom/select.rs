@@ -5,7 +5,7 @@
 //! does in the kernel: its memory is on the way back, and killing a second
 //! VM for the same shortage would be one kill too many.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::badness::{oom_badness, oom_score, VmUsage};
 
@@ -20,7 +20,7 @@ pub struct Candidate {
 }
 
 /// A row of the table every decision records (`oom_dump_tasks`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CandidateRow {
     pub id: String,
     pub rss_pages: u64,
