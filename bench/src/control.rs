@@ -163,13 +163,33 @@ impl Qmp {
     }
 }
 
-/// The number after `"key":` in a flat JSON text (enough for the replies
-/// read here; no JSON library in this crate).
-pub fn json_u64(text: &str, key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    let rest = text[text.find(&pat)? + pat.len()..].trim_start();
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+/// The balloon's size the per-VM API reports (`GET /balloon`), in pages.
+pub fn balloon_actual_pages(body: &str) -> anyhow::Result<u32> {
+    let info: vmm::api::BalloonInfo =
+        serde_json::from_str(body).with_context(|| format!("GET /balloon reply {body:?}"))?;
+    Ok(info.actual_pages)
+}
+
+/// A QMP reply: `{"return": ...}`.
+#[derive(serde::Deserialize)]
+struct QmpReturn<T> {
+    #[serde(rename = "return")]
+    value: T,
+}
+
+/// What QEMU's `query-balloon` answers.
+#[derive(serde::Deserialize)]
+struct QmpBalloonInfo {
+    /// Guest RAM the guest keeps (not the balloon's size), bytes.
+    actual: u64,
+}
+
+/// The `actual` of a `query-balloon` reply: bytes of guest RAM the guest
+/// keeps.
+pub fn qmp_balloon_actual(reply: &str) -> anyhow::Result<u64> {
+    let r: QmpReturn<QmpBalloonInfo> =
+        serde_json::from_str(reply).with_context(|| format!("query-balloon reply {reply:?}"))?;
+    Ok(r.value.actual)
 }
 
 #[cfg(test)]
@@ -182,18 +202,20 @@ mod tests {
             parse_http_response("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap(),
             (204, String::new())
         );
-        let (s, b) = parse_http_response(
-            "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{\"actual_pages\":3}",
-        )
-        .unwrap();
-        assert_eq!((s, json_u64(&b, "actual_pages")), (200, Some(3)));
+        let (s, b) = parse_http_response("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((s, b.as_str()), (200, "{}"));
         assert!(parse_http_response("garbage").is_err());
     }
 
     #[test]
-    fn json_numbers() {
-        let r = r#"{"return": {"actual": 25165824}}"#;
-        assert_eq!(json_u64(r, "actual"), Some(25_165_824));
-        assert_eq!(json_u64(r, "missing"), None);
+    fn balloon_replies() {
+        let ours = r#"{"amount_mib": 32, "deflate_on_oom": false, "stats_polling_interval_s": 1,
+            "free_page_reporting": true, "target_pages": 8192, "actual_pages": 256,
+            "target_mib": 32, "actual_mib": 1}"#;
+        assert_eq!(balloon_actual_pages(ours).unwrap(), 256);
+        assert!(balloon_actual_pages(r#"{"actual_pages": 3}"#).is_err());
+        let qmp = r#"{"return": {"actual": 25165824}}"#;
+        assert_eq!(qmp_balloon_actual(qmp).unwrap(), 25_165_824);
+        assert!(qmp_balloon_actual(r#"{"error": {"class": "GenericError"}}"#).is_err());
     }
 }

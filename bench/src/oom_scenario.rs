@@ -30,6 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use vmm::daemon_api::events::{KillOutcome, OomKill};
+use vmm::daemon_api::{Event, EventRecord, VmView};
 
 use crate::child::pidfd_open;
 use crate::common::{describe_binary, display_path, shell_quote, PinnedBinary, Scratch};
@@ -415,38 +417,44 @@ struct KillEvent {
 }
 
 impl DaemonEvents {
-    fn parse(events: &[Value], t0_unix_ms: f64) -> DaemonEvents {
+    /// The timeline of `events` (other kinds are not part of it).
+    fn parse(events: &[EventRecord], t0_unix_ms: f64) -> DaemonEvents {
         let mut d = DaemonEvents::default();
         for e in events {
-            let at = e["time_ms"].as_f64().unwrap_or(f64::NAN) - t0_unix_ms;
-            match e["kind"].as_str().unwrap_or("") {
-                "memcg_reserve_lent" => d.lent.push(at),
-                "reclaim" => {
+            let at = e.time_ms as f64 - t0_unix_ms;
+            match &e.event {
+                Event::MemcgReserveLent { .. } => d.lent.push(at),
+                Event::Reclaim(r) => {
                     d.reclaim.push(at);
-                    for b in e["balloons"].as_array().into_iter().flatten() {
-                        let (Some(vm), Some(mib)) = (b["vm"].as_str(), b["target_mib"].as_u64())
-                        else {
-                            continue;
-                        };
-                        match d.balloon_targets.iter_mut().find(|(v, _)| v == vm) {
+                    for b in &r.balloons {
+                        let mib = u64::from(b.target_mib);
+                        match d.balloon_targets.iter_mut().find(|(v, _)| *v == b.vm) {
                             Some(t) => t.1 = mib,
-                            None => d.balloon_targets.push((vm.to_string(), mib)),
+                            None => d.balloon_targets.push((b.vm.clone(), mib)),
                         }
                     }
                 }
-                "reclaim_released" => d.released.push(at),
-                "oom_pressure" => d.pressure.push(at),
-                "oom_decision" if e["dry_run"] == false => d.decisions.push((
-                    at,
-                    e["decision_us"].as_u64().unwrap_or(0),
-                    e["victim"].as_str().map(str::to_string),
-                )),
-                "oom_kill" => d.kills.push(KillEvent {
-                    at,
-                    vm: e["vm"].as_str().unwrap_or("?").to_string(),
-                    kill_to_freed_us: e["kill_to_freed_us"].as_u64(),
-                    decision_to_freed_us: e["decision_to_freed_us"].as_u64(),
-                }),
+                Event::ReclaimReleased(_) => d.released.push(at),
+                Event::OomPressure(_) => d.pressure.push(at),
+                Event::OomDecision(decision) if !decision.dry_run => {
+                    d.decisions
+                        .push((at, decision.decision_us, decision.victim.clone()))
+                }
+                Event::OomKill(OomKill { vm, outcome, .. }) => {
+                    let (kill_to_freed_us, decision_to_freed_us) = match outcome {
+                        KillOutcome::Reaped {
+                            report,
+                            decision_to_freed_us,
+                        } => (Some(report.freed_us), Some(*decision_to_freed_us)),
+                        KillOutcome::Failed { .. } => (None, None),
+                    };
+                    d.kills.push(KillEvent {
+                        at,
+                        vm: vm.clone(),
+                        kill_to_freed_us,
+                        decision_to_freed_us,
+                    })
+                }
                 _ => {}
             }
         }
@@ -899,8 +907,8 @@ impl Bench<'_> {
             if status != 201 {
                 bail!("POST /vms {} answered {status}: {body}", def.name);
             }
-            let view: Value = serde_json::from_str(&body).context("POST /vms reply")?;
-            let pid = view["pid"].as_u64().context("no pid in POST /vms reply")? as u32;
+            let view: VmView = serde_json::from_str(&body).context("POST /vms reply")?;
+            let pid = view.pid.context("no pid in POST /vms reply")?;
             let vm_dir = state.join("vms").join(&def.name);
             Ok(Watched::new(
                 i,
@@ -930,23 +938,29 @@ impl Bench<'_> {
         if status != 200 {
             bail!("GET /events answered {status}: {body}");
         }
-        let events: Vec<Value> = serde_json::from_str(&body).context("GET /events reply")?;
+        // Kinds this build does not know (a newer daemon) are not part of
+        // the timeline.
+        let events: Vec<EventRecord> = serde_json::from_str::<Vec<Value>>(&body)
+            .context("GET /events reply")?
+            .into_iter()
+            .filter_map(|e| EventRecord::from_value(e).ok())
+            .collect();
         let (status, body) = HttpCall::call(&sock, "GET", "/vms", "")?;
         if status != 200 {
             bail!("GET /vms answered {status}: {body}");
         }
-        let views: Vec<Value> = serde_json::from_str(&body).context("GET /vms reply")?;
+        let views: Vec<VmView> = serde_json::from_str(&body).context("GET /vms reply")?;
         let events = DaemonEvents::parse(&events, t0_unix);
         let mut out = Vec::new();
         for w in &watched {
             let def = &self.defs[w.def];
-            let view = views.iter().find(|v| v["id"] == def.name.as_str());
+            let view = views.iter().find(|v| v.id == def.name);
             let fate = match w.died {
                 None => Fate::Alive,
                 Some(_) if events.kills.iter().any(|k| k.vm == def.name) => Fate::Daemon,
                 Some(_) => Fate::Other(format!(
                     "{}: {}",
-                    view.and_then(|v| v["exit"].as_str())
+                    view.and_then(|v| v.exit.as_deref())
                         .unwrap_or("exited, status unknown"),
                     last_line(&w.log)
                 )),
@@ -1656,18 +1670,23 @@ mod tests {
 
     #[test]
     fn daemon_events_become_a_timeline() {
-        let events: Vec<Value> = serde_json::from_str(
-            r#"[
-            {"seq":1,"time_ms":1000,"kind":"vm_created","vm":"idle1"},
-            {"seq":2,"time_ms":1250,"kind":"memcg_reserve_lent","pool":"p"},
-            {"seq":3,"time_ms":1300,"kind":"reclaim","balloons":[{"vm":"idle1","target_mib":20}]},
-            {"seq":4,"time_ms":1400,"kind":"reclaim","balloons":[{"vm":"idle1","target_mib":30},{"vm":"idle2","target_mib":5}]},
-            {"seq":5,"time_ms":3400,"kind":"oom_pressure","pool":"p"},
-            {"seq":6,"time_ms":3401,"kind":"oom_decision","dry_run":false,"decision_us":700,"victim":"grower1"},
-            {"seq":7,"time_ms":3450,"kind":"oom_kill","vm":"grower1","kill_to_freed_us":40000,"decision_to_freed_us":49000}
-        ]"#,
-        )
-        .unwrap();
+        // As the daemon writes them (a kind the bench does not know, from
+        // a newer daemon, is left out).
+        let lines = [
+            r#"{"seq":1,"time_ms":1000,"kind":"vm_created","vm":"idle1","pid":7,"mem_mib":160,"oom_score_adj":0,"pool":"p","numa_nodes":null}"#,
+            r#"{"seq":2,"time_ms":1250,"kind":"memcg_reserve_lent","pool":"p","reserve_bytes":16777216,"usage_bytes":1,"under_oom":false}"#,
+            r#"{"seq":3,"time_ms":1300,"kind":"reclaim","pool":"p","constraint":"memcg","excess_bytes":1048576,"balloons":[{"vm":"idle1","target_mib":20,"can_give_mib":100}]}"#,
+            r#"{"seq":4,"time_ms":1400,"kind":"reclaim","pool":"p","constraint":"memcg","excess_bytes":2097152,"balloons":[{"vm":"idle1","target_mib":30,"can_give_mib":90},{"vm":"idle2","target_mib":5,"can_give_mib":20}]}"#,
+            r#"{"seq":5,"time_ms":3400,"kind":"oom_pressure","pool":"p","constraint":"memcg","cgroup":"/c","failcnt":3,"under_oom":true,"reserve_lent":true,"kernel_oom_kills":0,"usage_bytes":1,"limit_bytes":1,"why":"w","pressure_to_decision_ms":2000}"#,
+            r#"{"seq":6,"time_ms":3401,"kind":"oom_decision","trigger":"memcg","dry_run":false,"constraint":"c","basis":"b","totalpages":1,"victim":"grower1","reason":"r","action":"kill","decision_us":700}"#,
+            r#"{"seq":7,"time_ms":3450,"kind":"oom_kill","vm":"grower1","pid":9,"method":"sigkill_mrelease","fallback_from":null,"fallback_reason":null,"rss_before":1,"bytes_freed":1,"vmm_answer_us":0,"vmm_madvise_us":0,"sigkill_us":10,"mrelease_us":40000,"mrelease_raced":false,"kill_to_freed_us":40000,"freed_by":"mrelease_returned","kill_to_exit_us":41000,"decision_to_freed_us":49000}"#,
+            r#"{"seq":8,"time_ms":3500,"kind":"vm_migrated","vm":"idle1"}"#,
+        ];
+        let events: Vec<EventRecord> = lines
+            .iter()
+            .filter_map(|l| EventRecord::from_value(serde_json::from_str(l).unwrap()).ok())
+            .collect();
+        assert_eq!(events.len(), 7);
         let d = DaemonEvents::parse(&events, 1000.0);
         assert_eq!(d.lent, [250.0]);
         assert_eq!(d.reclaim, [300.0, 400.0]);
@@ -1679,5 +1698,6 @@ mod tests {
         assert_eq!(d.decisions, [(2401.0, 700, Some("grower1".to_string()))]);
         assert_eq!(d.kills[0].vm, "grower1");
         assert_eq!(d.kills[0].kill_to_freed_us, Some(40000));
+        assert_eq!(d.kills[0].decision_to_freed_us, Some(49000));
     }
 }

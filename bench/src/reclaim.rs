@@ -19,7 +19,7 @@ use crate::child::Guest;
 use crate::common::{
     describe_binary, display_path, fmt_summary, met, shell_quote, Cmd, PinnedBinary, Scratch,
 };
-use crate::control::{json_u64, HttpCall, Qmp};
+use crate::control::{balloon_actual_pages, qmp_balloon_actual, HttpCall, Qmp};
 use crate::machine::Machine;
 use crate::raw_madvise::{self, RawCase, RawResult};
 use crate::smaps::{self, Mapping};
@@ -433,12 +433,12 @@ impl Run<'_> {
                 if status != 200 {
                     bail!("GET /balloon answered {status}: {body}");
                 }
-                json_u64(&body, "actual_pages").context("no actual_pages in GET /balloon")?
+                u64::from(balloon_actual_pages(&body)?)
             }
             Control::Qmp(mut q) => {
                 q.reply().context("QMP balloon")?;
                 let r = q.execute(r#"{"execute":"query-balloon"}"#)?;
-                let kept = json_u64(&r, "actual").context("no actual in query-balloon")?;
+                let kept = qmp_balloon_actual(&r)?;
                 MEM_BYTES.saturating_sub(kept) >> 12
             }
         };
