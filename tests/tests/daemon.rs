@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use vmm::daemon_api::{Event, EventRecord};
 use vmm_integration_tests::{api, poll_until, require_kvm, vmm_bin, MIB};
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -1280,4 +1281,250 @@ fn a_restarted_daemon_takes_back_the_vms_of_one_killed_with_sigkill() {
         assert_eq!(d.vm(id)["state"], "running", "{id}");
     }
     assert!(!pid_alive(pids["m2"]));
+}
+
+// ---- the event log ----
+
+/// A daemon without VMs (no KVM needed), started by `cmd`; SIGTERM and
+/// reaped on drop.
+struct BareDaemon {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl BareDaemon {
+    fn start(mut cmd: Command, sock: &Path) -> BareDaemon {
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap();
+        let mut d = BareDaemon {
+            child,
+            sock: sock.to_path_buf(),
+        };
+        poll_until(BOOT, || {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("the daemon ended: {st}");
+            }
+            sock.exists().then_some(())
+        })
+        .expect("daemon socket never appeared");
+        d.call("GET", "/oom", None);
+        d
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let (status, body) = api(&self.sock, method, path, body);
+        assert!(status < 300, "{method} {path}: {status} {body}");
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    }
+
+    fn metrics(&self) -> String {
+        api(&self.sock, "GET", "/metrics", None).1
+    }
+
+    fn events(&self) -> Vec<EventRecord> {
+        let events: Vec<Value> = serde_json::from_value(self.call("GET", "/events", None)).unwrap();
+        events
+            .into_iter()
+            .map(|e| EventRecord::from_value(e).unwrap_or_else(|e| panic!("not an event: {e}")))
+            .collect()
+    }
+
+    /// One event: the policy set again.
+    fn poke(&self, i: u64) {
+        let body = format!("{{\"no_progress_ms\": {}}}", 2000 + i);
+        self.call("PATCH", "/oom", Some(&body));
+    }
+
+    fn stop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        poll_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .expect("the daemon did not stop on SIGTERM");
+    }
+}
+
+impl Drop for BareDaemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// The lines of an events.ndjson: every one whole and an event, none torn.
+fn log_lines(path: &Path) -> Vec<EventRecord> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a torn last line: {text:?}"
+    );
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: a torn line {l:?}")))
+        .collect()
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// A daemon whose state directory is on a 256 KiB tmpfs (in a mount
+/// namespace of its own, so nothing is left mounted): the disk filled
+/// while events happen, then room again. No line of events.ndjson is torn
+/// (short writes are cut back), the failures are counted in /metrics and
+/// GET /oom and are in the timeline, and once there is room every event
+/// is in the file, in order, none lost or repeated.
+#[test]
+fn a_full_disk_tears_no_event_and_loses_none() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("needs root (a tmpfs in a private mount namespace); skipped");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("vmm-daemon-{}-fulldisk", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let disk = base.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let sock = base.join("daemon.sock");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=256k vmm-events \"$1\" && exec \"$0\" daemon --socket \"$2\" --state-dir \"$1/state\"",
+    ])
+    .arg(vmm_bin())
+    .arg(&disk)
+    .arg(&sock);
+    let mut d = BareDaemon::start(cmd, &sock);
+    // The daemon's tmpfs, seen through its root.
+    let root = PathBuf::from(format!("/proc/{}/root", d.child.id()));
+    let state = root.join(disk.strip_prefix("/").unwrap()).join("state");
+    let log = state.join("events.ndjson");
+    assert!(!log_lines(&log).is_empty(), "daemon_started is written");
+
+    // Fill the disk.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        let e = loop {
+            if let Err(e) = f.write_all(&block) {
+                break e;
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    }
+    for i in 0..40 {
+        d.poke(i);
+    }
+    let view = d.call("GET", "/oom", None);
+    let status = &view["event_log"];
+    let failures = status["write_failures"].as_u64().unwrap();
+    assert!(failures > 0, "{status}");
+    assert!(status["unwritten"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(status["lost"], 0, "{status}");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("No space left on device") || error.contains("short write"),
+        "{error}"
+    );
+    let metrics = d.metrics();
+    assert_eq!(
+        metric(&metrics, "vmm_daemon_event_write_failures_total"),
+        failures
+    );
+    assert!(
+        metric(&metrics, "vmm_daemon_events_unwritten") > 0,
+        "{metrics}"
+    );
+    assert!(d
+        .events()
+        .iter()
+        .any(|e| matches!(e.event, Event::EventLogWriteFailed { .. })));
+    // Nothing torn while full: whole lines, numbered without a gap.
+    let written: Vec<u64> = log_lines(&log).iter().map(|e| e.seq).collect();
+    assert_eq!(written, (1..=written.len() as u64).collect::<Vec<_>>());
+
+    // Room again: the next tick writes what waited, in order.
+    std::fs::remove_file(&filler).unwrap();
+    poll_until(Duration::from_secs(5), || {
+        (d.call("GET", "/oom", None)["event_log"]["unwritten"] == 0).then_some(())
+    })
+    .expect("the unwritten events were not written");
+    d.poke(100);
+    let view = d.call("GET", "/oom", None);
+    assert_eq!(view["event_log"]["write_failures"], failures, "{view}");
+    assert!(view["event_log"]["last_error"].is_null(), "{view}");
+    let in_file = log_lines(&log);
+    let in_memory = d.events();
+    assert_eq!(
+        in_file, in_memory,
+        "every event in the file, once, in order"
+    );
+    let seqs: Vec<u64> = in_file.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let recovered = in_file
+        .iter()
+        .find_map(|e| match e.event {
+            Event::EventLogRecovered {
+                written_late, lost, ..
+            } => Some((written_late, lost)),
+            _ => None,
+        })
+        .expect("an event_log_recovered event");
+    assert_eq!(recovered, (failures, 0));
+    d.stop();
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A restarted daemon numbers its events on after the last one in its
+/// events.ndjson, whose torn last line (a crash mid-write) it cuts off;
+/// the state directory is 0700 and the file 0600.
+#[test]
+fn a_restarted_daemon_numbers_on_and_keeps_its_log_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(format!("vmm-daemon-{}-restart", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let sock = base.join("daemon.sock");
+    let state = base.join("state");
+    let log = state.join("events.ndjson");
+    let daemon = || {
+        let mut cmd = Command::new(vmm_bin());
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--state-dir")
+            .arg(&state);
+        BareDaemon::start(cmd, &sock)
+    };
+    let mut d = daemon();
+    for i in 0..3 {
+        d.poke(i);
+    }
+    d.stop();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&log), 0o600);
+    let first_run = log_lines(&log);
+    let last = first_run.last().unwrap();
+    assert_eq!(last.kind(), "daemon_stopping");
+
+    let mut text = std::fs::read(&log).unwrap();
+    text.extend_from_slice(br#"{"seq":999,"time_ms":1,"kind":"vm_cr"#);
+    std::fs::write(&log, &text).unwrap();
+    let mut d = daemon();
+    let events = d.events();
+    assert_eq!(events[0].seq, last.seq + 1, "{:?}", events[0]);
+    d.stop();
+    let all = log_lines(&log);
+    assert_eq!(all[..first_run.len()], first_run[..]);
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -761,6 +761,7 @@ pub fn oom_text(oom: &OomView) -> String {
                 q.psi_some_avg10, q.psi_full_avg10
             ),
         ),
+        ("event log", event_log_text(&oom.event_log)),
     ]);
     if !q.pools.is_empty() {
         let rows: Vec<Vec<String>> = q
@@ -784,6 +785,22 @@ pub fn oom_text(oom: &OomView) -> String {
         ));
     }
     out
+}
+
+/// Whether `events.ndjson` holds every event.
+fn event_log_text(log: &crate::daemon_api::EventLogView) -> String {
+    let mut text = if log.write_failures == 0 {
+        "every event written".to_string()
+    } else {
+        format!(
+            "{} writes failed, {} events unwritten, {} lost",
+            log.write_failures, log.unwritten, log.lost
+        )
+    };
+    if let Some(error) = &log.last_error {
+        let _ = write!(text, " (failing now: {error})");
+    }
+    text
 }
 
 /// A JSON value as a short text: strings bare, the rest as JSON.
@@ -970,6 +987,17 @@ pub fn event_line(record: &EventRecord) -> String {
             .opt("some_avg10", *some_avg10)
             .opt("full_avg10", *full_avg10)
             .add("trigger", trigger),
+        Event::EventLogWriteFailed { file, error } => {
+            p.add("file", file.display()).add("error", error)
+        }
+        Event::EventLogRecovered {
+            file,
+            written_late,
+            lost,
+        } => p
+            .add("file", file.display())
+            .add("written_late", written_late)
+            .add("lost", lost),
         Event::VmCreated {
             vm,
             pid,
@@ -1158,7 +1186,9 @@ pub fn raw_event_line(event: &Value) -> String {
 mod tests {
     use super::*;
     use crate::daemon_api::events::{DecisionAction, DecisionTrigger};
-    use crate::daemon_api::{BalloonView, ConstraintKind, PoolView, PressureView, VmState};
+    use crate::daemon_api::{
+        BalloonView, ConstraintKind, EventLogView, PoolView, PressureView, VmState,
+    };
     use crate::oom::select::CandidateRow;
     use serde_json::json;
 
@@ -1281,6 +1311,7 @@ exit           -
                     },
                 ],
             },
+            event_log: EventLogView::default(),
         };
         assert_eq!(
             oom_text(&oom),
@@ -1296,6 +1327,7 @@ psi_window_us          1000000
 host_min_available     50‰
 memory                 20480MiB available of 24576MiB, swap free 0MiB
 psi avg10              some 1.25%, full 0.50%
+event log              every event written
 
 POOL   CONSTRAINT   LIMIT   USAGE  VMS
 batch  budget      512MiB  300MiB    2

@@ -185,6 +185,7 @@ impl DaemonBackend for Daemon {
                 psi_full_avg10: psi.as_ref().and_then(|p| p.full).map_or(0.0, |f| f.avg10),
                 pools,
             },
+            event_log: self.events.status(),
         }
     }
 

@@ -79,5 +79,23 @@ pub fn render(d: &Daemon) -> String {
         );
     }
     d.render_memcg_metrics(&mut out);
+    render_event_log(&mut out, &d.events.status());
     out
+}
+
+/// Whether `events.ndjson` holds every event (see [`super::events`]).
+fn render_event_log(out: &mut String, log: &crate::daemon_api::EventLogView) {
+    let _ = writeln!(
+        out,
+        "# HELP vmm_daemon_event_write_failures_total Events whose append to events.ndjson failed when they happened (each counted once; kept in memory and written later, or lost).\n\
+         # TYPE vmm_daemon_event_write_failures_total counter\n\
+         vmm_daemon_event_write_failures_total {}\n\
+         # HELP vmm_daemon_events_unwritten Events kept in memory until events.ndjson can be written again.\n\
+         # TYPE vmm_daemon_events_unwritten gauge\n\
+         vmm_daemon_events_unwritten {}\n\
+         # HELP vmm_daemon_events_lost_total Unwritten events dropped because the memory kept for them was full: missing from events.ndjson.\n\
+         # TYPE vmm_daemon_events_lost_total counter\n\
+         vmm_daemon_events_lost_total {}",
+        log.write_failures, log.unwritten, log.lost
+    );
 }

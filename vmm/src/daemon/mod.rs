@@ -23,6 +23,8 @@ pub mod vm_client;
 pub mod vms;
 
 use std::collections::BTreeMap;
+use std::fs::Permissions;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -207,6 +209,39 @@ pub struct Daemon {
     _state_lock: state_lock::StateLock,
 }
 
+/// Makes the state directory (and its `vms/`) private, 0700: the events,
+/// consoles and logs of the VMs are the operator's alone. Created so;
+/// narrowed if an older daemon made it wider (it holds `events.ndjson`).
+/// Any other existing directory keeps its mode (it may be shared, like
+/// `/tmp`), with a warning: the daemon's files in it are private anyway.
+fn prepare_state_dir(dir: &Path) -> std::io::Result<()> {
+    let vms = dir.join("vms");
+    let existed = dir.exists();
+    let ours = dir.join("events.ndjson").is_file();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&vms)?;
+    for (path, narrow) in [(dir, !existed || ours), (vms.as_path(), true)] {
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        // Never a shared directory (sticky, like /tmp).
+        if narrow && mode & 0o1000 == 0 {
+            std::fs::set_permissions(path, Permissions::from_mode(0o700))?;
+        } else {
+            eprintln!(
+                "vmm daemon: the state directory {} is not private (mode {:o}); its \
+                 files are, but prefer a directory of the daemon's own",
+                path.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -217,11 +252,10 @@ impl Daemon {
             let what = what.to_string();
             move |source| DaemonError::Io { what, source }
         };
-        std::fs::create_dir_all(cfg.state_dir.join("vms"))
-            .map_err(io("create the state directory"))?;
+        prepare_state_dir(&cfg.state_dir).map_err(io("prepare the state directory"))?;
         // Before anything in the directory is touched.
         let state_lock = state_lock::StateLock::take(&cfg.state_dir)?;
-        let events = EventLog::new(Some(&cfg.state_dir.join("events.ndjson")))
+        let events = EventLog::open(&cfg.state_dir.join("events.ndjson"))
             .map_err(io("open events.ndjson"))?;
         // The VMMs a previous daemon left running, before the pools: their
         // cgroups are taken over with them in it.

@@ -76,6 +76,7 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
         daemon.supervise();
         daemon.enforce_limits();
+        daemon.events.retry_unwritten();
         // Sleep until the next tick, or until the kernel reports memory
         // stalls (a PSI trigger): pressure wakes the daemon at once.
         if armed.is_empty() {

@@ -2,8 +2,8 @@
 //! `events.ndjson` holds one a line, what `vmm ctl events` prints.
 //!
 //! An event on the wire is one JSON object: the [`EventRecord`]'s `seq`
-//! (monotonically increasing) and `time_ms` (Unix milliseconds), and the
-//! fields of
+//! (monotonically increasing, also across daemon restarts on the same
+//! state directory) and `time_ms` (Unix milliseconds), and the fields of
 //! its [`Event`], whose `kind` names the variant in snake case:
 //!
 //! ```json
@@ -26,7 +26,8 @@ use crate::oom::select::CandidateRow;
 /// One event as recorded: its number, its time, what happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
-    /// Monotonically increasing, from 1.
+    /// Monotonically increasing, from 1; a restarted daemon goes on after
+    /// the highest `seq` in its `events.ndjson`.
     pub seq: u64,
     /// When, in Unix milliseconds.
     pub time_ms: u64,
@@ -106,6 +107,18 @@ pub enum Event {
         /// `full` avg10, percent; `null` if unreadable or absent.
         full_avg10: Option<f64>,
         trigger: String,
+    },
+    /// Writing `events.ndjson` failed (a failure streak begins): events
+    /// are kept in memory and written, in order, once writing works again.
+    EventLogWriteFailed { file: PathBuf, error: String },
+    /// Writing `events.ndjson` works again; the streak's events are in it.
+    EventLogRecovered {
+        file: PathBuf,
+        /// Events written late, in order, now.
+        written_late: u64,
+        /// Events of the streak dropped because the memory kept for
+        /// unwritten events was full (oldest first): missing from the file.
+        lost: u64,
     },
 
     // ---- VMs ----
@@ -236,6 +249,8 @@ impl Event {
             Event::PsiTrigger { .. } => "psi_trigger",
             Event::PsiUnavailable { .. } => "psi_unavailable",
             Event::PsiPressure { .. } => "psi_pressure",
+            Event::EventLogWriteFailed { .. } => "event_log_write_failed",
+            Event::EventLogRecovered { .. } => "event_log_recovered",
             Event::VmCreated { .. } => "vm_created",
             Event::VmRunning { .. } => "vm_running",
             Event::VmExited { .. } => "vm_exited",
@@ -698,6 +713,23 @@ pub struct KillReport {
     pub exited_us: u64,
 }
 
+/// The event log's health, in `GET /oom` (`event_log`) and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventLogView {
+    /// Events whose append to `events.ndjson` failed when they happened
+    /// (full disk, I/O error); each counted once, however often retried.
+    pub write_failures: u64,
+    /// Events kept in memory, not yet in the file; written first, in
+    /// order, when writing works again.
+    pub unwritten: u64,
+    /// Unwritten events dropped because the memory kept for them was full:
+    /// they are missing from the file (never from `GET /events` while
+    /// kept there).
+    pub lost: u64,
+    /// The last write error, while writes fail; `null` once they work.
+    pub last_error: Option<String>,
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -790,6 +822,15 @@ pub(crate) mod tests {
                 some_avg10: Some(20.5),
                 full_avg10: None,
                 trigger: "some 150000 1000000".into(),
+            },
+            Event::EventLogWriteFailed {
+                file: "/var/lib/vmm/events.ndjson".into(),
+                error: "No space left on device (os error 28)".into(),
+            },
+            Event::EventLogRecovered {
+                file: "/var/lib/vmm/events.ndjson".into(),
+                written_late: 26,
+                lost: 0,
             },
             Event::VmCreated {
                 vm: vm(),
@@ -1021,7 +1062,7 @@ pub(crate) mod tests {
         let events = one_of_each();
         let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 28, "one example of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 30, "one example of every kind: {kinds:?}");
         for (i, event) in events.into_iter().enumerate() {
             let record = EventRecord {
                 seq: i as u64 + 1,

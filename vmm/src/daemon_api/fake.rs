@@ -212,6 +212,7 @@ impl DaemonBackend for FakeDaemon {
                     vms: 2,
                 }],
             },
+            event_log: Default::default(),
         }
     }
 

@@ -57,7 +57,7 @@ mod tests;
 
 pub use crate::http::ApiError;
 pub use backend::DaemonBackend;
-pub use events::{Event, EventRecord};
+pub use events::{Event, EventLogView, EventRecord};
 pub use server::DaemonApiServer;
 pub use types::{
     BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView, PoolView,

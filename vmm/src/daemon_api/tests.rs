@@ -590,6 +590,7 @@ fn openapi_document_covers_every_route_field_and_status() {
             nodes: Some("0".into()),
         })
         .unwrap(),
+        oom["event_log"].clone(),
     ];
     for body in bodies {
         for key in body.as_object().unwrap().keys() {

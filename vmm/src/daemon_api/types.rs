@@ -473,6 +473,10 @@ pub struct OomView {
     pub policy: OomPolicy,
     /// Memory pressure now.
     pub pressure: PressureView,
+    /// Whether every event reached `events.ndjson` (absent from daemons
+    /// before it was reported).
+    #[serde(default)]
+    pub event_log: super::events::EventLogView,
 }
 
 /// Body of `PATCH /oom`: any knobs to change, at least one.
@@ -731,11 +735,18 @@ mod tests {
                     vms: 1,
                 }],
             },
+            event_log: super::super::events::EventLogView {
+                write_failures: 3,
+                unwritten: 2,
+                lost: 0,
+                last_error: Some("No space left on device (os error 28)".into()),
+            },
         };
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["action"], "pause");
         assert_eq!(json["pressure"]["pools"][0]["constraint"], "budget");
         assert!(json["pressure"]["pools"][0]["limit_bytes"].is_null());
+        assert_eq!(json["event_log"]["unwritten"], 2);
         assert_eq!(serde_json::from_value::<OomView>(json).unwrap(), view);
     }
 }
