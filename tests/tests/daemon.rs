@@ -113,6 +113,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         // SIGTERM: the daemon stops its VMs; then make sure.
         // SAFETY: plain kill(2) on our own child's pid.
+        // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = poll_until(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten()
@@ -1281,6 +1282,20 @@ fn a_restarted_daemon_takes_back_the_vms_of_one_killed_with_sigkill() {
         assert_eq!(d.vm(id)["state"], "running", "{id}");
     }
     assert!(!pid_alive(pids["m2"]));
+    // One timeline across both daemons: every seq once, in order.
+    let log = std::fs::read_to_string(d.state.join("events.ndjson")).unwrap();
+    let seqs: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq must go on after the restart: {seqs:?}"
+    );
 }
 
 // ---- the event log ----
@@ -1335,6 +1350,7 @@ impl BareDaemon {
     }
 
     fn stop(&mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         poll_until(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten()
@@ -1380,6 +1396,7 @@ fn metric(metrics: &str, name: &str) -> u64 {
 /// is in the file, in order, none lost or repeated.
 #[test]
 fn a_full_disk_tears_no_event_and_loses_none() {
+    // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("needs root (a tmpfs in a private mount namespace); skipped");
         return;

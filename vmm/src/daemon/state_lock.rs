@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why the state directory could not be taken.
@@ -43,6 +44,7 @@ impl StateLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(dir.join("daemon.lock"))
             .map_err(io)?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
