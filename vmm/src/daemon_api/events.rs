@@ -1062,7 +1062,7 @@ pub(crate) mod tests {
         let events = one_of_each();
         let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 30, "one example of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 35, "one example of every kind: {kinds:?}");
         for (i, event) in events.into_iter().enumerate() {
             let record = EventRecord {
                 seq: i as u64 + 1,
