@@ -174,6 +174,21 @@ impl HostSession {
             .map(|s| s.last_seq)
     }
 
+    /// Seeds the dedup state with a stream the host held before this
+    /// session existed (a restarted host process reads what it had
+    /// acknowledged from disk): `last_seq` and below are duplicates.
+    /// Raises, never lowers, what is known of the stream.
+    pub fn remember(&mut self, key: StreamKey, last_seq: u64) {
+        if let Some(s) = self.streams.iter_mut().find(|s| s.key == key) {
+            s.last_seq = s.last_seq.max(last_seq);
+            return;
+        }
+        if self.streams.len() >= self.limits.max_streams {
+            self.streams.pop_front();
+        }
+        self.streams.push_back(Stream { key, last_seq });
+    }
+
     /// Streams remembered for dedup (at most [`Limits::max_streams`]).
     pub fn known_streams(&self) -> usize {
         self.streams.len()
@@ -438,6 +453,34 @@ mod tests {
         assert!(matches!(ev[1], Event::Message { seq: 2, .. }));
         assert_eq!(s.take_ack(), Some(Ack { ack: 2 }));
         assert_eq!(s.take_ack(), None);
+    }
+
+    /// A restarted host that remembers what it acknowledged takes a
+    /// resend as duplicates and acks at once.
+    #[test]
+    fn a_remembered_stream_dedups_a_resend_after_a_host_restart() {
+        let mut s = HostSession::new();
+        let key = StreamKey {
+            boot_id: "b1".into(),
+            instance: "i1".into(),
+        };
+        s.remember(key.clone(), 2);
+        s.remember(key.clone(), 1);
+        assert_eq!(s.last_seq(&key), Some(2), "never lowered");
+        s.connection_started();
+        let mut resend = hello_line("b1", "i1");
+        resend.extend(msg_line(2));
+        resend.extend(msg_line(3));
+        let ev = feed(&mut s, &resend);
+        assert!(matches!(
+            ev[0],
+            Event::Hello {
+                resumed_at: Some(2),
+                ..
+            }
+        ));
+        assert_eq!(ev[1], Event::Duplicate { seq: 2 });
+        assert!(matches!(ev[2], Event::Message { seq: 3, .. }));
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub struct CreateArgs {
     /// Bind guest RAM to these NUMA nodes (e.g. 0 or 0-1,3).
     #[arg(long)]
     pub numa_nodes: Option<String>,
+    /// The guest runs the guest agent: give the VM a vsock device and
+    /// listen for the agent's reports (in-guest OOM kills, memory, PSI).
+    #[arg(long)]
+    pub agent: bool,
     /// The VM's id [default: one the daemon makes up].
     #[arg(long)]
     pub id: Option<String>,
@@ -423,6 +427,7 @@ fn create_spec(args: &CreateArgs) -> Result<VmSpec, CtlError> {
         oom_score_adj: args.oom_score_adj.unwrap_or(0),
         pool: args.pool.clone(),
         numa_nodes: args.numa_nodes.clone(),
+        agent: args.agent,
     })
 }
 
@@ -1037,6 +1042,61 @@ pub fn event_line(record: &EventRecord) -> String {
             .add("oom_score_adj", oom_score_adj)
             .add("kernel_oom_score_adj", kernel_oom_score_adj)
             .add("why", why),
+        Event::GuestAgentConnected {
+            vm,
+            agent,
+            kernel,
+            boot_id,
+            resumed_at,
+        } => p
+            .add("vm", vm)
+            .add("agent", agent)
+            .add("kernel", kernel)
+            .add("boot_id", boot_id)
+            .opt("resumed_at", *resumed_at),
+        Event::GuestAgentDisconnected { vm, why } => p.add("vm", vm).add("why", why),
+        Event::GuestAgentProtocolError { vm, error } => p.add("vm", vm).add("error", error),
+        Event::GuestOomKill {
+            vm,
+            agent_seq,
+            kill,
+        } => p
+            .add("vm", vm)
+            .add("agent_seq", agent_seq)
+            .add("pid", kill.pid)
+            .add("comm", &kill.comm)
+            .opt("constraint", kill.constraint.as_deref())
+            .opt("memcg", kill.oom_memcg.as_deref())
+            .opt("anon_rss_kb", kill.anon_rss_kb)
+            .add("reason", &kill.reason),
+        Event::GuestOomReaped {
+            vm,
+            agent_seq,
+            reaped,
+        } => p
+            .add("vm", vm)
+            .add("agent_seq", agent_seq)
+            .add("pid", reaped.pid)
+            .add("comm", &reaped.comm)
+            .add("reaped", reaped.reaped),
+        Event::GuestKillsUnlogged {
+            vm,
+            agent_seq,
+            unlogged,
+        } => p
+            .add("vm", vm)
+            .add("agent_seq", agent_seq)
+            .add("count", unlogged.count)
+            .add("vmstat_oom_kill", unlogged.vmstat_oom_kill),
+        Event::GuestPressure {
+            vm,
+            agent_seq,
+            pressure,
+        } => p
+            .add("vm", vm)
+            .add("agent_seq", agent_seq)
+            .add("some_avg10", pressure.some.avg10)
+            .opt("full_avg10", pressure.full.map(|f| f.avg10)),
         Event::VmOomScoreAdj { vm, oom_score_adj } => {
             p.add("vm", vm).add("oom_score_adj", oom_score_adj)
         }
@@ -1211,6 +1271,7 @@ mod tests {
             oom_score: Some(2),
             exit: None,
             created_at_ms: 1_700_000_000_000,
+            agent: None,
         }
     }
 

@@ -34,6 +34,7 @@ fn web1() -> VmView {
         oom_score: Some(4),
         exit: None,
         created_at_ms: 0,
+        agent: None,
     }
 }
 

@@ -84,6 +84,7 @@ impl Daemon {
             oom_score: pid.map(|_| oom_score(badness, totalpages)),
             exit: vm.exit.clone(),
             created_at_ms: vm.created_at_ms,
+            agent: self.agents.view(&vm.id),
         }
     }
 

@@ -78,6 +78,20 @@ pub fn render(d: &Daemon) -> String {
             m.mem_available
         );
     }
+    let guest_kills = d.agents.oom_kills();
+    if !guest_kills.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP vmm_guest_oom_kills_total Processes the guest kernel's OOM killer killed inside each VM, as its agent reported.\n# TYPE vmm_guest_oom_kills_total counter"
+        );
+        for (vm, kills) in guest_kills {
+            let _ = writeln!(
+                out,
+                "vmm_guest_oom_kills_total{{vm=\"{}\"}} {kills}",
+                label(&vm)
+            );
+        }
+    }
     d.render_memcg_metrics(&mut out);
     render_event_log(&mut out, &d.events.status());
     out

@@ -8,6 +8,7 @@
 //! memory and runs the policy. State lives in [`Daemon`] behind a mutex
 //! that is never held across a kill or a wait.
 
+pub mod agents;
 pub mod backend;
 pub mod balloon_stall;
 pub mod config;
@@ -205,6 +206,10 @@ pub struct Daemon {
     last_kill: Mutex<Option<Instant>>,
     pool_states: Mutex<BTreeMap<String, policy::PoolState>>,
     memcg: pools::MemcgPools,
+    /// The guest agents' listeners and what they reported.
+    pub agents: agents::Agents,
+    /// Set when the daemon stops: the agents' thread ends.
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: state_lock::StateLock,
 }
@@ -277,6 +282,8 @@ impl Daemon {
             last_kill: Mutex::new(None),
             pool_states: Mutex::new(BTreeMap::new()),
             memcg,
+            agents: agents::Agents::new().map_err(io("create an eventfd"))?,
+            stopping: std::sync::atomic::AtomicBool::new(false),
             _state_lock: state_lock,
         };
         daemon.announce_memcg_pools();
@@ -354,6 +361,11 @@ impl Daemon {
             match adoption {
                 vms::Adoption::Adopted => {
                     record.observe();
+                    if record.spec.agent {
+                        if let Err(e) = self.agents.listen(&record.id, &record.dir) {
+                            eprintln!("vmm daemon: VM '{}': its agent's listener: {e}", record.id);
+                        }
+                    }
                     if let Some(pid) = record.pid() {
                         record.kernel_oom_score_adj = vms::mirror_adj(record.oom_score_adj, pid);
                     }
@@ -412,6 +424,16 @@ impl Daemon {
             self.check_spec(&id, &spec)?;
             spec.id = Some(id.clone());
             let pool = spec.pool.clone();
+            if spec.agent {
+                // Listening before the VMM starts: the guest may be quick.
+                let dir = vms::vm_dir(&self.cfg.state_dir, &id);
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| self.agents.listen(&id, &dir))
+                    .map_err(|source| DaemonError::Io {
+                        what: format!("cannot listen for VM '{id}'s guest agent"),
+                        source,
+                    })?;
+            }
             let record = VmRecord::spawn(
                 &self.cfg.vmm_bin,
                 &self.cfg.state_dir,
@@ -419,7 +441,8 @@ impl Daemon {
                 spec,
                 events::now_ms(),
                 self.memcg_of(pool.as_deref()),
-            )?;
+            )
+            .inspect_err(|_| self.agents.forget(&id))?;
             self.events.push(Event::VmCreated {
                 vm: id.clone(),
                 pid: record.pid(),
@@ -621,6 +644,7 @@ impl Daemon {
             if let Some(pidfd) = &record.pidfd {
                 let _ = pidfd.try_reap();
             }
+            self.agents.forget(&record.id);
             record.remove_files();
             self.events.push(Event::VmDeleted { vm: record.id });
         }
@@ -649,6 +673,7 @@ impl Daemon {
                 };
                 vm.exit = Some(how.clone());
                 vm.clean_up_after_exit();
+                self.agents.forget(&vm.id);
                 self.persist(vm);
                 if !killed {
                     self.events.push(Event::VmExited {

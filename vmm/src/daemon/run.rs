@@ -1,6 +1,7 @@
 //! The daemon's main loop.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         state_dir: daemon.state_dir().to_path_buf(),
         policy: daemon.policy(),
     });
+    let agents = {
+        let d = daemon.clone();
+        std::thread::Builder::new()
+            .name("vmmd-agents".into())
+            .spawn(move || {
+                d.agents
+                    .serve(&d.events, &|| d.stopping.load(Ordering::Relaxed))
+            })
+            .context("cannot start the guest agents' thread")?
+    };
     let psi = open_psi_triggers(&daemon);
     let armed: Vec<&PsiTrigger> = psi.iter().map(|(_, t)| t).collect();
     let mut last_psi_event: Option<Instant> = None;
@@ -105,5 +116,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     daemon.events.push(Event::DaemonStopping { signal });
     server.shutdown();
     daemon.stop_all();
+    daemon.stopping.store(true, Ordering::Relaxed);
+    daemon.agents.wake();
+    let _ = agents.join();
     Ok(())
 }

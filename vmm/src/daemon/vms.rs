@@ -112,10 +112,19 @@ pub enum Adoption {
     Ended(String),
 }
 
+/// VM `id`'s directory: its sockets, console and logs.
+pub fn vm_dir(state_dir: &Path, id: &str) -> PathBuf {
+    state_dir.join("vms").join(id)
+}
+
 /// Where VM `id`'s API socket lives.
 pub fn api_sock_path(state_dir: &Path, id: &str) -> PathBuf {
-    state_dir.join("vms").join(id).join("api.sock")
+    vm_dir(state_dir, id).join("api.sock")
 }
+
+/// The vsock CID of a guest with an agent (each VM has its own vsock
+/// device, so every guest can be 3, the first CID for guests).
+const GUEST_CID: u32 = 3;
 
 /// The most of a VMM's log that an error carries.
 const LOG_TAIL_BYTES: u64 = 2048;
@@ -147,6 +156,12 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
     if let Some(nodes) = &spec.numa_nodes {
         args.push("--numa-nodes".into());
         args.push(nodes.clone());
+    }
+    if spec.agent {
+        // The guest's agent reaches CID 2 port 1025, which the VMM
+        // forwards to `<uds>_1025`, where the daemon listens.
+        let uds = super::agents::vsock_uds(api_sock.parent().unwrap_or(Path::new(".")));
+        args.push(format!("--vsock=cid={GUEST_CID},uds={}", uds.display()));
     }
     if let Some(b) = &spec.balloon {
         args.push("--balloon".into());

@@ -173,6 +173,54 @@ pub enum Event {
     },
     /// Stopped and forgotten (`DELETE /vms/{id}`, or the daemon stopping).
     VmDeleted { vm: String },
+
+    // ---- the guest's side, from its agent ----
+    /// The VM's guest agent connected (its hello). `resumed_at`: the
+    /// highest message of this agent stream the daemon already held (a
+    /// reconnect); absent for a new stream (a new boot or agent).
+    GuestAgentConnected {
+        vm: String,
+        agent: String,
+        kernel: String,
+        boot_id: String,
+        resumed_at: Option<u64>,
+    },
+    /// The agent's connection ended (the guest, its VMM or the daemon
+    /// went away); the agent reconnects and resends what was not
+    /// acknowledged.
+    GuestAgentDisconnected { vm: String, why: String },
+    /// The agent sent what the protocol refuses (once per connection).
+    GuestAgentProtocolError { vm: String, error: String },
+    /// The guest kernel's OOM killer killed a process inside the VM: the
+    /// agent's report, merged from the kernel's lines about the kill.
+    GuestOomKill {
+        vm: String,
+        /// The agent's sequence number of the report.
+        agent_seq: u64,
+        #[serde(flatten)]
+        kill: Box<guest_agent::protocol::OomKill>,
+    },
+    /// The guest's OOM reaper reported on a victim.
+    GuestOomReaped {
+        vm: String,
+        agent_seq: u64,
+        #[serde(flatten)]
+        reaped: guest_agent::protocol::OomReaped,
+    },
+    /// The guest kernel counted OOM kills whose log lines were lost.
+    GuestKillsUnlogged {
+        vm: String,
+        agent_seq: u64,
+        #[serde(flatten)]
+        unlogged: guest_agent::protocol::KillsUnlogged,
+    },
+    /// The guest's memory PSI trigger fired.
+    GuestPressure {
+        vm: String,
+        agent_seq: u64,
+        #[serde(flatten)]
+        pressure: guest_agent::protocol::Pressure,
+    },
     /// Its `oom_score_adj` changed.
     VmOomScoreAdj { vm: String, oom_score_adj: i16 },
     /// Stopped with SIGSTOP.
@@ -260,6 +308,13 @@ impl Event {
             Event::VmRecordUnreadable { .. } => "vm_record_unreadable",
             Event::OomScoreAdjNotMirrored { .. } => "oom_score_adj_not_mirrored",
             Event::VmDeleted { .. } => "vm_deleted",
+            Event::GuestAgentConnected { .. } => "guest_agent_connected",
+            Event::GuestAgentDisconnected { .. } => "guest_agent_disconnected",
+            Event::GuestAgentProtocolError { .. } => "guest_agent_protocol_error",
+            Event::GuestOomKill { .. } => "guest_oom_kill",
+            Event::GuestOomReaped { .. } => "guest_oom_reaped",
+            Event::GuestKillsUnlogged { .. } => "guest_kills_unlogged",
+            Event::GuestPressure { .. } => "guest_pressure",
             Event::VmOomScoreAdj { .. } => "vm_oom_score_adj",
             Event::VmPaused { .. } => "vm_paused",
             Event::VmResumed { .. } => "vm_resumed",
@@ -871,6 +926,100 @@ pub(crate) mod tests {
                 why: "no CAP_SYS_RESOURCE".into(),
             },
             Event::VmDeleted { vm: vm() },
+            Event::GuestAgentConnected {
+                vm: vm(),
+                agent: "0.1.0".into(),
+                kernel: "6.12.117".into(),
+                boot_id: "8e3f2a4c-0d7e-4a8b-9c1d-2b3e4f5a6b7c".into(),
+                resumed_at: Some(7),
+            },
+            Event::GuestAgentDisconnected {
+                vm: vm(),
+                why: "the connection closed".into(),
+            },
+            Event::GuestAgentProtocolError {
+                vm: vm(),
+                error: "line longer than 16384 bytes".into(),
+            },
+            Event::GuestOomKill {
+                vm: vm(),
+                agent_seq: 8,
+                kill: Box::new(guest_agent::protocol::OomKill {
+                    kmsg_seq: 812,
+                    ts_us: 48_211_733,
+                    reason: "Memory cgroup out of memory".into(),
+                    pid: 95,
+                    comm: "hog".into(),
+                    uid: Some(0),
+                    total_vm_kb: Some(18_000),
+                    anon_rss_kb: Some(2036),
+                    file_rss_kb: Some(0),
+                    shmem_rss_kb: Some(0),
+                    pgtables_kb: Some(48),
+                    oom_score_adj: Some(0),
+                    constraint: Some("CONSTRAINT_MEMCG".into()),
+                    nodemask: Some("(null)".into()),
+                    cpuset: None,
+                    mems_allowed: Some("0".into()),
+                    global_oom: false,
+                    oom_memcg: Some("/hog".into()),
+                    task_memcg: Some("/hog".into()),
+                    memcg_usage_kb: Some(2048),
+                    memcg_limit_kb: Some(2048),
+                    memcg_failcnt: Some(31),
+                    oom_group: Some("/hog".into()),
+                    invoker: Some(guest_agent::protocol::Invoker {
+                        comm: "hog".into(),
+                        pid: Some(95),
+                        gfp_mask: "0xcc0".into(),
+                        gfp_flags: "GFP_KERNEL".into(),
+                        order: 0,
+                        oom_score_adj: 0,
+                    }),
+                }),
+            },
+            Event::GuestOomReaped {
+                vm: vm(),
+                agent_seq: 9,
+                reaped: guest_agent::protocol::OomReaped {
+                    kmsg_seq: 815,
+                    ts_us: 48_300_000,
+                    pid: 95,
+                    comm: "hog".into(),
+                    reaped: true,
+                    kill_seq: Some(8),
+                    anon_rss_kb: Some(0),
+                    file_rss_kb: Some(0),
+                    shmem_rss_kb: Some(0),
+                },
+            },
+            Event::GuestKillsUnlogged {
+                vm: vm(),
+                agent_seq: 10,
+                unlogged: guest_agent::protocol::KillsUnlogged {
+                    count: 1,
+                    vmstat_oom_kill: 3,
+                    logged: 2,
+                },
+            },
+            Event::GuestPressure {
+                vm: vm(),
+                agent_seq: 11,
+                pressure: guest_agent::protocol::Pressure {
+                    some: guest_agent::protocol::PsiLine {
+                        avg10: 1234,
+                        avg60: 300,
+                        avg300: 70,
+                        total_us: 5_000_000,
+                    },
+                    full: Some(guest_agent::protocol::PsiLine {
+                        avg10: 800,
+                        avg60: 200,
+                        avg300: 50,
+                        total_us: 3_000_000,
+                    }),
+                },
+            },
             Event::VmOomScoreAdj {
                 vm: vm(),
                 oom_score_adj: 1000,
@@ -1062,7 +1211,7 @@ pub(crate) mod tests {
         let events = one_of_each();
         let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 35, "one example of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 42, "one example of every kind: {kinds:?}");
         for (i, event) in events.into_iter().enumerate() {
             let record = EventRecord {
                 seq: i as u64 + 1,

@@ -121,6 +121,7 @@ impl FakeDaemon {
             oom_score: badness(spec.mem_mib, spec.oom_score_adj).map(|b| b as u32 / 64),
             exit: None,
             created_at_ms: 1_700_000_000_000,
+            agent: None,
         }
     }
 }

@@ -60,6 +60,6 @@ pub use backend::DaemonBackend;
 pub use events::{Event, EventLogView, EventRecord};
 pub use server::DaemonApiServer;
 pub use types::{
-    BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView, PoolView,
-    PressureView, RunState, VmPatch, VmSpec, VmState, VmView,
+    AgentView, BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView,
+    PoolView, PressureView, RunState, VmPatch, VmSpec, VmState, VmView,
 };

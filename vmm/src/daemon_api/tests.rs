@@ -169,8 +169,8 @@ fn every_route_works() {
     assert_eq!(
         h.daemon.calls(),
         [
-            "create_vm VmSpec { id: Some(\"web-1\"), kernel: None, initrd: None, cmdline: None, mem_mib: 128, vcpus: 1, balloon: Some(BalloonConfig { amount_mib: 0, deflate_on_oom: true, stats_polling_interval_s: 0, free_page_reporting: false }), oom_score_adj: 100, pool: None, numa_nodes: None }",
-            "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None, numa_nodes: None }",
+            "create_vm VmSpec { id: Some(\"web-1\"), kernel: None, initrd: None, cmdline: None, mem_mib: 128, vcpus: 1, balloon: Some(BalloonConfig { amount_mib: 0, deflate_on_oom: true, stats_polling_interval_s: 0, free_page_reporting: false }), oom_score_adj: 100, pool: None, numa_nodes: None, agent: false }",
+            "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None, numa_nodes: None, agent: false }",
             "list_vms",
             "get_vm web-1",
             "patch_vm web-1 VmPatch { oom_score_adj: Some(-1000), balloon_target_mib: Some(32), state: None }",

@@ -113,6 +113,11 @@ pub struct VmSpec {
     /// decision under those nodes (`CONSTRAINT_MEMORY_POLICY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numa_nodes: Option<String>,
+    /// The guest runs our guest agent: the VM gets a virtio-vsock device
+    /// (guest CID 3) and the daemon listens for the agent on vsock port
+    /// 1025, so in-guest OOM kills join the daemon's timeline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
 }
 
 impl VmSpec {
@@ -129,6 +134,7 @@ impl VmSpec {
             oom_score_adj: 0,
             pool: None,
             numa_nodes: None,
+            agent: false,
         }
     }
 
@@ -272,6 +278,51 @@ pub struct VmView {
     pub exit: Option<String>,
     /// When it was created, in Unix milliseconds.
     pub created_at_ms: u64,
+    /// Its guest agent, for a VM created with `"agent": true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentView>,
+}
+
+/// A VM's guest agent as the daemon hears it (`GET /vms/{id}`), for a VM
+/// created with `"agent": true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    /// An agent connection is open now.
+    pub connected: bool,
+    /// The agent's version, the guest kernel and its boot, from the
+    /// agent's last hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// When the last summary (the heartbeat) and the last message of any
+    /// kind arrived, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message_ms: Option<u64>,
+    /// The guest's memory at the last heartbeat, KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_kb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_available_kb: Option<u64>,
+    /// The guest's memory PSI avg10, hundredths of a percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi_some_avg10: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psi_full_avg10: Option<u32>,
+    /// In-guest OOM kills reported (logged ones, plus those the kernel
+    /// counted but whose log lines were lost).
+    pub oom_kills: u64,
+    /// Kernel log records the agent lost, and messages its queue dropped.
+    pub kmsg_lost: u64,
+    pub dropped: u64,
+    /// Resent messages already held, lines refused, other messages.
+    pub duplicates: u64,
+    pub protocol_errors: u64,
+    pub other_messages: u64,
 }
 
 /// Body of `PATCH /vms/{id}`: at least one field.
