@@ -29,6 +29,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device IDs (virtio 1.2, section 5).
 pub const TYPE_BALLOON: u32 = 5;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// How a device signals the driver.
 pub trait VirtioInterrupt: Send + Sync {
