@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use balloon::{pages_to_mib, Balloon, BalloonConfig};
+use vsock::{Vsock, VsockConfig};
 
 use crate::api::{self, ApiError, MemoryReleased, VmBackend, VmInfo, VmState};
 use crate::memstat::{self, MmCounters, ProcessMemory};
@@ -24,9 +25,10 @@ pub struct VmControl {
 }
 
 enum Phase {
-    /// Not booted; the balloon config the VM will get.
+    /// Not booted; the devices the VM will get.
     NotStarted {
         balloon: Option<BalloonConfig>,
+        vsock: Option<VsockConfig>,
         start_requested: bool,
     },
     Running(LiveVm),
@@ -39,9 +41,17 @@ enum Phase {
     Exited,
 }
 
+/// The devices a VM boots with, as configured before `InstanceStart`.
+#[derive(Clone, Debug, Default)]
+pub struct StartConfig {
+    pub balloon: Option<BalloonConfig>,
+    pub vsock: Option<VsockConfig>,
+}
+
 /// Handles into the live VM.
 pub struct LiveVm {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
     /// Host addresses where guest RAM regions start, for residency.
     pub guest_ram_starts: Vec<u64>,
     /// Stops the VM and releases its RAM (`ReleaseMemory`).
@@ -51,33 +61,35 @@ pub struct LiveVm {
 }
 
 impl VmControl {
-    pub fn new(vcpus: u8, mem_size: u64, balloon: Option<BalloonConfig>) -> Self {
+    pub fn new(vcpus: u8, mem_size: u64, devices: StartConfig) -> Self {
         VmControl {
             vcpus: u32::from(vcpus),
             mem_size,
             phase: Mutex::new(Phase::NotStarted {
-                balloon,
+                balloon: devices.balloon,
+                vsock: devices.vsock,
                 start_requested: false,
             }),
             started: Condvar::new(),
         }
     }
 
-    /// Blocks until `PUT /actions InstanceStart` and returns the balloon
-    /// configuration to boot with; or returns `Err` with what `stop()`
-    /// (polled every 100 ms) reported instead.
-    pub fn wait_for_start<S>(
-        &self,
-        mut stop: impl FnMut() -> Option<S>,
-    ) -> Result<Option<BalloonConfig>, S> {
+    /// Blocks until `PUT /actions InstanceStart` and returns the devices
+    /// to boot with; or returns `Err` with what `stop()` (polled every
+    /// 100 ms) reported instead.
+    pub fn wait_for_start<S>(&self, mut stop: impl FnMut() -> Option<S>) -> Result<StartConfig, S> {
         let mut phase = self.phase();
         loop {
             if let Phase::NotStarted {
                 balloon,
+                vsock,
                 start_requested: true,
             } = &*phase
             {
-                return Ok(*balloon);
+                return Ok(StartConfig {
+                    balloon: *balloon,
+                    vsock: vsock.clone(),
+                });
             }
             if let Some(s) = stop() {
                 return Err(s);
@@ -117,6 +129,17 @@ impl VmControl {
         }
     }
 
+    /// The live vsock device, or the right error.
+    fn live_vsock(&self) -> Result<Arc<Mutex<Vsock>>, ApiError> {
+        match &*self.phase() {
+            Phase::Running(LiveVm { vsock: Some(v), .. }) => Ok(v.clone()),
+            Phase::Running(_) => Err(vsock_not_configured()),
+            Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
+            Phase::Released { .. } => Err(released_conflict()),
+            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
+        }
+    }
+
     fn check_amount(&self, amount_mib: u32) -> Result<(), ApiError> {
         let mem_mib = self.mem_size >> 20;
         if u64::from(amount_mib) > mem_mib {
@@ -126,6 +149,12 @@ impl VmControl {
         }
         Ok(())
     }
+}
+
+fn vsock_not_configured() -> ApiError {
+    ApiError::NotFound(
+        "the VM has no vsock device (configure one with PUT /vsock before InstanceStart)".into(),
+    )
 }
 
 fn released_conflict() -> ApiError {
@@ -141,8 +170,33 @@ fn own_rss() -> u64 {
         .map_or(0, |c| c.rss_anon + c.rss_file + c.rss_shmem)
 }
 
-fn lock(b: &Mutex<Balloon>) -> MutexGuard<'_, Balloon> {
+fn lock<T>(b: &Mutex<T>) -> MutexGuard<'_, T> {
     b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TryFrom<api::VsockConfig> for VsockConfig {
+    type Error = ApiError;
+
+    /// The API's body as the device's configuration, checked (CID range,
+    /// path length).
+    fn try_from(c: api::VsockConfig) -> Result<Self, ApiError> {
+        let cfg = VsockConfig {
+            guest_cid: c.guest_cid,
+            uds_path: c.uds_path.into(),
+        };
+        cfg.validate()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(cfg)
+    }
+}
+
+fn vsock_info(cfg: &VsockConfig, connections: usize, activated: bool) -> api::VsockInfo {
+    api::VsockInfo {
+        guest_cid: cfg.guest_cid,
+        uds_path: cfg.uds_path.to_string_lossy().into_owned(),
+        connections: connections as u64,
+        activated,
+    }
 }
 
 impl From<api::BalloonConfig> for BalloonConfig {
@@ -201,7 +255,7 @@ impl VmBackend for VmControl {
     fn put_balloon(&self, config: api::BalloonConfig) -> Result<(), ApiError> {
         self.check_amount(config.amount_mib)?;
         match &mut *self.phase() {
-            Phase::NotStarted { balloon, start_requested: false } => {
+            Phase::NotStarted { balloon, start_requested: false, .. } => {
                 *balloon = Some(config.into());
                 Ok(())
             }
@@ -321,6 +375,39 @@ impl VmBackend for VmControl {
         if let Phase::Released { exit, end } = &*self.phase() {
             exit.request(end.clone());
         }
+    }
+
+    fn put_vsock(&self, config: api::VsockConfig) -> Result<(), ApiError> {
+        let config = VsockConfig::try_from(config)?;
+        match &mut *self.phase() {
+            Phase::NotStarted {
+                vsock,
+                start_requested: false,
+                ..
+            } => {
+                *vsock = Some(config);
+                Ok(())
+            }
+            _ => Err(ApiError::Conflict(
+                "the vsock device can only be configured before InstanceStart".into(),
+            )),
+        }
+    }
+
+    fn vsock(&self) -> Result<api::VsockInfo, ApiError> {
+        if let Phase::NotStarted { vsock, .. } = &*self.phase() {
+            let cfg = vsock.as_ref().ok_or_else(vsock_not_configured)?;
+            return Ok(vsock_info(cfg, 0, false));
+        }
+        let v = self.live_vsock()?;
+        let v = lock(&v);
+        Ok(vsock_info(v.config(), v.connections(), v.is_activated()))
+    }
+
+    fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError> {
+        let v = self.live_vsock()?;
+        let metrics = lock(&v).metrics();
+        serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     fn patch_balloon_stats(&self, update: api::BalloonStatsUpdate) -> Result<(), ApiError> {

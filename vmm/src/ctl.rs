@@ -483,6 +483,36 @@ pub fn parse_balloon(spec: &str) -> Result<BalloonConfig, String> {
     Ok(cfg)
 }
 
+/// Parses `--vsock cid=N,uds=PATH` (also `guest_cid=` and `uds_path=`,
+/// the keys of the per-VM `PUT /vsock`); both are required, and the path
+/// cannot hold a comma.
+pub fn parse_vsock(spec: &str) -> Result<crate::api::VsockConfig, String> {
+    let (mut cid, mut uds) = (None, None);
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not key=value"))?;
+        match key {
+            "cid" | "guest_cid" => {
+                cid = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|e| format!("{key}: '{value}': {e}"))?,
+                )
+            }
+            "uds" | "uds_path" => uds = Some(value.to_string()),
+            _ => return Err(format!("unknown vsock option '{key}' (cid, uds)")),
+        }
+    }
+    let config = crate::api::VsockConfig {
+        guest_cid: cid.ok_or("vsock needs cid=<guest CID>")?,
+        uds_path: uds.ok_or("vsock needs uds=<Unix socket path>")?,
+        vsock_id: None,
+    };
+    vsock::VsockConfig::try_from(config.clone()).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 /// The daemon's API, as this client uses it.
 struct Api {
     client: Client,
@@ -1529,6 +1559,25 @@ victim  b
             "1970-01-01T00:00:00.000Z  #1  vm_migrated vm=a nested=\"{\\\"x\\\":1}\" to=-"
         );
         assert_eq!(raw_event_line(&json!({"odd": true})), "-  #?  ? odd=true");
+    }
+
+    #[test]
+    fn vsock_option() {
+        let c = parse_vsock("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((c.guest_cid, c.uds_path.as_str()), (3, "/tmp/v.sock"));
+        let c = parse_vsock("guest_cid=7, uds_path=v").unwrap();
+        assert_eq!((c.guest_cid, c.uds_path.as_str()), (7, "v"));
+        assert!(parse_vsock("cid=3").unwrap_err().contains("uds="));
+        assert!(parse_vsock("uds=v").unwrap_err().contains("cid="));
+        assert!(parse_vsock("cid=2,uds=v").unwrap_err().contains("reserved"));
+        assert!(parse_vsock("cid=x,uds=v")
+            .unwrap_err()
+            .starts_with("cid: 'x'"));
+        assert!(parse_vsock("port=1")
+            .unwrap_err()
+            .starts_with("unknown vsock option"));
+        let long = format!("cid=3,uds={}", "a".repeat(100));
+        assert!(parse_vsock(&long).unwrap_err().contains("too long"));
     }
 
     #[test]

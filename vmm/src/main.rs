@@ -15,7 +15,7 @@ use vmm::vm::boot::{BootError, KernelImage};
 use vmm::vm::cpuid::CpuidPolicy;
 
 use vmm::api::ApiServer;
-use vmm::control::{LiveVm, VmControl};
+use vmm::control::{LiveVm, StartConfig, VmControl};
 use vmm::vm::exit::{status, VmExit};
 use vmm::vm::memory;
 use vmm::vm::virtio::Announce;
@@ -102,6 +102,12 @@ struct RunArgs {
     /// `--balloon ""` takes the defaults: 0 MiB, no stats, no reporting).
     #[arg(long, value_parser = vmm::ctl::parse_balloon)]
     balloon: Option<vmm::api::BalloonConfig>,
+    /// Add a virtio-vsock device: `cid=N,uds=PATH` (the fields of the API's
+    /// `PUT /vsock`, `guest_cid` and `uds_path`). Host processes connect to
+    /// the Unix socket PATH and send `CONNECT <port>\n`; guest connections
+    /// to host port P go to the Unix socket `PATH_P`.
+    #[arg(long, value_parser = vmm::ctl::parse_vsock, value_name = "cid=N,uds=PATH")]
+    vsock: Option<vmm::api::VsockConfig>,
     /// How virtio-mmio devices are announced: `acpi` (DSDT devices, what
     /// stock kernels need) or `cmdline` (`virtio_mmio.device=`, what the
     /// tiny guest reads). Default: cmdline for the embedded tiny guest,
@@ -117,7 +123,7 @@ struct RunArgs {
     api_sock: Option<PathBuf>,
     /// Do not boot until the API receives `PUT /actions
     /// {"action_type":"InstanceStart"}` (configure the balloon with
-    /// `PUT /balloon` first). Needs --api-sock.
+    /// `PUT /balloon` and vsock with `PUT /vsock` first). Needs --api-sock.
     #[arg(long, requires = "api_sock")]
     wait_for_start: bool,
     /// Bind guest RAM to these NUMA nodes (a node list like `0` or `0-1,3`;
@@ -174,11 +180,12 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("vmm: cannot block SIGTERM/SIGINT: {e}");
         return ExitCode::from(status::START_FAILED);
     }
-    let control = Arc::new(VmControl::new(
-        args.vcpus,
-        args.mem.0,
-        args.balloon.map(Into::into),
-    ));
+    let devices = StartConfig {
+        balloon: args.balloon.map(Into::into),
+        // Checked by the argument parser.
+        vsock: args.vsock.clone().and_then(|v| v.try_into().ok()),
+    };
+    let control = Arc::new(VmControl::new(args.vcpus, args.mem.0, devices.clone()));
     let api = match &args.api_sock {
         Some(path) => match ApiServer::start(path, control.clone()) {
             Ok(server) => Some(server),
@@ -198,17 +205,18 @@ fn run(args: RunArgs) -> ExitCode {
         std::process::exit(i32::from(code))
     };
     let release_threads = usize::from(args.release_threads);
-    let mut args = args;
-    if args.wait_for_start {
+    let devices = if args.wait_for_start {
         match control.wait_for_start(vmm::vm::stop_signals::take_pending) {
-            Ok(balloon) => args.balloon = balloon.as_ref().map(vmm::control::to_api_config),
+            Ok(devices) => devices,
             Err(signal) => {
                 control.set_exited();
                 quit(api, VmExit::Signal(signal).exit_status());
             }
         }
-    }
-    let mut vm = match start_vm(args) {
+    } else {
+        devices
+    };
+    let mut vm = match start_vm(args, devices) {
         Ok(vm) => vm,
         Err(e) => {
             control.set_exited();
@@ -228,12 +236,14 @@ fn run(args: RunArgs) -> ExitCode {
         .collect();
     control.set_running(LiveVm {
         balloon: vm.balloon().cloned(),
+        vsock: vm.vsock().cloned(),
         guest_ram_starts: starts,
         releaser: vm.releaser(release_threads),
         exit: vm.exit_signal(),
     });
     let end = vm.wait();
     control.set_exited();
+    vm.remove_host_sockets();
     // A failed write to stderr must not change how the VMM ends.
     let mut err = std::io::stderr();
     let _ = match &end {
@@ -275,7 +285,7 @@ fn write_tiny_guest(out: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(out, TINY_GUEST).with_context(|| format!("cannot write {}", out.display()))
 }
 
-fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
+fn start_vm(args: RunArgs, devices: StartConfig) -> anyhow::Result<Vm> {
     let serial_out: Box<dyn Write + Send> = if args.serial_out == "-" {
         Box::new(std::io::stdout())
     } else {
@@ -301,7 +311,8 @@ fn start_vm(args: RunArgs) -> anyhow::Result<Vm> {
         vcpus: args.vcpus,
         cpuid: CpuidPolicy::new(&args.cpuid_keep, &args.cpuid_hide)?,
         serial_out,
-        balloon: args.balloon.map(Into::into),
+        balloon: devices.balloon,
+        vsock: devices.vsock,
         announce,
         dump_acpi: args.dump_acpi,
         numa_nodes: args.numa_nodes,

@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::types::{
     BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, MemoryReleased,
-    VmInfo,
+    VmInfo, VsockConfig, VsockInfo,
 };
 
 /// The VM behind the API. The server calls it only with requests that
@@ -40,6 +40,14 @@ pub trait VmBackend: Send + Sync + 'static {
     /// `GET /balloon/metrics`: what the device did and what it refused
     /// from the guest, as counters (a JSON object).
     fn balloon_metrics(&self) -> Result<serde_json::Value, ApiError>;
+    /// `PUT /vsock`: add the vsock device; before boot only. A
+    /// configuration the device cannot use (CID, path) is a 400.
+    fn put_vsock(&self, config: VsockConfig) -> Result<(), ApiError>;
+    /// `GET /vsock`.
+    fn vsock(&self) -> Result<VsockInfo, ApiError>;
+    /// `GET /vsock/metrics`: what the device did and what it refused from
+    /// the guest, as counters (a JSON object).
+    fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError>;
     /// `PUT /actions {"action_type": "ReleaseMemory"}`: stop the vCPUs
     /// for good and give all guest RAM back to the host. Conflict (409)
     /// when the VM is not running, and then nothing changes; any other

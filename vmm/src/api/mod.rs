@@ -12,6 +12,10 @@
 //! | `GET` | `/balloon` | – | 200 [`BalloonInfo`] |
 //! | `GET` | `/balloon/statistics` | – | 200 [`BalloonStats`] |
 //! | `PATCH` | `/balloon/statistics` | [`BalloonStatsUpdate`] | 204 |
+//! | `GET` | `/balloon/metrics` | – | 200 counters (JSON object) |
+//! | `PUT` | `/vsock` | [`VsockConfig`] (before boot) | 204 |
+//! | `GET` | `/vsock` | – | 200 [`VsockInfo`] |
+//! | `GET` | `/vsock/metrics` | – | 200 counters (JSON object) |
 //!
 //! Every error is a 4xx or 5xx status with `{"fault_message": "..."}`
 //! ([`ApiError`]). Requests that are not HTTP, too large, too slow, for an
@@ -62,5 +66,5 @@ pub use error::{ApiError, ApiServerError};
 pub use server::ApiServer;
 pub use types::{
     ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,
-    BalloonUpdate, MemoryReleased, VmInfo, VmState,
+    BalloonUpdate, MemoryReleased, VmInfo, VmState, VsockConfig, VsockInfo,
 };

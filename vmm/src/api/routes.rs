@@ -10,15 +10,18 @@ use serde::Serialize;
 
 use super::backend::VmBackend;
 use super::error::ApiError;
-use super::types::{ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
+use super::types::{
+    ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, VsockConfig,
+};
 use crate::http::route::{json_body, method_not_allowed, no_body};
 use crate::http::{Request, Response};
 
 /// The resources, for the 404 message.
-const RESOURCES: &str = "/vm, /actions, /balloon, /balloon/statistics, /balloon/metrics";
+const RESOURCES: &str =
+    "/vm, /actions, /balloon, /balloon/statistics, /balloon/metrics, /vsock, /vsock/metrics";
 
 /// A request that parsed: one backend call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Call {
     /// `GET /vm`
     VmInfo,
@@ -38,6 +41,12 @@ pub(crate) enum Call {
     PatchBalloonStats(BalloonStatsUpdate),
     /// `GET /balloon/metrics`
     BalloonMetrics,
+    /// `PUT /vsock`
+    PutVsock(VsockConfig),
+    /// `GET /vsock`
+    Vsock,
+    /// `GET /vsock/metrics`
+    VsockMetrics,
 }
 
 /// Resolves a request to a call, or the error to answer instead.
@@ -54,6 +63,8 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         "/balloon" => "GET, PUT, PATCH",
         "/balloon/statistics" => "GET, PATCH",
         "/balloon/metrics" => "GET",
+        "/vsock" => "GET, PUT",
+        "/vsock/metrics" => "GET",
         _ => {
             return Err(ApiError::NoSuchResource {
                 path: path.to_string(),
@@ -75,6 +86,9 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         ("GET", "/balloon/statistics") => no_body(req).map(|()| Call::BalloonStats),
         ("PATCH", "/balloon/statistics") => json_body(req).map(Call::PatchBalloonStats),
         ("GET", "/balloon/metrics") => no_body(req).map(|()| Call::BalloonMetrics),
+        ("PUT", "/vsock") => json_body(req).map(Call::PutVsock),
+        ("GET", "/vsock") => no_body(req).map(|()| Call::Vsock),
+        ("GET", "/vsock/metrics") => no_body(req).map(|()| Call::VsockMetrics),
         _ => Err(method_not_allowed(req, allowed)),
     }
 }
@@ -104,6 +118,9 @@ pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Respo
         Call::PatchBalloonStats(update) => backend
             .patch_balloon_stats(update)
             .map(|()| Response::no_content()),
+        Call::PutVsock(config) => backend.put_vsock(config).map(|()| Response::no_content()),
+        Call::Vsock => json(&backend.vsock()?),
+        Call::VsockMetrics => json(&backend.vsock_metrics()?),
     }
 }
 
@@ -171,6 +188,28 @@ mod tests {
                     stats_polling_interval_s: 5,
                 }),
             ),
+            (
+                "PUT",
+                "/vsock",
+                r#"{"guest_cid":3,"uds_path":"/tmp/v.sock"}"#,
+                Call::PutVsock(VsockConfig {
+                    guest_cid: 3,
+                    uds_path: "/tmp/v.sock".into(),
+                    vsock_id: None,
+                }),
+            ),
+            (
+                "PUT",
+                "/vsock",
+                r#"{"vsock_id":"vsock0","guest_cid":4,"uds_path":"v"}"#,
+                Call::PutVsock(VsockConfig {
+                    guest_cid: 4,
+                    uds_path: "v".into(),
+                    vsock_id: Some("vsock0".into()),
+                }),
+            ),
+            ("GET", "/vsock", "", Call::Vsock),
+            ("GET", "/vsock/metrics", "", Call::VsockMetrics),
         ];
         for (method, target, body, call) in cases {
             assert_eq!(
@@ -231,6 +270,12 @@ mod tests {
             ),
             "{msg}"
         );
+        let (status, msg) = fault("PUT", "/vsock", r#"{"guest_cid":-3,"uds_path":"v"}"#);
+        assert_eq!(status, 400);
+        assert!(msg.starts_with("guest_cid: invalid value"), "{msg}");
+        let (status, msg) = fault("PUT", "/vsock", r#"{"guest_cid":3}"#);
+        assert_eq!(status, 400);
+        assert!(msg.starts_with("missing field `uds_path`"), "{msg}");
         let (status, msg) = fault("PATCH", "/balloon", r#"{"amount_mib":1} {}"#);
         assert_eq!(status, 400);
         assert!(msg.starts_with("trailing characters"), "{msg}");
@@ -261,6 +306,13 @@ mod tests {
             )
         );
         assert_eq!(fault("get", "/vm", "").0, 405);
+        assert_eq!(
+            fault("PATCH", "/vsock", "{}"),
+            (
+                405,
+                "method PATCH is not allowed on /vsock (allowed: GET, PUT)".into()
+            )
+        );
         let mut req = request("PATCH", "/balloon", r#"{"amount_mib":1}"#);
         req.content_type = Some("application/x-www-form-urlencoded".into());
         assert_eq!(parse(&req).unwrap_err().status(), 415);

@@ -19,6 +19,7 @@ struct FakeVm {
     calls: Mutex<Vec<String>>,
     started: Mutex<bool>,
     balloon: Mutex<Option<BalloonConfig>>,
+    vsock: Mutex<Option<VsockConfig>>,
 }
 
 impl FakeVm {
@@ -160,6 +161,47 @@ impl VmBackend for FakeVm {
         config.stats_polling_interval_s = update.stats_polling_interval_s;
         Ok(())
     }
+
+    fn put_vsock(&self, config: VsockConfig) -> Result<(), ApiError> {
+        self.record(format!(
+            "put_vsock {} {}",
+            config.guest_cid, config.uds_path
+        ));
+        if *self.started.lock().unwrap() {
+            return Err(ApiError::Conflict(
+                "the vsock device can only be configured before InstanceStart".into(),
+            ));
+        }
+        if config.guest_cid < 3 {
+            return Err(ApiError::BadRequest(format!(
+                "guest_cid {} is reserved",
+                config.guest_cid
+            )));
+        }
+        *self.vsock.lock().unwrap() = Some(config);
+        Ok(())
+    }
+
+    fn vsock(&self) -> Result<VsockInfo, ApiError> {
+        self.record("vsock".into());
+        let c = self
+            .vsock
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| ApiError::NotFound("the VM has no vsock device".into()))?;
+        Ok(VsockInfo {
+            guest_cid: c.guest_cid,
+            uds_path: c.uds_path,
+            connections: 2,
+            activated: true,
+        })
+    }
+
+    fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError> {
+        self.record("vsock_metrics".into());
+        Ok(serde_json::json!({ "connections": 2, "rejections": { "wrong_src_cid": 1 } }))
+    }
 }
 
 /// A backend whose every call panics.
@@ -194,6 +236,15 @@ impl VmBackend for PanickyVm {
         unreachable!()
     }
     fn end_after_release(&self) {
+        unreachable!()
+    }
+    fn put_vsock(&self, _: VsockConfig) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn vsock(&self) -> Result<VsockInfo, ApiError> {
+        unreachable!()
+    }
+    fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError> {
         unreachable!()
     }
 }
@@ -415,6 +466,74 @@ fn every_route_works() {
             "balloon",
             "balloon_stats",
             "patch_balloon_stats BalloonStatsUpdate { stats_polling_interval_s: 5 }",
+        ]
+    );
+}
+
+#[test]
+fn vsock_routes_work() {
+    let h = harness();
+    let p = &h.path;
+    let r = send(p, "GET", "/vsock", None);
+    assert_eq!(
+        (r.status, r.fault()),
+        (404, "the VM has no vsock device".into())
+    );
+    let r = send(
+        p,
+        "PUT",
+        "/vsock",
+        Some(r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#),
+    );
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    let r = send(
+        p,
+        "PUT",
+        "/vsock",
+        Some(r#"{"guest_cid": 2, "uds_path": "v"}"#),
+    );
+    assert_eq!(
+        (r.status, r.fault()),
+        (400, "guest_cid 2 is reserved".into())
+    );
+    let r = send(p, "PUT", "/vsock", Some(r#"{"guest_cid": 3, "path": "v"}"#));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.fault().starts_with("path: unknown field `path`"),
+        "{}",
+        r.fault()
+    );
+    let r = send(p, "GET", "/vsock", None);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"guest_cid": 3, "uds_path": "/tmp/v.sock", "connections": 2, "activated": true})
+    );
+    let r = send(p, "GET", "/vsock/metrics", None);
+    assert_eq!(r.json()["rejections"]["wrong_src_cid"], 1);
+    send(
+        p,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    let r = send(
+        p,
+        "PUT",
+        "/vsock",
+        Some(r#"{"guest_cid": 4, "uds_path": "w"}"#),
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(send(p, "DELETE", "/vsock", None).status, 405);
+    assert_eq!(
+        h.vm.calls(),
+        [
+            "vsock",
+            "put_vsock 3 /tmp/v.sock",
+            "put_vsock 2 v",
+            "vsock",
+            "vsock_metrics",
+            "start",
+            "put_vsock 4 w",
         ]
     );
 }
@@ -794,7 +913,15 @@ fn stale_socket_is_replaced_live_one_and_other_files_refused() {
 #[test]
 fn openapi_document_covers_every_route_field_and_status() {
     let spec = include_str!("../../api/openapi.yaml");
-    for path in ["/vm", "/actions", "/balloon", "/balloon/statistics"] {
+    for path in [
+        "/vm",
+        "/actions",
+        "/balloon",
+        "/balloon/statistics",
+        "/balloon/metrics",
+        "/vsock",
+        "/vsock/metrics",
+    ] {
         assert!(spec.contains(&format!("\n  {path}:\n")), "{path}");
     }
     let full_stats = BalloonStats {
@@ -832,6 +959,19 @@ fn openapi_document_covers_every_route_field_and_status() {
         })
         .unwrap(),
         serde_json::json!({"action_type": "InstanceStart"}),
+        serde_json::to_value(VsockConfig {
+            guest_cid: 3,
+            uds_path: "v".into(),
+            vsock_id: Some("v".into()),
+        })
+        .unwrap(),
+        serde_json::to_value(VsockInfo {
+            guest_cid: 3,
+            uds_path: "v".into(),
+            connections: 0,
+            activated: false,
+        })
+        .unwrap(),
         serde_json::to_value(MemoryReleased {
             released_bytes: 0,
             vmm_rss_before_bytes: 0,

@@ -178,6 +178,37 @@ pub struct BalloonStats {
     pub age_ms: Option<u64>,
 }
 
+/// Body of `PUT /vsock`: add a virtio-vsock device (before boot only),
+/// with Firecracker's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID: 3 up to 2^32 - 2.
+    pub guest_cid: u64,
+    /// Host processes connect to this Unix socket and send
+    /// `CONNECT <port>\n`; guest connections to host port P go to
+    /// `<uds_path>_P`. At most 96 bytes, so every `_P` path fits a socket
+    /// address.
+    pub uds_path: String,
+    /// Firecracker's deprecated device name: accepted and ignored, so its
+    /// clients work unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+/// Response of `GET /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockInfo {
+    /// As configured.
+    pub guest_cid: u64,
+    /// As configured.
+    pub uds_path: String,
+    /// Open connections now (0 before boot).
+    pub connections: u64,
+    /// The guest's driver has set the device up.
+    pub activated: bool,
+}
+
 /// Lifecycle state of the VM in `GET /vm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmState {

@@ -9,7 +9,8 @@
 //!
 //! - the socket file (`socket`): mode 0600 before anyone can
 //!   connect, a stale one replaced, a live one or a non-socket refused,
-//!   removed at shutdown only if it is still ours;
+//!   removed at shutdown only if it is still ours (the vsock device's host
+//!   socket is made the same way);
 //! - framing (`connection`): `httparse` for the head, bodies by
 //!   `Content-Length` only, `Expect: 100-continue`, keep-alive and
 //!   pipelining, HTTP/1.0 answered then closed;
@@ -32,7 +33,7 @@ mod limits;
 mod message;
 pub mod route;
 mod server;
-mod socket;
+pub(crate) mod socket;
 
 pub use client::{Client, ClientError, ClientResponse, StreamingResponse};
 pub use error::{ApiError, ServerError};

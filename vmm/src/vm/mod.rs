@@ -29,6 +29,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
+use vsock::{Vsock, VsockConfig};
 
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
@@ -57,6 +58,8 @@ pub struct VmConfig {
     pub serial_out: Box<dyn Write + Send>,
     /// A virtio-balloon device, if wanted.
     pub balloon: Option<BalloonConfig>,
+    /// A virtio-vsock device, if wanted; its host socket is bound at boot.
+    pub vsock: Option<VsockConfig>,
     /// How virtio-mmio devices are announced to the guest.
     pub announce: Announce,
     /// Also write the ACPI tables, one `<SIG>.dat` file each, here.
@@ -105,6 +108,10 @@ pub enum VmError {
     EventLoop(event_manager::Error),
     #[error("balloon: {0}")]
     Balloon(#[from] balloon::BalloonError),
+    #[error("vsock: {0}")]
+    Vsock(#[from] vsock::VsockError),
+    #[error("vsock: cannot serve its host socket: {0}")]
+    VsockSocket(#[source] crate::http::ServerError),
     #[error("cannot {what}")]
     Io {
         what: &'static str,
@@ -119,6 +126,9 @@ pub struct Vm {
     buses: Arc<IoBuses>,
     event_loop: EventLoop,
     balloon: Option<Arc<Mutex<Balloon>>>,
+    vsock: Option<Arc<Mutex<Vsock>>>,
+    /// The vsock device's host socket file, removed with the VM.
+    vsock_socket: Option<HostSocket>,
     vcpus: Arc<VcpuThreads>,
     _vm_fd: VmFd,
     mem: GuestRam,
@@ -201,6 +211,19 @@ impl Vm {
             None => None,
         };
 
+        let (vsock, vsock_socket) = match cfg.vsock {
+            Some(config) => {
+                let (listener, file) =
+                    crate::http::socket::bind(&config.uds_path).map_err(VmError::VsockSocket)?;
+                let file = HostSocket(file);
+                let dev = Arc::new(Mutex::new(Vsock::new(config, listener)?));
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                event_loop.add_subscriber(dev.clone());
+                (Some(dev), Some(file))
+            }
+            None => (None, None),
+        };
+
         let cmdline = slots.announce_on_cmdline(cfg.announce, &cfg.cmdline);
         let acpi = AcpiTables::build(&AcpiConfig {
             vcpus: cfg.vcpus,
@@ -269,6 +292,8 @@ impl Vm {
             buses,
             event_loop,
             balloon,
+            vsock,
+            vsock_socket,
             vcpus: Arc::new(VcpuThreads::new(handles, park)),
             _vm_fd: vm_fd,
             mem,
@@ -298,6 +323,17 @@ impl Vm {
         self.balloon.as_ref()
     }
 
+    /// The vsock device, if the VM has one.
+    pub fn vsock(&self) -> Option<&Arc<Mutex<Vsock>>> {
+        self.vsock.as_ref()
+    }
+
+    /// Removes the host socket files the VM's devices made (the VMM exits
+    /// without dropping the VM).
+    pub fn remove_host_sockets(&mut self) {
+        self.vsock_socket.take();
+    }
+
     /// Guest RAM, for accounting.
     pub fn guest_ram(&self) -> &GuestRam {
         &self.mem
@@ -320,6 +356,16 @@ impl Vm {
             .serial
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A device's host socket file, removed when dropped (if still ours), so
+/// a boot that fails after binding it leaves nothing behind.
+struct HostSocket(crate::http::socket::SocketFile);
+
+impl Drop for HostSocket {
+    fn drop(&mut self) {
+        self.0.remove();
     }
 }
 
