@@ -22,6 +22,8 @@
 //! * `tiny.balloon-log=rounds|settled`: a line per balloon round (the
 //!   default), or only when the balloon stops moving (see [`BalloonLog`]).
 //! * `tiny.evil=<case>`: one deliberate protocol violation (see [`Evil`]).
+//! * `tiny.vsock=<action>[,<action>...]`: drive the virtio-vsock device,
+//!   running the actions in order (see [`VsockAction`]).
 //!
 //! Numbers are decimal or `0x` hexadecimal. A later order overrides an
 //! earlier one with the same key.
@@ -93,6 +95,198 @@ pub enum BalloonLog {
     Settled,
 }
 
+/// A deliberate violation of the virtio-vsock protocol
+/// (`tiny.vsock=evil:<case>`), for the host's malicious-guest tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VsockEvil {
+    /// A tx chain of 20 bytes: shorter than the 44-byte header.
+    ShortHeader,
+    /// A header whose `len` is 4096 with 16 bytes of payload in the chain.
+    LenBeyondChain,
+    /// A `REQUEST` from a CID that is not ours.
+    WrongSrcCid,
+    /// A `REQUEST` to CID 5 instead of the host.
+    WrongDstCid,
+    /// An `op` of 42.
+    UnknownOp,
+    /// A seqpacket (`type` 2) `REQUEST`.
+    BadType,
+    /// A `REQUEST` carrying 8 bytes of payload.
+    PayloadOnRequest,
+    /// A tx chain whose header lies 1 GiB beyond RAM.
+    DescOutsideMemory,
+    /// A tx descriptor whose `next` is itself.
+    DescLoop,
+    /// An rx buffer the device may not write (no `WRITE` flag).
+    RxReadonly,
+    /// Connect to the port, then send 96 KiB at once without waiting for
+    /// credit (the device grants 64 KiB).
+    CreditOverrun,
+    /// Connect to the port, shut down sending, then send data.
+    DataAfterShutdown,
+}
+
+impl VsockEvil {
+    /// Every case with its name on the command line.
+    pub const ALL: [(VsockEvil, &'static str); 12] = [
+        (VsockEvil::ShortHeader, "short-header"),
+        (VsockEvil::LenBeyondChain, "len-beyond-chain"),
+        (VsockEvil::WrongSrcCid, "wrong-src-cid"),
+        (VsockEvil::WrongDstCid, "wrong-dst-cid"),
+        (VsockEvil::UnknownOp, "unknown-op"),
+        (VsockEvil::BadType, "bad-type"),
+        (VsockEvil::PayloadOnRequest, "payload-on-request"),
+        (VsockEvil::DescOutsideMemory, "desc-outside-memory"),
+        (VsockEvil::DescLoop, "desc-loop"),
+        (VsockEvil::RxReadonly, "rx-readonly"),
+        (VsockEvil::CreditOverrun, "credit-overrun"),
+        (VsockEvil::DataAfterShutdown, "data-after-shutdown"),
+    ];
+
+    /// The name used on the command line and in output.
+    pub fn name(self) -> &'static str {
+        VsockEvil::ALL
+            .iter()
+            .find(|(case, _)| *case == self)
+            .map_or("?", |(_, name)| name)
+    }
+}
+
+/// One action of `tiny.vsock=`. Ports are decimal or `0x` numbers below
+/// 2^32; sizes and times as elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VsockAction {
+    /// `echo:<port>[:<n>]`: listen on the port and echo every byte back,
+    /// until `n` connections closed (or `tiny.exit-after`, or forever).
+    Echo { port: u32, conns: Option<u32> },
+    /// `sink:<port>[:<n>]`: listen, read and check the pattern, until `n`
+    /// connections closed (or `tiny.exit-after`, or forever).
+    Sink { port: u32, conns: Option<u32> },
+    /// `slowsink:<port>:<time>`: listen for one connection with a 16 KiB
+    /// receive buffer, consume nothing for `<time>` after it opened (the
+    /// device must stop at our credit), then read it all.
+    SlowSink { port: u32, ms: u64 },
+    /// `send:<port>:<size>`: connect to the host port, send `<size>` bytes
+    /// of the pattern within the host's credit, shut down sending, read
+    /// (and check) what comes back until the host shuts down, close.
+    Send { port: u32, bytes: u64 },
+    /// `conns:<port>:<n>`: open `n` connections to the host port at once,
+    /// send 16 pattern bytes on each one that is accepted and expect them
+    /// echoed; they stay open until `close` or the end of the list.
+    Conns { port: u32, n: u32 },
+    /// `flood:<port>:<n>`: send `n` `REQUEST`s as fast as the queue takes
+    /// them, count the answers, then reset the accepted ones.
+    Flood { port: u32, n: u32 },
+    /// `wait:<time>`: keep serving open connections for this long.
+    Wait { ms: u64 },
+    /// `close`: close every open connection (`SHUTDOWN`, then the host's
+    /// `RST`).
+    Close,
+    /// `evil:<case>[:<port>]`: one violation (see [`VsockEvil`]); the port
+    /// is where the cases that need a connection connect (default 1024).
+    Evil { case: VsockEvil, port: u32 },
+}
+
+/// Most actions in one `tiny.vsock=` list.
+pub const MAX_VSOCK_ACTIONS: usize = 16;
+
+/// The `tiny.vsock=` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockPlan {
+    pub actions: [VsockAction; MAX_VSOCK_ACTIONS],
+    pub len: usize,
+}
+
+impl Default for VsockPlan {
+    fn default() -> Self {
+        VsockPlan {
+            actions: [VsockAction::Close; MAX_VSOCK_ACTIONS],
+            len: 0,
+        }
+    }
+}
+
+impl VsockPlan {
+    /// The actions, in order.
+    pub fn actions(&self) -> &[VsockAction] {
+        &self.actions[..self.len]
+    }
+}
+
+/// Parses a port: a number below 2^32.
+fn parse_port(s: &[u8]) -> Option<u32> {
+    u32::try_from(parse_number(s)?).ok()
+}
+
+/// Parses one action of `tiny.vsock=`.
+pub fn parse_vsock_action(s: &[u8]) -> Option<VsockAction> {
+    let mut fields = s.split(|&b| b == b':');
+    let verb = fields.next()?;
+    let mut next = || fields.next();
+    let action = match verb {
+        b"echo" | b"sink" => {
+            let port = parse_port(next()?)?;
+            let conns = match next() {
+                None => None,
+                Some(n) => Some(u32::try_from(parse_number(n)?).ok().filter(|&n| n > 0)?),
+            };
+            if verb == b"echo" {
+                VsockAction::Echo { port, conns }
+            } else {
+                VsockAction::Sink { port, conns }
+            }
+        }
+        b"slowsink" => VsockAction::SlowSink {
+            port: parse_port(next()?)?,
+            ms: parse_millis(next()?)?,
+        },
+        b"send" => VsockAction::Send {
+            port: parse_port(next()?)?,
+            bytes: parse_size(next()?)?,
+        },
+        b"conns" | b"flood" => {
+            let port = parse_port(next()?)?;
+            let n = u32::try_from(parse_number(next()?)?).ok()?;
+            if verb == b"conns" {
+                VsockAction::Conns { port, n }
+            } else {
+                VsockAction::Flood { port, n }
+            }
+        }
+        b"wait" => VsockAction::Wait {
+            ms: parse_millis(next()?)?,
+        },
+        b"close" => VsockAction::Close,
+        b"evil" => {
+            let name = next()?;
+            let (case, _) = VsockEvil::ALL.iter().find(|(_, n)| n.as_bytes() == name)?;
+            let port = match next() {
+                None => 1024,
+                Some(p) => parse_port(p)?,
+            };
+            VsockAction::Evil { case: *case, port }
+        }
+        _ => return None,
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(action)
+}
+
+/// Parses `tiny.vsock=`'s comma-separated list.
+pub fn parse_vsock_plan(s: &[u8]) -> Option<VsockPlan> {
+    let mut plan = VsockPlan::default();
+    for item in s.split(|&b| b == b',') {
+        if plan.len == MAX_VSOCK_ACTIONS {
+            return None;
+        }
+        plan.actions[plan.len] = parse_vsock_action(item)?;
+        plan.len += 1;
+    }
+    Some(plan)
+}
+
 /// Free page reporting period when `tiny.report-every` is not given (ms).
 pub const DEFAULT_REPORT_EVERY_MS: u64 = 1000;
 
@@ -119,6 +313,8 @@ pub struct Orders {
     pub balloon_log: BalloonLog,
     /// A deliberate protocol violation after the device is set up.
     pub evil: Option<Evil>,
+    /// What to do with the virtio-vsock device.
+    pub vsock: VsockPlan,
 }
 
 impl Orders {
@@ -206,6 +402,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Orders, &[u8]> {
                     _ => return Err(token),
                 }
             }
+            b"vsock" => orders.vsock = parse_vsock_plan(value).ok_or(token)?,
             b"evil" => {
                 let (case, _) = Evil::ALL
                     .iter()
@@ -456,6 +653,78 @@ mod tests {
         }
         assert_eq!(parse(b"tiny.evil=nice"), Err(&b"tiny.evil=nice"[..]));
         assert_eq!(parse(b"tiny.evil="), Err(&b"tiny.evil="[..]));
+    }
+
+    #[test]
+    fn vsock_plans() {
+        let o = parse(b"tiny.vsock=echo:1024,sink:0x10:2,send:5000:1M,conns:5000:70,wait:2s,close")
+            .unwrap();
+        assert_eq!(
+            o.vsock.actions(),
+            [
+                VsockAction::Echo {
+                    port: 1024,
+                    conns: None
+                },
+                VsockAction::Sink {
+                    port: 16,
+                    conns: Some(2)
+                },
+                VsockAction::Send {
+                    port: 5000,
+                    bytes: 1 << 20
+                },
+                VsockAction::Conns { port: 5000, n: 70 },
+                VsockAction::Wait { ms: 2000 },
+                VsockAction::Close,
+            ]
+        );
+        assert!(!o.wants_pool());
+        let o = parse(
+            b"tiny.vsock=slowsink:7:500ms,flood:9:1000,evil:unknown-op,evil:credit-overrun:77",
+        )
+        .unwrap();
+        assert_eq!(
+            o.vsock.actions(),
+            [
+                VsockAction::SlowSink { port: 7, ms: 500 },
+                VsockAction::Flood { port: 9, n: 1000 },
+                VsockAction::Evil {
+                    case: VsockEvil::UnknownOp,
+                    port: 1024
+                },
+                VsockAction::Evil {
+                    case: VsockEvil::CreditOverrun,
+                    port: 77
+                },
+            ]
+        );
+        for (case, name) in VsockEvil::ALL {
+            let token = [&b"tiny.vsock=evil:"[..], name.as_bytes()].concat();
+            assert_eq!(
+                parse(&token).unwrap().vsock.actions()[0],
+                VsockAction::Evil { case, port: 1024 }
+            );
+            assert_eq!(case.name(), name);
+        }
+        assert_eq!(parse(b"").unwrap().vsock.actions(), []);
+        for bad in [
+            &b"tiny.vsock="[..],
+            b"tiny.vsock=echo",
+            b"tiny.vsock=echo:",
+            b"tiny.vsock=echo:1:0",
+            b"tiny.vsock=echo:4294967296",
+            b"tiny.vsock=send:1",
+            b"tiny.vsock=send:1:lots",
+            b"tiny.vsock=close:1",
+            b"tiny.vsock=evil:nice",
+            b"tiny.vsock=echo:1,,close",
+            b"tiny.vsock=dance:1",
+            b"tiny.vsock=wait:1,wait:1,wait:1,wait:1,wait:1,wait:1,wait:1,wait:1,\
+              wait:1,wait:1,wait:1,wait:1,wait:1,wait:1,wait:1,wait:1,wait:1",
+        ] {
+            assert_eq!(parse(bad), Err(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

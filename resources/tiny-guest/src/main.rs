@@ -9,13 +9,16 @@
 //!
 //! Exit codes: 0 (or `tiny.exit`) done, 2 memory mismatch, 3 not enough RAM
 //! for `tiny.touch` or `tiny.alloc`, 4 bad order, 5 no usable virtio-balloon
-//! device, 6 unusable `hvm_start_info`, 0x7f panic.
+//! device, 6 unusable `hvm_start_info`, 7 no usable virtio-vsock device, 8 a
+//! vsock check failed, 0x7f panic.
 //!
 //! Modules: [`boot`] (PVH entry, page tables), [`start_info`], [`cmdline`]
 //! (orders), [`memtest`] (`tiny.touch`), [`serial`], [`tsc`], [`mem`]
 //! (memcpy and friends); for the balloon orders [`pool`] (page states),
 //! [`pages`] (the pool in memory, `tiny.alloc`/`tiny.free`), [`virtqueue`]
-//! (split rings), [`virtio_mmio`] (transport) and [`balloon`] (the driver).
+//! (split rings), [`virtio_mmio`] (transport) and [`balloon`] (the driver);
+//! for `tiny.vsock` [`vsock`] (the driver) and [`vsock_orders`] (the
+//! actions).
 
 #![no_std]
 #![no_main]
@@ -32,6 +35,8 @@ mod start_info;
 mod tsc;
 mod virtio_mmio;
 mod virtqueue;
+mod vsock;
+mod vsock_orders;
 
 use cmdline::{Hold, Orders};
 use serial::{exit, Escaped};
@@ -129,6 +134,9 @@ fn run(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_bytes: u64) 
     if let Some(bytes) = orders.touch {
         touched = touch(bytes, memmap);
     }
+    if !orders.vsock.actions().is_empty() {
+        vsock_orders(orders, memmap, cmdline);
+    }
     if orders.wants_pool() {
         pool_orders(orders, memmap, cmdline, ram_bytes, touched);
     }
@@ -206,6 +214,25 @@ fn touch(bytes: u64, memmap: &[MemmapEntry]) -> u64 {
         plan.first(floor)
     );
     bytes
+}
+
+/// `tiny.vsock`: sets the vsock device up and runs the actions.
+fn vsock_orders(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8]) {
+    let Some(mmio) = virtio_mmio::find(cmdline, vsock::DEVICE_ID, vsock::CONFIG_BYTES) else {
+        say!("no virtio-vsock device (virtio_mmio.device= on the command line)");
+        exit(vsock::EXIT_DEVICE)
+    };
+    let mut dev = match vsock::Vsock::init(mmio) {
+        Ok(dev) => dev,
+        Err(e) => {
+            say!("virtio-vsock set-up failed: {}", e);
+            exit(vsock::EXIT_DEVICE)
+        }
+    };
+    let mut ram = [(0u64, 0u64); MAX_MEMMAP];
+    let n = ram_ranges(memmap, &mut ram);
+    let ram_end = ram[..n].iter().map(|&(_, end)| end).max().unwrap_or(0);
+    vsock_orders::run(&mut dev, &orders.vsock, orders.exit_after, ram_end);
 }
 
 /// `tiny.alloc`, `tiny.free`, `tiny.evil` and `tiny.balloon`: builds the
