@@ -14,6 +14,7 @@ mod reclaim;
 mod smaps;
 mod startup_footprint;
 mod stats;
+mod vsock;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,27 @@ enum Bench {
     /// Reports kills (idle or grower), guest work lost, time under
     /// pressure, kernel OOM kills and the daemon's latencies.
     OomScenario(OomScenarioArgs),
+    /// vsock throughput with the tiny guest, host → guest and guest →
+    /// host, next to a Unix socket pair in this process; and the VMM's
+    /// memory with no connection, many idle ones, and many with full
+    /// buffers. Interleaved runs.
+    Vsock(VsockArgs),
+}
+
+#[derive(Args)]
+struct VsockArgs {
+    /// Runs of each transfer.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// MiB per transfer.
+    #[arg(long, default_value_t = 64)]
+    mib: u64,
+    /// Connections for the memory part (the device's bound is 64).
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// The vmm binary. Default: `vmm` next to this binary.
+    #[arg(long)]
+    vmm: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -224,6 +246,14 @@ fn main() -> ExitCode {
                 poll: std::time::Duration::from_millis(args.poll_ms),
                 only: args.only,
                 keep: args.keep,
+            })
+        }),
+        Bench::Vsock(args) => default_vmm(args.vmm).and_then(|vmm| {
+            vsock::run(vsock::Options {
+                runs: args.runs,
+                vmm,
+                mib: args.mib,
+                conns: args.conns,
             })
         }),
     };
