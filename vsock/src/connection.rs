@@ -178,6 +178,12 @@ impl Connection {
         &self.stream
     }
 
+    /// Whether the guest has heard of this connection: a host-initiated
+    /// one whose `REQUEST` was never delivered needs no `RST` to end.
+    pub fn guest_knows(&self) -> bool {
+        !self.owed.request
+    }
+
     /// The state.
     pub fn state(&self) -> State {
         self.state

@@ -175,6 +175,9 @@ pub struct VsockMetrics {
     pub dropped_by_device_reset: u64,
     /// `RST` packets sent to the guest.
     pub rst_sent: u64,
+    /// `RST`s for gone connections not queued because too many already
+    /// waited for rx buffers (the guest posts none).
+    pub rsts_dropped: u64,
     /// Packets for a connection that does not exist (answered with `RST`
     /// unless they were one).
     pub unknown_connection_packets: u64,

@@ -19,8 +19,10 @@
 //! Bounds: at most `max_connections` connections and `max_pending_host`
 //! handshakes in progress; each connection holds at most `conn_buf_size`
 //! bytes of guest data; packets owed to the guest are per-connection flags
-//! plus at most `max_stray_rsts` (+ one per connection) `RST`s for
-//! connections that no longer exist. Everything the guest sends is checked
+//! plus at most `max_stray_rsts + max_connections` `RST`s for connections
+//! that no longer exist (tx processing pauses at `max_stray_rsts`; host-side
+//! endings add at most one per connection; beyond the sum they are dropped
+//! and counted, e.g. while no driver takes any). Everything the guest sends is checked
 //! by the device (header) and the connection (state, credit) first.
 
 use std::collections::{HashMap, VecDeque};
@@ -349,7 +351,7 @@ impl Muxer {
             Op::Rst => bump(&mut metrics.unknown_connection_packets),
             _ => {
                 bump(&mut metrics.unknown_connection_packets);
-                self.stray_rst(key);
+                self.stray_rst(key, metrics);
             }
         }
     }
@@ -365,14 +367,14 @@ impl Muxer {
         if self.conns.contains_key(&key) {
             self.remove(key, metrics);
         }
-        self.stray_rst(key);
+        self.stray_rst(key, metrics);
     }
 
     fn open_guest_initiated(&mut self, req: &Header, metrics: &mut VsockMetrics) {
         let key = (req.dst_port, req.src_port);
         if self.conns.len() >= self.limits.max_connections {
             bump(&mut metrics.connection_limit_refusals);
-            self.stray_rst(key);
+            self.stray_rst(key, metrics);
             return;
         }
         match connect_nonblocking(&port_path(&self.uds_path, req.dst_port)) {
@@ -384,7 +386,7 @@ impl Muxer {
             }
             Err(_) => {
                 bump(&mut metrics.guest_connects_refused);
-                self.stray_rst(key);
+                self.stray_rst(key, metrics);
             }
         }
     }
@@ -399,6 +401,7 @@ impl Muxer {
         delivered_rst: bool,
         metrics: &mut VsockMetrics,
     ) -> bool {
+        let knows = self.conns.get(&key).is_some_and(|e| e.conn.guest_knows());
         let rst = match outcome {
             Outcome::Continue => return false,
             Outcome::ResetByGuest => {
@@ -423,8 +426,9 @@ impl Muxer {
             }
         };
         self.remove(key, metrics);
-        if rst {
-            self.stray_rst(key);
+        // A REQUEST never delivered needs no RST to undo it.
+        if rst && knows {
+            self.stray_rst(key, metrics);
         }
         true
     }
@@ -446,7 +450,11 @@ impl Muxer {
         }
     }
 
-    fn stray_rst(&mut self, (local, peer): ConnKey) {
+    fn stray_rst(&mut self, (local, peer): ConnKey, metrics: &mut VsockMetrics) {
+        if self.stray.len() >= self.limits.max_stray_rsts + self.limits.max_connections {
+            bump(&mut metrics.rsts_dropped);
+            return;
+        }
         self.stray
             .push_back(Header::host_to_guest(self.guest_cid, local, peer, Op::Rst));
     }

@@ -341,3 +341,41 @@ fn clean_close_and_device_reset() {
     assert!(!h.mux.has_rx());
     let _ = &h.dir;
 }
+
+#[test]
+fn a_request_never_delivered_needs_no_rst() {
+    let mut h = harness_with(Limits {
+        connect_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    });
+    let mut host = h.host_connect();
+    host.write_all(b"CONNECT 9\n").unwrap();
+    // No driver takes packets: the REQUEST is never delivered.
+    for _ in 0..60 {
+        h.mux.process_events(&mut h.m);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut rest = Vec::new();
+    host.read_to_end(&mut rest).unwrap();
+    assert_eq!((h.m.timeouts, h.mux.connections()), (1, 0));
+    // The owed REQUEST went with the connection; nothing else is owed.
+    assert_eq!(h.quiet_for(20), None);
+}
+
+#[test]
+fn stray_rsts_have_a_hard_bound_even_without_a_driver() {
+    let mut h = harness_with(Limits {
+        max_stray_rsts: 2,
+        max_connections: 2,
+        ..Limits::default()
+    });
+    for port in 0..10 {
+        h.send(&pkt(Op::Rw, port, 1024), b"x");
+    }
+    assert_eq!(h.m.rsts_dropped, 6);
+    let mut n = 0;
+    while h.mux.next_rx(&mut [0u8; 64], &mut h.m).is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
