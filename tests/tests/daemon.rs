@@ -1545,3 +1545,179 @@ fn a_restarted_daemon_numbers_on_and_keeps_its_log_private() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// The guest agent's binary, built by `cargo test --workspace` next to
+/// `vmm`.
+fn guest_agent_bin() -> PathBuf {
+    let bin = vmm_bin().with_file_name("guest-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p guest-agent` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A guest's `/proc`, cgroup tree and kernel log as files, for a guest
+/// agent run on the host; the kernel log holds one memcg OOM kill (hog,
+/// pid 42) in the 6.12 kernel's exact lines.
+struct FakeGuest(PathBuf);
+
+impl FakeGuest {
+    fn new(name: &str) -> FakeGuest {
+        let dir =
+            std::env::temp_dir().join(format!("vmm-fake-guest-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (path, text) in [
+            ("proc/meminfo", "MemTotal:         118000 kB\nMemFree:           61000 kB\nMemAvailable:      64000 kB\nSwapTotal:             0 kB\nSwapFree:              0 kB\n"),
+            ("proc/vmstat", "oom_kill 1\n"),
+            ("proc/pressure/memory", "some avg10=12.34 avg60=3.00 avg300=0.50 total=981000\nfull avg10=5.01 avg60=1.00 avg300=0.10 total=400000\n"),
+            ("proc/sys/kernel/random/boot_id", "3b1c2f7e-6d2a-4c55-9d0e-2f1f1f5d0c42\n"),
+            ("proc/sys/kernel/osrelease", "6.12.117\n"),
+            ("cgroup/cgroup.controllers", "memory\n"),
+        ] {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let kmsg = vmm_integration_tests::repo_root()
+            .join("guest-agent/tests/data/kmsg-memcg-oom-6.12.txt");
+        std::fs::copy(kmsg, dir.join("kmsg")).unwrap();
+        FakeGuest(dir)
+    }
+
+    /// Appends the kernel's lines of a second kill (hog2, pid 43).
+    fn second_kill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.0.join("kmsg"))
+            .unwrap();
+        write!(
+            f,
+            "4,400,40000000,-;hog2 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0\n\
+             6,401,40000100,-;memory: usage 16384kB, limit 16384kB, failcnt 52\n\
+             6,402,40000200,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),oom_memcg=/hog,task_memcg=/hog,task=hog2,pid=43,uid=0\n\
+             3,403,40000300,-;Memory cgroup out of memory: Killed process 43 (hog2) total-vm:17920kB, anon-rss:15800kB, file-rss:140kB, shmem-rss:0kB, UID:0 pgtables:60kB oom_score_adj:0\n"
+        )
+        .unwrap();
+        std::fs::write(self.0.join("proc/vmstat"), "oom_kill 2\n").unwrap();
+    }
+
+    /// The agent, talking to `sock` as it would to the VMM's vsock.
+    fn agent(&self, sock: &Path) -> Child {
+        Command::new(guest_agent_bin())
+            .arg("--unix")
+            .arg(sock)
+            .arg("--proc-root")
+            .arg(self.0.join("proc"))
+            .arg("--kmsg")
+            .arg(self.0.join("kmsg"))
+            .arg("--cgroup-root")
+            .arg(self.0.join("cgroup"))
+            .args(["--interval-ms", "200", "--psi-trigger", "off"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for FakeGuest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Issue 8: one timeline of host and guest OOM events. A VM created with
+/// `"agent": true` gets a listener where its VMM forwards the guest
+/// agent's vsock connection; the agent's report of an in-guest memcg OOM
+/// kill becomes a `guest_oom_kill` event with the victim's pid and comm,
+/// the VM's view shows the agent and the guest's memory, `/metrics`
+/// counts the kill. The daemon is then killed with SIGKILL while the
+/// guest kills again: the restarted daemon gets the second kill exactly
+/// once and never the first again.
+///
+/// The agent runs on the host here, against a fake guest's files, and
+/// connects to the listener directly (as the VMM's vsock device does for
+/// a guest); the Linux-guest test does it through vsock.
+#[test]
+fn guest_oom_kills_join_the_daemon_timeline_and_survive_its_restart() {
+    let d = Daemon::start("agent");
+    let vm =
+        d.create(r#"{"id": "g", "mem_mib": 32, "cmdline": "tiny.hold=forever", "agent": true}"#);
+    assert_eq!(vm["agent"]["connected"], false, "{vm}");
+    let listener = d.state.join("vms/g/vsock.sock_1025");
+    assert!(
+        listener.exists(),
+        "no agent listener at {}",
+        listener.display()
+    );
+    let guest = FakeGuest::new("agent");
+    let mut agent = guest.agent(&listener);
+
+    let kill = poll_until(BOOT, || events_of(&d, "guest_oom_kill").first().cloned())
+        .unwrap_or_else(|| {
+            panic!(
+                "no guest_oom_kill: {}",
+                d.call("GET", "/events?since=0", None).1
+            )
+        });
+    assert_eq!(
+        (
+            kill["vm"].as_str(),
+            kill["pid"].as_i64(),
+            kill["comm"].as_str()
+        ),
+        (Some("g"), Some(42), Some("hog")),
+        "{kill}"
+    );
+    assert_eq!(kill["constraint"], "CONSTRAINT_MEMCG", "{kill}");
+    assert_eq!(kill["oom_memcg"], "/hog", "{kill}");
+    assert_eq!(kill["anon_rss_kb"], 15872, "{kill}");
+    assert_eq!(
+        events_of(&d, "guest_agent_connected")[0]["kernel"],
+        "6.12.117"
+    );
+    let view = poll_until(BOOT, || {
+        let vm = d.vm("g");
+        vm["agent"]["mem_available_kb"].as_u64().map(|_| vm)
+    })
+    .expect("no heartbeat reached the VM's view");
+    assert_eq!(view["agent"]["connected"], true, "{view}");
+    assert_eq!(view["agent"]["mem_available_kb"], 64000, "{view}");
+    assert_eq!(view["agent"]["oom_kills"], 1, "{view}");
+    let (_, metrics) = api(&d.sock, "GET", "/metrics", None);
+    assert!(
+        metrics.contains("vmm_guest_oom_kills_total{vm=\"g\"} 1"),
+        "{metrics}"
+    );
+
+    // The daemon dies; the guest kills again meanwhile.
+    let base = d.kill_9();
+    guest.second_kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let d = Daemon::start_in(&base, None);
+    let second = poll_until(BOOT, || {
+        events_of(&d, "guest_oom_kill")
+            .into_iter()
+            .find(|k| k["pid"] == 43)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the second kill never arrived: {}",
+            d.call("GET", "/events?since=0", None).1
+        )
+    });
+    assert_eq!(second["comm"], "hog2", "{second}");
+    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(d.state.join("events.ndjson")).unwrap();
+    let kills: Vec<i64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "guest_oom_kill")
+        .map(|e| e["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(kills, [42, 43], "each kill once, across the restart");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

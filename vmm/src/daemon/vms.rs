@@ -427,10 +427,21 @@ impl VmRecord {
             let _ = f.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
             tail = String::from_utf8_lossy(&bytes).into_owned();
         }
-        tail.lines()
+        let said: Vec<&str> = tail
+            .lines()
             .filter_map(|l| l.strip_prefix("vmm: "))
-            .collect::<Vec<_>>()
-            .join("; ")
+            .collect();
+        if said.is_empty() {
+            // Not the VMM's own words (an argument error, a crash): its
+            // last line is the best there is.
+            return tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+        }
+        said.join("; ")
     }
 
     /// Removes the VM's directory.
