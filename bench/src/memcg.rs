@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 /// a cgroup v1 hierarchy here (the scenario needs v1: `memory.failcnt`,
 /// `memory.oom_control`); found the way the daemon finds its own.
 pub fn own_memcg_v1() -> anyhow::Result<PathBuf> {
-    use vmm::oom::cgroup::{CgroupVersion, MemoryHierarchy};
+    use vmm::host::cgroup::{CgroupVersion, MemoryHierarchy};
     let own = MemoryHierarchy::of_self()?;
     if own.version() != CgroupVersion::V1 {
         bail!("the memory controller is not a cgroup v1 hierarchy here");

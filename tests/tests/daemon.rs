@@ -940,7 +940,7 @@ fn a_stalled_balloon_is_detected_and_does_not_hold_up_the_decision() {
 /// cgroup v1 hierarchy here (the daemon, our child, creates its pools
 /// below it), found the way the daemon finds its own.
 fn own_memcg_v1() -> Option<PathBuf> {
-    use vmm::oom::cgroup::{CgroupVersion, MemoryHierarchy};
+    use vmm::host::cgroup::{CgroupVersion, MemoryHierarchy};
     let own = MemoryHierarchy::of_self().ok()?;
     (own.version() == CgroupVersion::V1).then(|| own.own().to_path_buf())
 }

@@ -12,7 +12,7 @@ use balloon::{pages_to_mib, Balloon, BalloonConfig};
 use vsock::{Vsock, VsockConfig};
 
 use crate::api::{self, ApiError, MemoryReleased, VmBackend, VmInfo, VmState};
-use crate::memstat::{self, MmCounters, ProcessMemory};
+use crate::host::memstat::{self, MmCounters, ProcessMemory};
 use crate::vm::exit::{ExitSignal, VmExit};
 use crate::vm::release::Releaser;
 

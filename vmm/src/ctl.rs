@@ -869,7 +869,7 @@ pub fn decision_text(record: &EventRecord, d: &OomDecision) -> String {
     ]));
     match &d.table {
         Some(rows) if !rows.is_empty() => {
-            let page = crate::oom::host::page_size();
+            let page = crate::host::procfs::page_size();
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|row| {
@@ -1428,7 +1428,7 @@ web    memcg            -    5MiB    1
     }
 
     fn decision() -> EventRecord {
-        let page = crate::oom::host::page_size();
+        let page = crate::host::procfs::page_size();
         let row = |id: &str, rss: u64, swap: u64, pgtables: u64| CandidateRow {
             id: id.into(),
             rss_pages: rss / page,

@@ -10,11 +10,11 @@ use crate::daemon_api::{
     BalloonView, ConstraintKind, DaemonBackend, EventRecord, OomPatch, OomTrigger, OomView,
     PoolView, PressureView, VmPatch, VmSpec, VmState, VmView,
 };
+use crate::host::memstat::{self, MmCounters};
+use crate::host::procfs::ProcFs;
+use crate::host::psi::Pressure;
 use crate::http::ApiError;
-use crate::memstat::{self, MmCounters};
 use crate::oom::badness::{oom_badness, oom_score, VmUsage};
-use crate::oom::host::ProcFs;
-use crate::oom::psi::Pressure;
 use crate::oom::Constraint;
 
 use super::vms::{is_live, VmRecord};

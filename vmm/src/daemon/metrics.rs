@@ -7,7 +7,7 @@ use std::fmt::Write;
 use super::vms::is_live;
 use super::Daemon;
 use crate::daemon_api::VmState;
-use crate::oom::host::ProcFs;
+use crate::host::procfs::ProcFs;
 
 /// Label values are quoted; backslash, quote and newline must be escaped.
 fn label(v: &str) -> String {

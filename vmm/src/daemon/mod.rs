@@ -35,10 +35,10 @@ use crate::daemon_api::events::{
     Actor, DecisionAction, DecisionTrigger, KillOutcome, OomDecision, OomKill,
 };
 use crate::daemon_api::{Event, EventRecord, OomAction, OomPolicy, RunState, VmSpec, VmState};
-use crate::memstat::MmCounters;
+use crate::host::memstat::MmCounters;
+use crate::host::procfs::{page_size, ProcFs};
 use crate::oom::badness::{OomScoreAdj, VmUsage};
 use crate::oom::constraint::{constrained_alloc, Constraint};
-use crate::oom::host::{page_size, ProcFs};
 use crate::oom::select::{select_bad_vm, Candidate, SelectPolicy};
 use events::EventLog;
 use process::{kill_and_reap, Pidfd, ReapMethod, Victim};
@@ -85,7 +85,7 @@ pub enum DaemonError {
     #[error("memcg pool '{pool}': {error}")]
     MemcgPool {
         pool: String,
-        error: crate::oom::cgroup::CgroupError,
+        error: crate::host::cgroup::CgroupError,
     },
     #[error("VM '{id}' did not start: its VMM {how}{}", if log.is_empty() { String::new() } else { format!(": {log}") })]
     StartFailed {

@@ -67,9 +67,9 @@ use crate::daemon_api::events::{
     HostFigures, NodeFigures, OomPressure, Reclaim, ReclaimReleased,
 };
 use crate::daemon_api::{ConstraintKind, Event, VmState};
+use crate::host::procfs::{Meminfo, NodeMeminfo, ProcFs};
+use crate::host::psi::Pressure;
 use crate::oom::constraint::{node_present_pages, Constraint, NodeSet};
-use crate::oom::host::{Meminfo, NodeMeminfo, ProcFs};
-use crate::oom::psi::Pressure;
 
 /// An OOM domain the policy watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

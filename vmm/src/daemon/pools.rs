@@ -3,10 +3,10 @@
 //! `{"memcg_pools": {"<pool>": <limit bytes>}}`.
 //!
 //! - **Start**: the daemon creates `<own memory cgroup>/vmm-<pool>` for
-//!   each pool and sets its limit ([`crate::oom::cgroup`]). Under cgroup v1
+//!   each pool and sets its limit ([`crate::host::cgroup`]). Under cgroup v1
 //!   it turns the kernel's OOM killer off there (`oom_kill_disable`), so
 //!   the kernel never kills inside a pool: a VM that faults at the limit
-//!   waits for memory (its vCPU through [`crate::oom::charge_wait::ChargeWait`])
+//!   waits for memory (its vCPU through [`crate::vm::charge_wait::ChargeWait`])
 //!   and the daemon decides. Under cgroup v2 there is no such switch: the
 //!   kernel's memcg OOM killer stays the backstop if the daemon is too
 //!   slow (`memory.oom.group` 0: it kills one process, not the pool).
@@ -36,7 +36,7 @@
 //!   the pool [`RESERVE`] bytes above its limit before it talks to any of
 //!   its VMMs, and takes them back once usage is under 95 % again; a
 //!   waiting vCPU leaves the loan alone
-//!   ([`crate::oom::charge_wait::ChargeWait`]), so it goes to the VMMs'
+//!   ([`crate::vm::charge_wait::ChargeWait`]), so it goes to the VMMs'
 //!   housekeeping and reclaim can work.
 //! - **Stop**: once its VMs are gone, each pool cgroup is removed.
 
@@ -50,9 +50,9 @@ use super::policy::PoolLimit;
 use super::{lock, Daemon, DaemonError};
 use crate::daemon_api::events::{CgroupVersionName, DomainFigures, KernelOomKiller, MemcgFigures};
 use crate::daemon_api::{ConstraintKind, Event, PoolView};
-use crate::oom::cgroup::{CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup};
+use crate::host::cgroup::{CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup};
+use crate::host::procfs::ProcFs;
 use crate::oom::constraint::Constraint;
-use crate::oom::host::ProcFs;
 
 /// The mark (percent of a memcg pool's limit) reclaim brings usage under;
 /// below it the lent reserve is returned. Under cgroup v2, usage above it
@@ -98,7 +98,7 @@ struct Tick {
 
 /// Ticks in a row a pool must be full, with charges refused, before the
 /// daemon lends it the reserve: by then a guest whose fault was refused is
-/// waiting in [`crate::oom::charge_wait::ChargeWait`], which leaves the loan
+/// waiting in [`crate::vm::charge_wait::ChargeWait`], which leaves the loan
 /// alone; lent earlier, while that guest's charge is still being retried
 /// in the kernel, the charge would succeed and the guest eat the reserve.
 const LEND_AFTER_TICKS: u32 = 2;
@@ -562,7 +562,7 @@ mod tests {
             decision.constraint,
             format!("CONSTRAINT_MEMCG ({})", dir.display())
         );
-        assert_eq!(decision.totalpages, (64 << 20) / crate::oom::page_size());
+        assert_eq!(decision.totalpages, (64 << 20) / crate::host::page_size());
         assert_eq!(decision.victim, None);
         let e = d.pool_constraint("nope").unwrap_err();
         assert_eq!(

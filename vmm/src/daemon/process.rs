@@ -183,7 +183,7 @@ pub fn kill_and_reap(
     timeout: Duration,
 ) -> io::Result<KillReport> {
     let pidfd = victim.pidfd;
-    let before = crate::memstat::MmCounters::read(Some(pidfd.pid()))
+    let before = crate::host::memstat::MmCounters::read(Some(pidfd.pid()))
         .ok()
         .flatten()
         .unwrap_or_default();

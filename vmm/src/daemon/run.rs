@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::{Daemon, DaemonConfig};
 use crate::daemon_api::{DaemonApiServer, Event};
-use crate::oom::psi::{Pressure, PsiTrigger, Stall, TriggerSpec};
+use crate::host::psi::{Pressure, PsiTrigger, Stall, TriggerSpec};
 use crate::vm::stop_signals;
 
 /// How often the supervisor reaps exits and samples memory.

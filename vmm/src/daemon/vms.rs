@@ -10,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon_api::{VmSpec, VmState};
-use crate::memstat::{MmCounters, ProcessMemory};
+use crate::host::cgroup::PoolCgroup;
+use crate::host::memstat::{MmCounters, ProcessMemory};
 use crate::oom::badness::OomScoreAdj;
-use crate::oom::cgroup::PoolCgroup;
 use crate::oom::constraint::{Placed, Placement};
 
 use super::persist::{self, ProcessIdentity, VmRecordOnDisk};
@@ -83,7 +83,7 @@ pub enum SpawnError {
         source: std::io::Error,
     },
     #[error("cannot place the VM in its pool's memory cgroup: {0}")]
-    Placement(crate::oom::cgroup::CgroupError),
+    Placement(crate::host::cgroup::CgroupError),
     #[error("cannot open a pidfd for the new VMM")]
     Pidfd(#[source] std::io::Error),
 }

@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::str::FromStr;
 
-use crate::memstat::MmCounters;
+use crate::host::memstat::MmCounters;
 
 /// `/proc/<pid>/oom_score_adj`: -1000 (never chosen) ..= 1000 (chosen
 /// first), 0 by default. A VM's value is the operator's; the daemon also
@@ -210,8 +210,8 @@ pub fn oom_score(badness: Option<i64>, totalpages: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oom::host::{page_size, ProcFs};
-    use crate::oom::testing::{Helper, Role};
+    use crate::host::procfs::{page_size, ProcFs};
+    use crate::host::testing::{Helper, Role};
 
     fn usage(pages: u64, adj: i64) -> VmUsage {
         VmUsage {

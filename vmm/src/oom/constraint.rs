@@ -19,7 +19,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::host::{read_file, HostError, ProcFs};
+use crate::host::cgroup::CgroupVersion;
+use crate::host::procfs::{read_file, HostError, ProcFs};
 
 /// Why a constraint could not be read or evaluated.
 #[derive(Debug, thiserror::Error)]
@@ -305,15 +306,6 @@ fn parse_zoneinfo(text: &str, path: &Path) -> Result<BTreeMap<u32, u64>, HostErr
         });
     }
     Ok(nodes)
-}
-
-/// Memory cgroup version, told apart by which limit file a directory has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CgroupVersion {
-    /// `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes`.
-    V1,
-    /// `memory.max`, `memory.swap.max`.
-    V2,
 }
 
 /// A memory cgroup's limits as `mem_cgroup_get_max()` uses them.
@@ -889,9 +881,9 @@ mod tests {
 
     #[test]
     fn a_real_memcg_below_our_own() {
-        let cg = crate::oom::testing::ScratchMemcg::create("constraint", 48 << 20);
+        let cg = crate::host::testing::ScratchMemcg::create("constraint", 48 << 20);
         let host = ProcFs::host();
-        let page = crate::oom::host::page_size();
+        let page = crate::host::procfs::page_size();
         let c = Constraint::memcg(cg.dir(), &host).unwrap();
         let inside = vm("inside", Some(&cg.dir().join("vm-1")), None);
         let s = constrained_alloc(&c, &host, page, std::slice::from_ref(&inside)).unwrap();

@@ -7,10 +7,10 @@
 //! Read top to bottom, like `out_of_memory()`:
 //!
 //! 1. **Monitor** — what the host and each VM hold, and how much the host
-//!    is stalling. Host: [`host`] (`/proc/meminfo`, `/proc/vmstat`
-//!    `oom_kill`) and [`psi`] (pressure lines, and PSI triggers that wake
+//!    is stalling. Host: [`crate::host::procfs`] (`/proc/meminfo`, `/proc/vmstat`
+//!    `oom_kill`) and [`crate::host::psi`] (pressure lines, and PSI triggers that wake
 //!    the daemon through `poll` the moment stalls cross a threshold). Per
-//!    VM: [`crate::memstat`] (the kernel's rss/swap/page-table counters of
+//!    VM: [`crate::host::memstat`] (the kernel's rss/swap/page-table counters of
 //!    the VMM process). *Still to come: balloon and guest-agent reports,
 //!    cgroup usage and `memory.events`.*
 //! 2. **Constraint** — [`constraint::constrained_alloc`]: which memory ran
@@ -40,17 +40,8 @@
 //! (`vmm/tests/fixtures/oom/`) for 2- and 4-node hosts and cgroup v1/v2.
 
 pub mod badness;
-pub mod cgroup;
-pub mod charge_wait;
 pub mod constraint;
-pub mod host;
-pub mod psi;
 pub mod select;
-
-#[cfg(test)]
-mod testing;
 
 pub use badness::{oom_badness, oom_score, OomScoreAdj, VmUsage};
 pub use constraint::{constrained_alloc, Constraint, NodeSet, Placement, Scope};
-pub use host::{page_size, Meminfo, ProcFs};
-pub use psi::{Pressure, PsiTrigger, Stall, TriggerSpec};

@@ -8,6 +8,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod charge_wait;
 pub mod cpuid;
 pub mod exit;
 pub mod image_file;

@@ -16,8 +16,8 @@ use std::io;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::memory::GuestRam;
+use crate::host::procfs::ProcFs;
 use crate::oom::constraint::{node_present_pages, ConstraintError, NodeSet};
-use crate::oom::host::ProcFs;
 
 /// `MPOL_BIND` of `<linux/mempolicy.h>`.
 const MPOL_BIND: libc::c_int = 2;

@@ -85,7 +85,7 @@ impl Vcpu {
     fn run_loop(&mut self, buses: &IoBuses, exit: &ExitSignal, park: &Park) -> Option<VmExit> {
         // In a full memory cgroup, KVM_RUN fails instead of waiting for
         // memory; this waits and runs again (see its documentation).
-        let mut charge = crate::oom::charge_wait::ChargeWait::for_this_process();
+        let mut charge = crate::vm::charge_wait::ChargeWait::for_this_process();
         let me = format!("vcpu{}", self.index);
         loop {
             if park.is_requested() {

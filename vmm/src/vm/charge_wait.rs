@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::cgroup::{keyed, nominal_file, CgroupVersion, MemoryHierarchy, V1_UNLIMITED};
+use crate::host::cgroup::{keyed, nominal_file, CgroupVersion, MemoryHierarchy, V1_UNLIMITED};
 
 /// Lets a vCPU thread wait out a full memory cgroup.
 ///
@@ -230,8 +230,8 @@ impl ChargeWait {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cgroup::tests::Tree;
     use super::*;
+    use crate::host::cgroup::tests::Tree;
     use std::fs::{self, OpenOptions};
 
     fn v1_wait_files(t: &Tree, usage: &str, limit: &str, failcnt: &str) -> PathBuf {

@@ -43,7 +43,7 @@ impl Helper {
         };
         let exe = std::env::current_exe().expect("the test binary's path");
         let child = Command::new(exe)
-            .args(["--exact", "oom::testing::helper_process", "--ignored"])
+            .args(["--exact", "host::testing::helper_process", "--ignored"])
             .args(["--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, &role)
             .stdin(Stdio::piped())
@@ -116,7 +116,7 @@ fn helper_process() {
     };
     match role.split(':').collect::<Vec<_>>().as_slice() {
         ["hog", mib] => {
-            let page = crate::oom::host::page_size() as usize;
+            let page = crate::host::procfs::page_size() as usize;
             let mut memory = vec![0u8; mib.parse::<usize>().unwrap() << 20];
             // One write per page makes every page resident and anonymous.
             for p in memory.chunks_mut(page) {

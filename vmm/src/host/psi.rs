@@ -21,7 +21,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::host::{read_file, HostError, ProcFs};
+use super::procfs::{read_file, HostError, ProcFs};
 
 /// Which PSI line: some tasks stalled, or all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -377,7 +377,7 @@ impl AsRawFd for PsiTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oom::testing::{Helper, Role, ScratchMemcg};
+    use crate::host::testing::{Helper, Role, ScratchMemcg};
 
     fn spec(stall: Stall, threshold_ms: u64, window_ms: u64) -> TriggerSpec {
         TriggerSpec {

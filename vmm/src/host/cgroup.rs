@@ -32,11 +32,18 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use super::constraint::CgroupVersion;
+/// Memory cgroup version, told apart by which limit file a directory has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes`.
+    V1,
+    /// `memory.max`, `memory.swap.max`.
+    V2,
+}
 
 /// The nominal-limit file of a memory cgroup (see
 /// [`PoolCgroup::configure`]).
-pub(super) fn nominal_file(version: CgroupVersion) -> &'static str {
+pub(crate) fn nominal_file(version: CgroupVersion) -> &'static str {
     match version {
         CgroupVersion::V1 => "memory.soft_limit_in_bytes",
         CgroupVersion::V2 => "memory.high",
@@ -45,7 +52,7 @@ pub(super) fn nominal_file(version: CgroupVersion) -> &'static str {
 
 /// A v1 limit at or above this is "no limit" (the kernel's
 /// `PAGE_COUNTER_MAX` in bytes, rounded down to a 64 KiB page).
-pub(super) const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_0000;
+pub(crate) const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_0000;
 
 /// The leaf the daemon moves itself into under cgroup v2 (see the module
 /// documentation).
@@ -159,7 +166,7 @@ fn read_limit(path: &Path) -> Result<Option<u64>, CgroupError> {
 }
 
 /// `key value` lines (`memory.events`, `memory.oom_control`).
-pub(super) fn keyed(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
+pub(crate) fn keyed(path: &Path, text: &str, key: &str) -> Result<Option<u64>, CgroupError> {
     for line in text.lines() {
         let mut w = line.split_whitespace();
         if w.next() == Some(key) {
@@ -697,7 +704,7 @@ impl MemcgStats {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A scratch directory tree standing in for cgroupfs (which creates a
