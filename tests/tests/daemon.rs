@@ -426,6 +426,48 @@ fn a_refused_negative_adj_is_reported_not_hidden() {
     assert!(vm.get("kernel_oom_score_adj").is_none(), "{vm}");
 }
 
+/// Issue 9: `ctl list` blocked 2 s for every VMM that could not answer
+/// (stopped behind the daemon's back). Balloons are now asked all at once
+/// with a short timeout, outside the VM table's lock.
+#[test]
+fn listing_does_not_wait_for_each_vmm_that_cannot_answer() {
+    let d = Daemon::start("stopped");
+    let pids: Vec<u64> = (0..4)
+        .map(|i| {
+            d.create(&format!(
+                r#"{{"id": "s{i}", "mem_mib": 32, "cmdline": "tiny.hold=forever", "balloon": {{"amount_mib": 0, "deflate_on_oom": false}}}}"#
+            ))["pid"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let (_, vms) = d.call("GET", "/vms", None);
+    assert!(
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["balloon"].is_object()),
+        "{vms}"
+    );
+    for pid in &pids {
+        // SAFETY: plain kill(2) on a VMM this test created.
+        assert_eq!(unsafe { libc::kill(*pid as i32, libc::SIGSTOP) }, 0);
+    }
+    let t = std::time::Instant::now();
+    let (status, vms) = d.call("GET", "/vms", None);
+    let took = t.elapsed();
+    for pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+    }
+    assert_eq!(status, 200);
+    assert_eq!(vms.as_array().unwrap().len(), 4);
+    assert!(
+        took < Duration::from_secs(2),
+        "four stopped VMMs held GET /vms for {took:?} (one timeout for all, not 2 s each)"
+    );
+}
+
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
     let d = Daemon::start("bad");

@@ -68,9 +68,12 @@ pub fn vm_is_running(sock: &Path) -> bool {
         .is_some_and(|info| info.state == crate::api::VmState::Running)
 }
 
-/// `GET /balloon` as JSON.
-pub fn balloon(sock: &Path) -> Result<serde_json::Value, VmClientError> {
-    let body = request(sock, "GET", "/balloon", None)?;
+/// `GET /balloon`, waiting at most `timeout` for each read and write.
+pub fn balloon_within(
+    sock: &Path,
+    timeout: Duration,
+) -> Result<crate::api::BalloonInfo, VmClientError> {
+    let body = request_within(sock, "GET", "/balloon", None, timeout)?;
     serde_json::from_str(&body).map_err(|_| VmClientError::Malformed)
 }
 
