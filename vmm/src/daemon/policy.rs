@@ -318,6 +318,24 @@ struct Balloon<'m> {
 }
 
 impl Balloon<'_> {
+    /// What a guest always keeps out of its balloon, bytes: 16 MiB or a
+    /// twentieth of its RAM, whichever is more.
+    fn floor(&self) -> u64 {
+        (FLOOR_MIB << 20).max((self.member.mem_mib << 20) / 20)
+    }
+
+    /// The largest balloon target the policy may ask for, MiB: guest RAM
+    /// less the floor. Whatever the guest reports: statistics lag the
+    /// balloon (a guest's free memory is read before its last inflation
+    /// shows), and asks built on stale free memory once reached 100 % of
+    /// guest RAM (issue 9).
+    fn max_target_mib(&self) -> u32 {
+        (self
+            .member
+            .mem_mib
+            .saturating_sub(self.floor().div_ceil(1 << 20))) as u32
+    }
+
     /// What the guest can give, bytes: its reported free memory minus a
     /// floor it keeps, and no more than the host holds of it. Free pages
     /// the guest never touched cost the host nothing: ballooning them
@@ -326,7 +344,7 @@ impl Balloon<'_> {
     /// what the guest uses (its RAM less its free pages and its balloon).
     fn can_give(&self) -> u64 {
         let mem = self.member.mem_mib << 20;
-        let floor = (FLOOR_MIB << 20).max(mem / 20);
+        let floor = self.floor();
         let used = mem.saturating_sub(self.free + (u64::from(self.actual_mib) << 20));
         let held = self.member.usage.saturating_sub(used);
         self.free.saturating_sub(floor).min(held)
@@ -590,7 +608,7 @@ impl Daemon {
             // Fair share, weighted by what each can give; rounded up to MiB.
             let share = (excess.min(total) as u128 * can_give as u128 / total as u128) as u64;
             let share_mib = share.div_ceil(1 << 20).min(can_give >> 20) as u32;
-            let target = b.actual_mib + share_mib;
+            let target = (b.actual_mib + share_mib).min(b.max_target_mib());
             let prev = st.requested_mib.get(&m.id).copied().unwrap_or(0);
             if share_mib == 0 || target <= prev {
                 continue;
@@ -742,6 +760,40 @@ mod tests {
             actual_mib: 32,
         };
         assert_eq!(b.can_give(), 84 * MIB);
+    }
+
+    /// Issue 9: asks reached 192 of 192 MiB while the guest could give 19:
+    /// its statistics still showed free memory the balloon had taken.
+    /// Whatever it reports, a target never goes past RAM less the floor.
+    #[test]
+    fn no_target_goes_past_the_floor_whatever_the_guest_reports() {
+        const MIB: u64 = 1 << 20;
+        let member = |mem_mib: u64| Member {
+            id: "vm".into(),
+            sock: PathBuf::new(),
+            usage: mem_mib * MIB,
+            mem_mib,
+            has_balloon: true,
+        };
+        let small = member(192);
+        let stale = Balloon {
+            member: &small,
+            free: 150 * MIB,
+            actual_mib: 170,
+        };
+        assert_eq!(stale.max_target_mib(), 176, "192 MiB less a 16 MiB floor");
+        assert!(stale.actual_mib + (stale.can_give() >> 20) as u32 > stale.max_target_mib());
+        let big = member(1024);
+        let b = Balloon {
+            member: &big,
+            free: 900 * MIB,
+            actual_mib: 0,
+        };
+        assert_eq!(
+            b.max_target_mib(),
+            1024 - 52,
+            "a twentieth of 1 GiB, rounded up"
+        );
     }
 
     #[test]
