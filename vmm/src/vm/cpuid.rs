@@ -10,7 +10,13 @@
 //!    - the XSAVE family: XSAVE, OSXSAVE and leaf 0xD, and with them every
 //!      feature whose state lives in XSAVE areas: AVX, AVX2, FMA, F16C,
 //!      AVX-512, AVX-VNNI, AMX, PKU;
-//!    - CX16 (`cmpxchg16b`).
+//!    - CX16 (`cmpxchg16b`);
+//!    - the KVM paravirtual features whose guest side is a hypercall
+//!      (`vmcall`), which hangs the vCPU when it comes from an emulated
+//!      CPL0: PV_UNHALT (the pv spinlock kick), PV_SEND_IPI and
+//!      PV_SCHED_YIELD, in leaf 0x40000001 EAX. An SMP Linux guest uses
+//!      them as soon as KVM offers them; without them it falls back to
+//!      native spinlocks and APIC IPIs.
 //!
 //!    `--cpuid-keep` re-exposes them on hosts with hardware virtualisation;
 //!    `--cpuid-hide` hides more. Both take the feature names of [`FEATURES`].
@@ -95,6 +101,11 @@ pub const FEATURES: &[Feature] = &[
     feat("avx512_bf16", 7, 1, Reg::Eax, 5, true),
     // cmpxchg16b is missing from KVM's emulator.
     feat("cx16", 1, 0, Reg::Ecx, 13, true),
+    // KVM features a guest uses through `vmcall`, which hangs the vCPU at
+    // an emulated CPL0. Named after Linux's KVM_FEATURE_* bits.
+    feat("kvm_pv_unhalt", KVM_FEATURES_LEAF, 0, Reg::Eax, 7, true),
+    feat("kvm_pv_send_ipi", KVM_FEATURES_LEAF, 0, Reg::Eax, 11, true),
+    feat("kvm_pv_sched_yield", KVM_FEATURES_LEAF, 0, Reg::Eax, 13, true),
     // Shown by default; named so operators can hide them.
     feat("x2apic", 1, 0, Reg::Ecx, 21, false),
     feat("tsc_deadline_timer", 1, 0, Reg::Ecx, 24, false),
@@ -102,7 +113,10 @@ pub const FEATURES: &[Feature] = &[
     feat("movbe", 1, 0, Reg::Ecx, 22, false),
     feat("pcid", 1, 0, Reg::Ecx, 17, false),
     feat("rdrand", 1, 0, Reg::Ecx, 30, false),
+    feat("fsgsbase", 7, 0, Reg::Ebx, 0, false),
     feat("smep", 7, 0, Reg::Ebx, 7, false),
+    feat("invpcid", 7, 0, Reg::Ebx, 10, false),
+    feat("rdseed", 7, 0, Reg::Ebx, 18, false),
     feat("smap", 7, 0, Reg::Ebx, 20, false),
     feat("umip", 7, 0, Reg::Ecx, 2, false),
     feat("la57", 7, 0, Reg::Ecx, 16, false),
@@ -115,6 +129,8 @@ const HYPERVISOR_BIT: u8 = 31;
 const LAPIC_BUS_HZ: u32 = 1_000_000_000;
 const TIMING_LEAF: u32 = 0x4000_0010;
 const KVM_SIGNATURE_LEAF: u32 = 0x4000_0000;
+/// KVM_CPUID_FEATURES: EAX holds the KVM_FEATURE_* bits.
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CpuidError {
@@ -311,6 +327,12 @@ mod tests {
                 eax: 0x4000_0001,
                 ..Default::default()
             },
+            kvm_cpuid_entry2 {
+                function: KVM_FEATURES_LEAF,
+                eax: u32::MAX,
+                edx: u32::MAX,
+                ..Default::default()
+            },
         ];
         CpuId::from_entries(&entries).unwrap()
     }
@@ -334,6 +356,56 @@ mod tests {
         assert_ne!(l1.ecx & (1 << 31), 0, "hypervisor bit set");
         assert_eq!(leaf(&c, 7).unwrap().ebx & (1 << 5), 0, "avx2 hidden");
         assert!(leaf(&c, 0xd).is_none(), "xsave leaf removed");
+    }
+
+    #[test]
+    fn default_policy_hides_the_kvm_hypercall_features() {
+        let mut c = sample();
+        CpuidPolicy::new::<&str>(&[], &[])
+            .unwrap()
+            .apply(&mut c, 0, 1, None)
+            .unwrap();
+        let kvm = leaf(&c, KVM_FEATURES_LEAF).unwrap();
+        // PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD: hidden.
+        for bit in [7, 11, 13] {
+            assert_eq!(kvm.eax & (1 << bit), 0, "KVM feature bit {bit}");
+        }
+        // Everything else KVM offers stays: clocksource, PV EOI, ...
+        assert_eq!(kvm.eax, u32::MAX & !(1 << 7 | 1 << 11 | 1 << 13));
+        assert_eq!(kvm.edx, u32::MAX, "hints untouched");
+
+        let mut c = sample();
+        CpuidPolicy::new(&["kvm_pv_unhalt", "kvm_pv_send_ipi"], &[] as &[&str])
+            .unwrap()
+            .apply(&mut c, 0, 1, None)
+            .unwrap();
+        let kvm = leaf(&c, KVM_FEATURES_LEAF).unwrap();
+        assert_eq!(kvm.eax, u32::MAX & !(1 << 13), "kept on request");
+    }
+
+    #[test]
+    fn hide_takes_fsgsbase_invpcid_and_rdseed() {
+        let mut c = sample();
+        CpuidPolicy::new(&[] as &[&str], &["fsgsbase", "invpcid", "rdseed"])
+            .unwrap()
+            .apply(&mut c, 0, 1, None)
+            .unwrap();
+        let l7 = leaf(&c, 7).unwrap();
+        for (name, bit) in [("fsgsbase", 0), ("invpcid", 10), ("rdseed", 18)] {
+            assert_eq!(l7.ebx & (1 << bit), 0, "{name} hidden");
+        }
+        assert_ne!(l7.ebx & (1 << 7), 0, "smep stays");
+
+        // Shown by default.
+        let mut c = sample();
+        CpuidPolicy::new::<&str>(&[], &[])
+            .unwrap()
+            .apply(&mut c, 0, 1, None)
+            .unwrap();
+        let l7 = leaf(&c, 7).unwrap();
+        for bit in [0, 10, 18] {
+            assert_ne!(l7.ebx & (1 << bit), 0, "leaf 7 ebx bit {bit} shown");
+        }
     }
 
     #[test]
