@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * A memory hog for the tiny Linux guest: `hog SIZE` touches SIZE bytes
- * (K/M/G suffixes) one 4 KiB page at a time, the way a growing process
- * does, so that the kernel's OOM killer (memcg or global) has a clear
- * victim. It prints one line per 4 MiB so the serial log shows its
- * progress, and "hog: touched all" if it survives.
+ * (K/M/G suffixes) one 4 KiB page at a time, mapping 4 MiB more whenever
+ * it needs it, the way a growing process does (so the overcommit heuristic
+ * never refuses it up front, and SIZE may exceed the guest's RAM). The
+ * kernel's OOM killer (memcg or global) then has a clear victim. It prints
+ * one line per 4 MiB so the serial log shows its progress, and
+ * "hog: touched all" if it survives.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -12,6 +14,8 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#define CHUNK (4UL << 20)
 
 static void say(const char *fmt, ...)
 {
@@ -47,16 +51,19 @@ int main(int argc, char **argv)
 		say("hog: bad size '%s'", argv[1]);
 		return 2;
 	}
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED) {
-		say("hog: mmap of %lu bytes failed", size);
-		return 1;
-	}
 	say("hog: pid %d touching %lu KiB", getpid(), size >> 10);
-	for (unsigned long off = 0; off < size; off += page) {
-		p[off] = 1;
-		if (((off + page) & ((4UL << 20) - 1)) == 0)
-			say("hog: touched %lu MiB", (off + page) >> 20);
+	for (unsigned long done = 0; done < size; done += CHUNK) {
+		unsigned long len = size - done < CHUNK ? size - done : CHUNK;
+
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED) {
+			say("hog: mmap of %lu KiB more failed after %lu KiB", len >> 10, done >> 10);
+			return 1;
+		}
+		for (unsigned long off = 0; off < len; off += page)
+			p[off] = 1;
+		if (len == CHUNK)
+			say("hog: touched %lu MiB", (done + len) >> 20);
 	}
 	say("hog: touched all %lu KiB", size >> 10);
 	return 0;
