@@ -267,6 +267,61 @@ pub fn stock_kernel(name: &str) -> PathBuf {
     cached_linux_file(name)
 }
 
+/// Runs one of our build scripts and returns the path it prints on stdout.
+fn run_build_script(script: &str, args: &[&str]) -> PathBuf {
+    let script = repo_root().join(script);
+    let out = Command::new(&script)
+        .args(args)
+        // The tests' initramfs has no guest agent, whatever the shell says.
+        .env_remove("GUEST_AGENT")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}); see its messages above",
+        script.display(),
+        out.status
+    );
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(
+        path.exists(),
+        "{} printed {}, which does not exist",
+        script.display(),
+        path.display()
+    );
+    path
+}
+
+/// The tiny Linux guest kernel (`vmlinux`, PVH ELF) that
+/// `resources/linux/build-guest-kernel.sh` builds into
+/// `.cache/linux-guest/`. The script runs once per test binary: when its
+/// inputs are unchanged it only checks its stamp (well under a second);
+/// otherwise it builds, which takes about 15 minutes on 2 cores.
+pub fn guest_kernel() -> PathBuf {
+    static KERNEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KERNEL
+        .get_or_init(|| run_build_script("resources/linux/build-guest-kernel.sh", &[]))
+        .clone()
+}
+
+/// The tiny Linux guest's initramfs (`/init`, `/bin/hog`), rebuilt from
+/// `resources/linux/initramfs/` once per test binary (about a second) into
+/// its own file, so that an operator's `.cache/linux-guest/initramfs.cpio`
+/// (perhaps with the guest agent) is left alone.
+pub fn guest_initramfs() -> PathBuf {
+    static INITRD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INITRD
+        .get_or_init(|| {
+            let out = cache_dir().join("linux-guest").join("test-initramfs.cpio");
+            run_build_script(
+                "resources/linux/build-initramfs.sh",
+                &["--out", out.to_str().unwrap()],
+            )
+        })
+        .clone()
+}
+
 /// One HTTP request to a VMM's API socket; returns the status code and the
 /// body. `Connection: close` keeps the parsing trivial.
 pub fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
