@@ -1646,6 +1646,13 @@ impl FakeGuest {
         std::fs::write(self.0.join("proc/vmstat"), "oom_kill 2\n").unwrap();
     }
 
+    /// Replaces the kernel log with one global (not memcg) OOM kill.
+    fn starved(&self) {
+        let kmsg = vmm_integration_tests::repo_root()
+            .join("guest-agent/tests/data/kmsg-global-oom-6.12.txt");
+        std::fs::copy(kmsg, self.0.join("kmsg")).unwrap();
+    }
+
     /// The agent, talking to `sock` as it would to the VMM's vsock.
     fn agent(&self, sock: &Path) -> Child {
         Command::new(guest_agent_bin())
@@ -1760,6 +1767,64 @@ fn guest_oom_kills_join_the_daemon_timeline_and_survive_its_restart() {
         .map(|e| e["pid"].as_i64().unwrap())
         .collect();
     assert_eq!(kills, [42, 43], "each kill once, across the restart");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// Issue 8: a guest whose kernel OOM-kills for want of memory while its
+/// balloon holds pages was squeezed too hard: the balloon gives half of
+/// them back (the host permitting). A memcg kill inside the guest is no
+/// such sign and changes nothing.
+#[test]
+fn a_guest_that_starves_with_an_inflated_balloon_gets_memory_back() {
+    let d = Daemon::start("starved");
+    d.create(
+        r#"{"id": "b", "mem_mib": 128, "agent": true,
+            "balloon": {"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1},
+            "cmdline": "tiny.alloc=96M tiny.free=96M tiny.balloon=on tiny.report-every=0"}"#,
+    );
+    d.wait_console("b", "virtio-balloon features");
+    let (status, vm) = d.call("PATCH", "/vms/b", Some(r#"{"balloon_target_mib": 32}"#));
+    assert_eq!(status, 200, "{vm}");
+    poll_until(BOOT, || {
+        (d.vm("b")["balloon"]["actual_mib"] == 32).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the balloon never held 32 MiB: {}", d.vm("b")));
+
+    // A memcg kill inside the guest: reported, nothing given back.
+    let guest = FakeGuest::new("starved");
+    let listener = d.state.join("vms/b/vsock.sock_1025");
+    let mut agent = guest.agent(&listener);
+    poll_until(BOOT, || events_of(&d, "guest_oom_kill").first().cloned())
+        .expect("the memcg kill was not reported");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(events_of(&d, "balloon_given_back").is_empty());
+    assert_eq!(d.vm("b")["balloon"]["target_mib"], 32);
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // A global kill, reported by a new agent run (a new stream).
+    guest.starved();
+    let mut agent = guest.agent(&listener);
+    let given = poll_until(BOOT, || {
+        events_of(&d, "balloon_given_back").first().cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nothing given back: {}",
+            d.call("GET", "/events?since=0", None).1
+        )
+    });
+    assert_eq!(
+        (given["from_mib"].as_u64(), given["to_mib"].as_u64()),
+        (Some(32), Some(16)),
+        "{given}"
+    );
+    poll_until(BOOT, || {
+        (d.vm("b")["balloon"]["actual_mib"] == 16).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the guest did not get its pages back: {}", d.vm("b")));
+    assert_eq!(d.vm("b")["agent"]["starved_oom_kills"], 1);
     let _ = agent.kill();
     let _ = agent.wait();
 }

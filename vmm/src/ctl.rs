@@ -1118,6 +1118,16 @@ pub fn event_line(record: &EventRecord) -> String {
             .add("agent_seq", agent_seq)
             .add("count", unlogged.count)
             .add("vmstat_oom_kill", unlogged.vmstat_oom_kill),
+        Event::BalloonGivenBack {
+            vm,
+            from_mib,
+            to_mib,
+            guest_kills,
+        } => p
+            .add("vm", vm)
+            .bytes("from", u64::from(*from_mib) << 20)
+            .bytes("to", u64::from(*to_mib) << 20)
+            .add("guest_kills", guest_kills),
         Event::GuestPressure {
             vm,
             agent_seq,

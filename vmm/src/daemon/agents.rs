@@ -32,6 +32,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::events::{now_ms, EventLog};
 use crate::daemon_api::events::Event;
 use crate::daemon_api::AgentView;
+use crate::oom::guest::GuestReport;
 
 /// The vsock port the agent connects to on the host (CID 2).
 pub const AGENT_PORT: u32 = guest_agent::protocol::VSOCK_PORT;
@@ -146,6 +147,14 @@ impl Agents {
     /// The agent's state for `GET /vms/{id}`.
     pub fn view(&self, id: &str) -> Option<AgentView> {
         lock(&self.links).get(id).map(|l| l.view.clone())
+    }
+
+    /// What VM `id`'s agent reported, for the policy.
+    pub fn report(&self, id: &str) -> Option<GuestReport> {
+        lock(&self.links).get(id).map(|l| GuestReport {
+            starved_kills: l.view.starved_oom_kills,
+            psi_some_avg10: l.view.psi_some_avg10,
+        })
     }
 
     /// In-guest OOM kills reported so far, per VM, for `/metrics`.
@@ -341,6 +350,14 @@ impl Link {
         match message {
             AgentMessage::OomKill(kill) => {
                 self.view.oom_kills += 1;
+                if kill.global_oom
+                    || kill
+                        .constraint
+                        .as_deref()
+                        .is_some_and(|c| c != "CONSTRAINT_MEMCG")
+                {
+                    self.view.starved_oom_kills += 1;
+                }
                 events.push(Event::GuestOomKill {
                     vm,
                     agent_seq,

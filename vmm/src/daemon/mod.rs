@@ -205,6 +205,9 @@ pub struct Daemon {
     page_size: u64,
     last_kill: Mutex<Option<Instant>>,
     pool_states: Mutex<BTreeMap<String, policy::PoolState>>,
+    /// What the policy did with each guest's reports (see
+    /// [`crate::oom::guest`]).
+    guests: Mutex<policy::GuestsSeen>,
     memcg: pools::MemcgPools,
     /// The guest agents' listeners and what they reported.
     pub agents: agents::Agents,
@@ -281,6 +284,7 @@ impl Daemon {
             page_size: page_size(),
             last_kill: Mutex::new(None),
             pool_states: Mutex::new(BTreeMap::new()),
+            guests: Mutex::new(Default::default()),
             memcg,
             agents: agents::Agents::new().map_err(io("create an eventfd"))?,
             stopping: std::sync::atomic::AtomicBool::new(false),

@@ -70,6 +70,7 @@ use crate::daemon_api::{ConstraintKind, Event, VmState};
 use crate::host::procfs::{Meminfo, NodeMeminfo, ProcFs};
 use crate::host::psi::Pressure;
 use crate::oom::constraint::{node_present_pages, Constraint, NodeSet};
+use crate::oom::guest::{self, GuestReport};
 
 /// An OOM domain the policy watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +308,16 @@ struct Member {
     usage: u64,
     mem_mib: u64,
     has_balloon: bool,
+    /// What its guest agent reported, if it has one.
+    guest: Option<GuestReport>,
+}
+
+/// Per VM: the starved in-guest kills already acted on, and until when
+/// its balloon is not asked again after one.
+#[derive(Default)]
+pub struct GuestsSeen {
+    starved_kills: BTreeMap<String, u64>,
+    hold_until: BTreeMap<String, Instant>,
 }
 
 /// A member's balloon as its VMM reports it.
@@ -374,6 +385,7 @@ impl Daemon {
         // Unreadable meminfo leaves the host to the kernel this tick.
         if let Ok(m) = ProcFs::host().meminfo() {
             let mut lim = PoolLimit::host(&m, permille);
+            self.give_back_to_starved_guests(lim.pressure);
             if let (true, DomainFigures::Host(host)) = (lim.pressure, &mut lim.figures) {
                 // For the events only: not read on calm ticks.
                 let psi = Pressure::read(Path::new("/proc/pressure/memory")).ok();
@@ -393,6 +405,61 @@ impl Daemon {
                 let members = self.members(Domain::Nodes(&nodes));
                 self.enforce(Domain::Nodes(&nodes), lim, &members);
             }
+        }
+    }
+
+    /// Balloons of guests whose kernel OOM-killed for want of memory since
+    /// the last tick give half their pages back, the host permitting
+    /// ([`guest::deflate_after_guest_oom`]); such a guest is then left out
+    /// of reclaim for [`guest::AFTER_GUEST_OOM_HOLD`].
+    fn give_back_to_starved_guests(&self, host_short: bool) {
+        let starved: Vec<Member> = self
+            .members(Domain::Host)
+            .into_iter()
+            .filter(|m| m.has_balloon)
+            .filter(|m| {
+                let seen = lock(&self.guests)
+                    .starved_kills
+                    .get(&m.id)
+                    .copied()
+                    .unwrap_or(0);
+                m.guest.is_some_and(|g| g.starved_kills > seen)
+            })
+            .collect();
+        for m in starved {
+            let kills = m.guest.map_or(0, |g| g.starved_kills);
+            let new = kills
+                - lock(&self.guests)
+                    .starved_kills
+                    .get(&m.id)
+                    .copied()
+                    .unwrap_or(0);
+            let Ok(b) = vm_client::balloon_within(&m.sock, Duration::from_millis(250)) else {
+                continue;
+            };
+            lock(&self.guests).starved_kills.insert(m.id.clone(), kills);
+            let Some(target) = guest::deflate_after_guest_oom(b.actual_mib, new, host_short) else {
+                continue;
+            };
+            if vm_client::set_balloon_target(&m.sock, target).is_err() {
+                continue;
+            }
+            // Every domain's asks for this VM are lowered with it, so the
+            // release logic does not ask for them back.
+            for st in lock(&self.pool_states).values_mut() {
+                if let Some(asked) = st.requested_mib.get_mut(&m.id) {
+                    *asked = (*asked).min(target);
+                }
+            }
+            lock(&self.guests)
+                .hold_until
+                .insert(m.id.clone(), Instant::now() + guest::AFTER_GUEST_OOM_HOLD);
+            self.events.push(Event::BalloonGivenBack {
+                vm: m.id.clone(),
+                from_mib: b.actual_mib,
+                to_mib: target,
+                guest_kills: new,
+            });
         }
     }
 
@@ -436,6 +503,7 @@ impl Daemon {
                     usage: v.usage_bytes(),
                     mem_mib: u64::from(v.spec.mem_mib),
                     has_balloon: v.spec.balloon.is_some() && v.state == VmState::Running,
+                    guest: self.agents.report(&v.id),
                 })
                 .collect()
         })
@@ -596,10 +664,26 @@ impl Daemon {
                 InflateState::Settled | InflateState::Inflating => usable.push(b),
             }
         }
-        let givers: Vec<(&Balloon<'_>, u64)> = usable
+        let now_held = |id: &String| {
+            lock(&self.guests)
+                .hold_until
+                .get(id)
+                .is_some_and(|until| *until > now)
+        };
+        let candidates: Vec<(&Balloon<'_>, u64)> = usable
             .into_iter()
+            .filter(|b| !now_held(&b.member.id))
             .map(|b| (b, b.can_give()))
             .filter(|(_, can_give)| *can_give >= 1 << 20)
+            .collect();
+        // Guests under their own memory pressure last.
+        let order: Vec<(u64, bool)> = candidates
+            .iter()
+            .map(|(b, g)| (*g, b.member.guest.is_some_and(|r| r.pressured())))
+            .collect();
+        let givers: Vec<(&Balloon<'_>, u64)> = guest::reclaim_order(&order, excess)
+            .into_iter()
+            .map(|i| candidates[i])
             .collect();
         let total: u64 = givers.iter().map(|(_, g)| g).sum();
         let mut asked = Vec::new();
@@ -736,6 +820,7 @@ mod tests {
             usage,
             mem_mib: 192,
             has_balloon: true,
+            guest: None,
         };
         // 192 MiB guest using 16 MiB, 176 MiB free, floor 16 MiB.
         let touched = member(140 * MIB); // it touched 124 MiB more, then freed it
@@ -774,6 +859,7 @@ mod tests {
             usage: mem_mib * MIB,
             mem_mib,
             has_balloon: true,
+            guest: None,
         };
         let small = member(192);
         let stale = Balloon {

@@ -214,6 +214,16 @@ pub enum Event {
         #[serde(flatten)]
         unlogged: guest_agent::protocol::KillsUnlogged,
     },
+    /// The guest's kernel OOM-killed for want of memory while its balloon
+    /// held pages: the balloon gave part of them back, and the guest is
+    /// not asked to inflate again for a while.
+    BalloonGivenBack {
+        vm: String,
+        from_mib: u32,
+        to_mib: u32,
+        /// Starved kills reported since the last look.
+        guest_kills: u64,
+    },
     /// The guest's memory PSI trigger fired.
     GuestPressure {
         vm: String,
@@ -315,6 +325,7 @@ impl Event {
             Event::GuestOomReaped { .. } => "guest_oom_reaped",
             Event::GuestKillsUnlogged { .. } => "guest_kills_unlogged",
             Event::GuestPressure { .. } => "guest_pressure",
+            Event::BalloonGivenBack { .. } => "balloon_given_back",
             Event::VmOomScoreAdj { .. } => "vm_oom_score_adj",
             Event::VmPaused { .. } => "vm_paused",
             Event::VmResumed { .. } => "vm_resumed",
@@ -1002,6 +1013,12 @@ pub(crate) mod tests {
                     logged: 2,
                 },
             },
+            Event::BalloonGivenBack {
+                vm: vm(),
+                from_mib: 64,
+                to_mib: 32,
+                guest_kills: 1,
+            },
             Event::GuestPressure {
                 vm: vm(),
                 agent_seq: 11,
@@ -1211,7 +1228,7 @@ pub(crate) mod tests {
         let events = one_of_each();
         let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 42, "one example of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 43, "one example of every kind: {kinds:?}");
         for (i, event) in events.into_iter().enumerate() {
             let record = EventRecord {
                 seq: i as u64 + 1,

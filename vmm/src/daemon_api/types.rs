@@ -316,6 +316,10 @@ pub struct AgentView {
     /// In-guest OOM kills reported (logged ones, plus those the kernel
     /// counted but whose log lines were lost).
     pub oom_kills: u64,
+    /// Of those, the kills for want of memory (not a memory cgroup's
+    /// limit inside the guest): the ones a balloon may have caused.
+    #[serde(default)]
+    pub starved_oom_kills: u64,
     /// Kernel log records the agent lost, and messages its queue dropped.
     pub kmsg_lost: u64,
     pub dropped: u64,

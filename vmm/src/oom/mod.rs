@@ -41,6 +41,7 @@
 
 pub mod badness;
 pub mod constraint;
+pub mod guest;
 pub mod select;
 
 pub use badness::{oom_badness, oom_score, OomScoreAdj, VmUsage};
