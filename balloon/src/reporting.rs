@@ -22,7 +22,8 @@ fn aligned_pages(addr: u64, len: u64) -> Option<GuestRange> {
     let end = addr.checked_add(len)?;
     let start = addr.checked_next_multiple_of(BALLOON_PAGE_SIZE)?;
     let end = end - end % BALLOON_PAGE_SIZE;
-    (start < end).then_some(GuestRange {
+    // Lazily: `end - start` underflows when the range lies inside one page.
+    (start < end).then(|| GuestRange {
         start,
         len: end - start,
     })
@@ -83,5 +84,16 @@ mod tests {
         assert_eq!(aligned_pages(0x1001, 0x1000), None);
         assert_eq!(aligned_pages(0x1000, 0), None);
         assert_eq!(aligned_pages(u64::MAX - 0x1000, 0x2000), None);
+    }
+
+    /// Found by the fuzzed guest (`crate::fuzz`): a reported range inside
+    /// one page (start rounded up past end rounded down) computed
+    /// `end - start` before checking it, which panics on overflow in debug
+    /// builds: a guest could take the device thread down.
+    #[test]
+    fn a_report_inside_one_page_has_no_whole_page_and_does_not_overflow() {
+        assert_eq!(aligned_pages(0x1001, 0x10), None);
+        assert_eq!(aligned_pages(0x1fff, 1), None);
+        assert_eq!(aligned_pages(0x1001, 0), None);
     }
 }
