@@ -46,6 +46,20 @@
 //! The worker never takes the device's lock, so the device may wait for it
 //! with its lock held (from the event loop, or a vCPU thread on reset).
 //!
+//! # Bounded memory
+//!
+//! The device submits a round's ranges whether or not the worker has
+//! caught up, and a guest may name the same pages round after round. The
+//! worker coalesces what it holds when it takes the next piece, but a
+//! worker that is slow or not scheduled at all takes nothing: so a
+//! submission that leaves the queue more than twice as long as it was
+//! after it was last coalesced (and longer than [`MIN_COALESCE_AT`])
+//! coalesces it at once. The queue then never holds more than
+//! `max(MIN_COALESCE_AT, 2 * D)` ranges, where `D`, the most disjoint
+//! non-touching ranges of whole guest pages, is at most one per two pages
+//! of guest RAM plus one per region: a bound set by the guest's size, not
+//! by how long it keeps inflating.
+//!
 //! # One thread
 //!
 //! `MADV_DONTNEED` on disjoint ranges of one address space takes the
@@ -69,6 +83,10 @@ use crate::release::{coalesce, release_ranges, GuestRange, ReleaseTally, Release
 /// range for the whole call, and a drop waits for the call in progress;
 /// 32 MiB take ~2-3 ms of CPU here.
 pub(crate) const MAX_RELEASE_CALL: usize = 32 << 20;
+
+/// Below this many queued ranges a submission is not coalesced at once
+/// (the worker coalesces what it holds when it takes the next piece).
+const MIN_COALESCE_AT: usize = 1024;
 
 /// What the device and the worker thread share.
 struct Shared {
@@ -106,17 +124,37 @@ struct State {
     /// The worker thread has ended (after a drop, or a panic in a
     /// releaser): nothing queued will be released any more.
     exited: bool,
+    /// Length of the queue when it was last coalesced (see "Bounded
+    /// memory" above).
+    coalesced_len: usize,
 }
 
 impl State {
-    /// Takes the next piece to release, at most `max` bytes, lowest
-    /// address first (the order in which drivers usually inflate).
-    fn take(&mut self, max: u64) -> Option<GuestRange> {
+    /// Queues `ranges`; coalesces the queue if that made it more than
+    /// twice as long as after its last coalescing.
+    fn push(&mut self, ranges: Vec<GuestRange>) {
+        self.queue.extend(ranges);
+        self.unsorted = true;
+        if self.queue.len() > MIN_COALESCE_AT.max(2 * self.coalesced_len) {
+            self.coalesce();
+        }
+    }
+
+    /// Sorts and coalesces the queue if ranges were added since it last
+    /// was: by descending address, so that the lowest is at the end.
+    fn coalesce(&mut self) {
         if std::mem::take(&mut self.unsorted) {
             let mut ranges = coalesce(std::mem::take(&mut self.queue));
             ranges.reverse();
             self.queue = ranges;
+            self.coalesced_len = self.queue.len();
         }
+    }
+
+    /// Takes the next piece to release, at most `max` bytes, lowest
+    /// address first (the order in which drivers usually inflate).
+    fn take(&mut self, max: u64) -> Option<GuestRange> {
+        self.coalesce();
         let last = self.queue.last_mut()?;
         if last.len <= max {
             return self.queue.pop();
@@ -222,8 +260,7 @@ impl ReleaseWorker {
             return;
         }
         let mut s = self.shared.lock();
-        s.queue.extend(ranges);
-        s.unsorted = true;
+        s.push(ranges);
         s.submitted += 1;
         drop(s);
         self.shared.work.notify_one();
@@ -271,6 +308,21 @@ impl Drop for ReleaseWorker {
             let _ = thread.join();
         }
     }
+}
+
+#[cfg(test)]
+impl ReleaseWorker {
+    /// Ranges queued and not yet taken by the thread.
+    pub(crate) fn queued_ranges(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+}
+
+/// The most ranges a worker may hold for a guest with `ram_pages` pages of
+/// RAM in `regions` regions (see "Bounded memory" above).
+#[cfg(test)]
+pub(crate) fn queue_bound(ram_pages: u64, regions: usize) -> usize {
+    MIN_COALESCE_AT.max(2 * (ram_pages as usize / 2 + regions))
 }
 
 /// The worker thread: takes the lowest queued piece of at most
@@ -382,6 +434,40 @@ mod tests {
             dropper.join().unwrap();
         });
         assert_eq!(gate.released(), vec![(0x1000, 0x1000)]);
+    }
+
+    /// Found by the fuzzed guest (`crate::fuzz`): with the worker unable to
+    /// keep up, every inflate round's ranges piled up in its queue, without
+    /// bound, even when the guest named the same pages each time.
+    #[test]
+    fn a_worker_that_cannot_keep_up_holds_a_bounded_queue() {
+        let mem = GuestRam::from_ranges(&[(vm_memory::GuestAddress(0), 16 << 20)]).unwrap();
+        let pages = 4096;
+        let gate = GatedReleaser::closed();
+        let w = ReleaseWorker::spawn(mem, Arc::new(gate.clone())).unwrap();
+        let bound = queue_bound(pages, 1);
+        for round in 0..50u64 {
+            // Every other page, the worst case for coalescing.
+            let ranges = (0..pages / 2)
+                .map(|i| r((2 * i + round % 2) * 0x1000, 0x1000))
+                .collect();
+            w.submit(ranges);
+            assert!(
+                w.queued_ranges() <= bound,
+                "round {round}: {} ranges queued, bound {bound}",
+                w.queued_ranges()
+            );
+        }
+        gate.open();
+        w.drain();
+        // Every page was released; the pages named again after the
+        // queue was coalesced, only once more.
+        let mut released = std::collections::BTreeSet::new();
+        for (start, len) in gate.released() {
+            released.extend((start / 0x1000)..(start + len) / 0x1000);
+        }
+        assert_eq!(released.len() as u64, pages);
+        assert!(w.tally().bytes <= 2 * pages * 0x1000);
     }
 
     #[test]
