@@ -48,6 +48,8 @@ mod reporting;
 mod stats;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod test_utils;
 
 pub use config::{
