@@ -10,6 +10,8 @@ pub mod ctl;
 pub mod daemon;
 pub mod daemon_api;
 pub mod devices;
+#[cfg(test)]
+mod fuzz_support;
 pub mod guest_image;
 pub mod host;
 pub mod http;

@@ -594,3 +594,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz;
