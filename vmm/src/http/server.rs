@@ -570,11 +570,14 @@ impl Shared {
             } = job;
             let after = response.after.take();
             let _ = conn.conn.respond(response, http11, true);
+            // The stream is over: its slot is free before the client can
+            // see its end of file, so a client that starts another stream
+            // at once is not refused for the one it has just finished.
+            lock(&self.streams).busy -= 1;
             drop(conn);
             if let Some(after) = after {
                 (after.0)();
             }
-            lock(&self.streams).busy -= 1;
         }
     }
 
@@ -1069,6 +1072,51 @@ mod tests {
 
     fn temp_sock(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("vmm-http-{}-{name}.sock", std::process::id()))
+    }
+
+    /// Found by the fuzzed clients (`http::fuzz`): a stream's slot was
+    /// freed only after its connection was closed and its `after_sent`
+    /// work had run, so a client that saw the end of one stream and asked
+    /// for the next at once could get a 503 "too many open streams".
+    #[test]
+    fn a_finished_stream_frees_its_slot_before_its_client_sees_the_end() {
+        struct OneChunk(bool);
+        impl crate::http::ChunkSource for OneChunk {
+            fn next_chunk(&mut self, _: Duration) -> crate::http::Chunk {
+                if std::mem::replace(&mut self.0, true) {
+                    crate::http::Chunk::End
+                } else {
+                    crate::http::Chunk::Data(b"x\n".to_vec())
+                }
+            }
+        }
+        struct Streams;
+        impl Handler for Streams {
+            fn handle(&self, _: &Request) -> Response {
+                // Work after the answer keeps the stream worker busy.
+                Response::stream(crate::http::NDJSON, Box::new(OneChunk(false)))
+                    .after_sent(|| thread::sleep(Duration::from_millis(200)))
+            }
+        }
+        let path = temp_sock("stream-slot");
+        let config = ServerConfig {
+            limits: Limits {
+                max_streams: 1,
+                ..Limits::default()
+            },
+            thread_name: "slottest",
+            who: "test",
+        };
+        let server = Server::start(&path, Arc::new(Streams), config).unwrap();
+        for _ in 0..2 {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /events HTTP/1.1\r\n\r\n").unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        }
+        server.shutdown();
     }
 
     /// 40 clients at once, each with 5 keep-alive requests, next to 10
