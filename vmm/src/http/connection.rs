@@ -452,6 +452,17 @@ fn reason(status: u16) -> &'static str {
 }
 
 #[cfg(test)]
+impl Connection {
+    /// Puts `bytes` in the buffer, as if read (for the fuzz harnesses).
+    pub(crate) fn set_buffer(&mut self, bytes: Vec<u8>) {
+        self.buf = bytes;
+    }
+}
+
+#[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -29,6 +29,8 @@
 pub mod client;
 mod connection;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 mod limits;
 mod message;
 pub mod route;
