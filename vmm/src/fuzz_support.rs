@@ -11,6 +11,8 @@
 //! - `VMM_FUZZ_CASE=C`: replays case `C` alone (a failing case prints the
 //!   command). Cases are independent unless a harness says otherwise.
 
+pub(crate) mod json;
+
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Instant;
 

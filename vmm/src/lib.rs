@@ -9,6 +9,8 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod daemon_api;
+#[cfg(test)]
+mod daemon_api_fuzz;
 pub mod devices;
 #[cfg(test)]
 mod fuzz_support;

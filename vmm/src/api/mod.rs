@@ -58,6 +58,8 @@ pub mod server;
 pub mod types;
 
 #[cfg(test)]
+pub(crate) mod fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use crate::http::{Limits as ApiLimits, MAX_HEADER_FIELDS};

@@ -271,14 +271,15 @@ impl Handler for Echo {
 
 /// One response read off a client's socket.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// Splits what a client read into responses, checking each is well
 /// formed; interim `100 Continue` answers are skipped.
-fn answers(mut raw: &[u8]) -> Vec<Answer> {
+pub(crate) fn answers(mut raw: &[u8]) -> Vec<Answer> {
     let mut out = Vec::new();
     while !raw.is_empty() {
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -343,7 +344,21 @@ fn answers(mut raw: &[u8]) -> Vec<Answer> {
                 assert!(header("allow").is_some());
             }
         }
-        out.push(Answer { status, body });
+        let headers = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        out.push(Answer {
+            status,
+            headers,
+            body,
+        });
     }
     out
 }

@@ -30,7 +30,7 @@ pub mod client;
 mod connection;
 pub mod error;
 #[cfg(test)]
-mod fuzz;
+pub(crate) mod fuzz;
 mod limits;
 mod message;
 pub mod route;
