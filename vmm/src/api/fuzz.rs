@@ -52,6 +52,13 @@ fn routes(rng: &mut Rng) -> Vec<(&'static str, &'static str, Option<Value>)> {
             Some(json!({"stats_polling_interval_s": rng.below(60)})),
         ),
         ("GET", "/balloon/metrics", None),
+        (
+            "PUT",
+            "/vsock",
+            Some(json!({"guest_cid": 3 + rng.below(100), "uds_path": "/tmp/v.sock"})),
+        ),
+        ("GET", "/vsock", None),
+        ("GET", "/vsock/metrics", None),
     ]
 }
 
@@ -66,6 +73,9 @@ fn route_of(call: &Call) -> (&'static str, &'static str) {
         Call::BalloonStats => ("GET", "/balloon/statistics"),
         Call::PatchBalloonStats(_) => ("PATCH", "/balloon/statistics"),
         Call::BalloonMetrics => ("GET", "/balloon/metrics"),
+        Call::PutVsock(_) => ("PUT", "/vsock"),
+        Call::Vsock => ("GET", "/vsock"),
+        Call::VsockMetrics => ("GET", "/vsock/metrics"),
     }
 }
 
@@ -77,6 +87,7 @@ fn body_of(call: &Call) -> Vec<u8> {
         Call::PutBalloon(c) => json!(c),
         Call::PatchBalloon(u) => json!(u),
         Call::PatchBalloonStats(u) => json!(u),
+        Call::PutVsock(c) => json!(c),
         _ => return Vec::new(),
     };
     serde_json::to_vec(&v).unwrap()
@@ -143,7 +154,8 @@ fn fuzz_vm_api_requests_parse_or_fail_with_a_4xx() {
             Ok(call) => {
                 assert_eq!(route_of(&call), (req.method.as_str(), req.target.as_str()));
                 let again = Request::new(&req.method, &req.target, &body_of(&call));
-                assert_eq!(parse(&again), Ok(call), "{call:?} does not round-trip");
+                let shown = format!("{call:?}");
+                assert_eq!(parse(&again), Ok(call), "{shown} does not round-trip");
                 calls += 1;
             }
             Err(err) => {
