@@ -129,3 +129,86 @@ fn split_fragments_overrun_and_the_vmstat_cross_check() {
     let unlogged = kc.check(2, tracker.kills_logged).unwrap();
     assert_eq!((unlogged.count, unlogged.logged), (1, 1));
 }
+
+/// The serial logs our tiny Linux guest really printed
+/// (`resources/linux/captures/`), turned back into kernel records: each
+/// `[seconds] text` line becomes `6,<n>,<µs>,-;text` (the console shows
+/// neither the priority nor the sequence number; /init's own lines, which
+/// have no timestamp, are not kernel records and are left out).
+fn captured(name: &str) -> (Vec<OomEvent>, Vec<Loss>) {
+    let path = format!(
+        "{}/../resources/linux/captures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut reader = KmsgReader::new();
+    let mut tracker = OomTracker::new();
+    let (mut events, mut losses) = (Vec::new(), Vec::new());
+    let mut seq = 0u64;
+    for line in text.lines() {
+        let Some((stamp, msg)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+            continue;
+        };
+        let Ok(secs) = stamp.trim().parse::<f64>() else {
+            continue;
+        };
+        let record = format!("6,{seq},{},-;{msg}\n", (secs * 1e6) as u64);
+        seq += 1;
+        reader.feed(
+            record.as_bytes(),
+            &mut |rec| tracker.record(rec, &mut |e| events.push(e)),
+            &mut |l| losses.push(l),
+        );
+    }
+    (events, losses)
+}
+
+#[test]
+fn the_memcg_kill_our_linux_guest_printed() {
+    let (ev, losses) = captured("oom-kill-memcg.log");
+    assert!(losses.is_empty(), "{losses:?}");
+    let kills: Vec<&OomKill> = ev
+        .iter()
+        .filter_map(|e| match e {
+            OomEvent::Kill(k) => Some(&**k),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kills.len(), 1, "{ev:#?}");
+    let k = kills[0];
+    assert_eq!((k.pid, k.comm.as_str()), (16, "hog"));
+    assert_eq!(k.reason, "Memory cgroup out of memory");
+    assert_eq!(k.constraint.as_deref(), Some("CONSTRAINT_MEMCG"));
+    assert_eq!(k.oom_memcg.as_deref(), Some("/hog"));
+    assert_eq!(k.task_memcg.as_deref(), Some("/hog"));
+    assert_eq!(
+        (k.anon_rss_kb, k.shmem_rss_kb, k.pgtables_kb),
+        (Some(2004), Some(32), Some(36))
+    );
+    assert_eq!(k.invoker.as_ref().map(|i| i.comm.as_str()), Some("hog"));
+}
+
+#[test]
+fn the_global_kill_our_linux_guest_printed() {
+    let (ev, _) = captured("oom-kill-global.log");
+    let kills: Vec<&OomKill> = ev
+        .iter()
+        .filter_map(|e| match e {
+            OomEvent::Kill(k) => Some(&**k),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kills.len(), 1, "{ev:#?}");
+    let k = kills[0];
+    assert_eq!((k.pid, k.comm.as_str()), (16, "hog"));
+    assert_eq!(k.reason, "Out of memory");
+    assert_eq!(k.constraint.as_deref(), Some("CONSTRAINT_NONE"));
+    assert!(k.global_oom);
+    assert_eq!(k.anon_rss_kb, Some(37492));
+    // The reaper's line follows in this capture.
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, OomEvent::Reaped(r) if r.pid == 16)),
+        "{ev:#?}"
+    );
+}
