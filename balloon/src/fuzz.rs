@@ -90,9 +90,15 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, case: u64) -> Rng {
-        let mut r = Rng(seed ^ case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        r.next();
-        r
+        // splitmix64 of both, so that every seed and case starts its own
+        // stream (xorshift needs a non-zero state).
+        let mix = |mut z: u64| {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng(mix(seed ^ mix(case)).max(1))
     }
 
     fn next(&mut self) -> u64 {
@@ -439,6 +445,8 @@ struct World {
     releases_exact: bool,
     /// The releaser is stalled: releases are checked once it runs again.
     stalled: bool,
+    /// The step may process the queues in any order (the event loop).
+    any_order: bool,
 }
 
 impl World {
@@ -476,6 +484,7 @@ impl World {
             expected_releases: PageSet::new(),
             releases_exact: true,
             stalled: false,
+            any_order: false,
         }
     }
 
@@ -1145,6 +1154,7 @@ impl World {
         let mut broken_sure = 0;
         let mut broken_possible = false;
         let mut consumed_unknown = false;
+        let mut consumed_roles = Vec::new();
         for (qi, snap) in before.queues.iter().enumerate() {
             let Some((na_before, nu_before, ring)) = snap else {
                 continue;
@@ -1158,6 +1168,9 @@ impl World {
             let q = &mut self.queues[qi];
             let consumed = na.wrapping_sub(*na_before);
             assert!(consumed <= QSIZE, "consumed {consumed} chains at once");
+            if consumed > 0 {
+                consumed_roles.push(q.role);
+            }
             if q.jumped {
                 assert_eq!(consumed, 0, "a broken queue was processed");
                 if explicit == Some(qi) {
@@ -1230,6 +1243,14 @@ impl World {
                     q.outstanding
                 ),
             }
+        }
+        // The event loop may deflate before it inflates: then the driver's
+        // book (kept inflate first) is no longer the device's.
+        if self.any_order
+            && consumed_roles.contains(&Role::Inflate)
+            && consumed_roles.contains(&Role::Deflate)
+        {
+            self.ballooned = None;
         }
         self.check_metrics(&before, &tally, broken_sure, broken_possible);
         self.check_interrupts(&before, &used_grew);
@@ -1555,7 +1576,9 @@ impl World {
         em.run_with_timeout(0).unwrap();
         self.em = Some(em);
         self.resets_unsynced = 0;
+        self.any_order = true;
         self.settle(before, None);
+        self.any_order = false;
         assert!(self.dev().retired_events.is_empty());
     }
 
