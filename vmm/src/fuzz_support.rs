@@ -64,9 +64,15 @@ pub(crate) struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64, case: u64) -> Rng {
-        let mut r = Rng(seed ^ case.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        r.next();
-        r
+        // splitmix64 of both, so that every seed and case starts its own
+        // stream (xorshift needs a non-zero state).
+        let mix = |mut z: u64| {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng(mix(seed ^ mix(case)).max(1))
     }
 
     pub fn next(&mut self) -> u64 {
