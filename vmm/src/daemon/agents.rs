@@ -149,12 +149,19 @@ impl Agents {
         lock(&self.links).get(id).map(|l| l.view.clone())
     }
 
-    /// What VM `id`'s agent reported, for the policy.
-    pub fn report(&self, id: &str) -> Option<GuestReport> {
-        lock(&self.links).get(id).map(|l| GuestReport {
-            starved_kills: l.view.starved_oom_kills,
-            psi_some_avg10: l.view.psi_some_avg10,
-        })
+    /// What each VM's agent reported, for the policy: one lock per tick,
+    /// not one per VM.
+    pub fn reports(&self) -> BTreeMap<String, GuestReport> {
+        lock(&self.links)
+            .iter()
+            .map(|(id, l)| {
+                let report = GuestReport {
+                    starved_kills: l.view.starved_oom_kills,
+                    psi_some_avg10: l.view.psi_some_avg10,
+                };
+                (id.clone(), report)
+            })
+            .collect()
     }
 
     /// In-guest OOM kills reported so far, per VM, for `/metrics`.

@@ -413,50 +413,60 @@ impl Daemon {
     /// ([`guest::deflate_after_guest_oom`]); such a guest is then left out
     /// of reclaim for [`guest::AFTER_GUEST_OOM_HOLD`].
     fn give_back_to_starved_guests(&self, host_short: bool) {
-        let starved: Vec<Member> = self
-            .members(Domain::Host)
-            .into_iter()
-            .filter(|m| m.has_balloon)
-            .filter(|m| {
-                let seen = lock(&self.guests)
-                    .starved_kills
-                    .get(&m.id)
-                    .copied()
-                    .unwrap_or(0);
-                m.guest.is_some_and(|g| g.starved_kills > seen)
-            })
-            .collect();
-        for m in starved {
-            let kills = m.guest.map_or(0, |g| g.starved_kills);
-            let new = kills
-                - lock(&self.guests)
-                    .starved_kills
-                    .get(&m.id)
-                    .copied()
-                    .unwrap_or(0);
-            let Ok(b) = vm_client::balloon_within(&m.sock, Duration::from_millis(250)) else {
+        // Only the VMs whose agent reported a starved kill not acted on
+        // yet: on a calm tick this is one look at the agents, no walk of
+        // the VM table and no call to a VMM.
+        let reports = self.agents.reports();
+        let fresh: Vec<(String, u64, u64)> = {
+            let seen = &lock(&self.guests).starved_kills;
+            reports
+                .into_iter()
+                .filter_map(|(id, r)| {
+                    let before = seen.get(&id).copied().unwrap_or(0);
+                    (r.starved_kills > before)
+                        .then(|| (id, r.starved_kills, r.starved_kills - before))
+                })
+                .collect()
+        };
+        for (id, kills, new) in fresh {
+            let sock = self.with_vms(|vms| {
+                vms.get(&id)
+                    .filter(|v| v.spec.balloon.is_some() && v.state == VmState::Running)
+                    .map(|v| v.api_sock.clone())
+            });
+            let actual = match sock {
+                // Nothing to give back: no balloon, or the VM is gone.
+                None => None,
+                Some(ref sock) => match vm_client::balloon_within(sock, Duration::from_millis(250))
+                {
+                    Ok(b) => Some(b.actual_mib),
+                    // Asked again next tick.
+                    Err(_) => continue,
+                },
+            };
+            lock(&self.guests).starved_kills.insert(id.clone(), kills);
+            let (Some(sock), Some(actual)) = (sock, actual) else {
                 continue;
             };
-            lock(&self.guests).starved_kills.insert(m.id.clone(), kills);
-            let Some(target) = guest::deflate_after_guest_oom(b.actual_mib, new, host_short) else {
+            let Some(target) = guest::deflate_after_guest_oom(actual, new, host_short) else {
                 continue;
             };
-            if vm_client::set_balloon_target(&m.sock, target).is_err() {
+            if vm_client::set_balloon_target(&sock, target).is_err() {
                 continue;
             }
             // Every domain's asks for this VM are lowered with it, so the
             // release logic does not ask for them back.
             for st in lock(&self.pool_states).values_mut() {
-                if let Some(asked) = st.requested_mib.get_mut(&m.id) {
+                if let Some(asked) = st.requested_mib.get_mut(&id) {
                     *asked = (*asked).min(target);
                 }
             }
             lock(&self.guests)
                 .hold_until
-                .insert(m.id.clone(), Instant::now() + guest::AFTER_GUEST_OOM_HOLD);
+                .insert(id.clone(), Instant::now() + guest::AFTER_GUEST_OOM_HOLD);
             self.events.push(Event::BalloonGivenBack {
-                vm: m.id.clone(),
-                from_mib: b.actual_mib,
+                vm: id,
+                from_mib: actual,
                 to_mib: target,
                 guest_kills: new,
             });
@@ -489,6 +499,7 @@ impl Daemon {
     }
 
     fn members(&self, domain: Domain<'_>) -> Vec<Member> {
+        let reports = self.agents.reports();
         self.with_vms(|vms| {
             vms.values()
                 .filter(|v| is_live(v.state))
@@ -503,7 +514,7 @@ impl Daemon {
                     usage: v.usage_bytes(),
                     mem_mib: u64::from(v.spec.mem_mib),
                     has_balloon: v.spec.balloon.is_some() && v.state == VmState::Running,
-                    guest: self.agents.report(&v.id),
+                    guest: reports.get(&v.id).copied(),
                 })
                 .collect()
         })
