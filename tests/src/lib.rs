@@ -5,6 +5,8 @@
 //! Tests that need KVM call [`require_kvm`], which fails loudly instead of
 //! skipping: a CI machine without /dev/kvm must not go green.
 
+pub mod daemon;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -8,121 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vmm::daemon_api::{Event, EventRecord};
+use vmm_integration_tests::daemon::{events_of, Daemon, BOOT};
 use vmm_integration_tests::{api, poll_until, require_kvm, vmm_bin, MIB};
-
-const BOOT: Duration = Duration::from_secs(20);
-
-/// A daemon process with its own socket and state directory; killed and
-/// cleaned up on drop.
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    state: PathBuf,
-}
-
-impl Daemon {
-    fn start(name: &str) -> Daemon {
-        Self::start_with_config(name, None)
-    }
-
-    fn start_with_config(name: &str, config: Option<&str>) -> Daemon {
-        require_kvm();
-        let base = std::env::temp_dir().join(format!("vmm-daemon-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        Self::start_in(&base, config)
-    }
-
-    /// Kills the daemon with SIGKILL (its VMs stay, orphaned) and returns
-    /// its directory for a successor; nothing is cleaned up.
-    fn kill_9(mut self) -> PathBuf {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        let base = self.state.parent().unwrap().to_path_buf();
-        std::mem::forget(self);
-        base
-    }
-
-    /// A daemon on `base`'s socket and state directory as they are.
-    fn start_in(base: &Path, config: Option<&str>) -> Daemon {
-        let sock = base.join("daemon.sock");
-        let _ = std::fs::remove_file(&sock);
-        let state = base.join("state");
-        let mut cmd = Command::new(vmm_bin());
-        cmd.args([
-            "daemon",
-            "--socket",
-            sock.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]);
-        if let Some(config) = config {
-            let path = base.join("config.json");
-            std::fs::write(&path, config).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        let child = cmd.stdin(Stdio::null()).spawn().unwrap();
-        poll_until(BOOT, || sock.exists().then_some(())).expect("daemon socket never appeared");
-        Daemon { child, sock, state }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (status, body) = api(&self.sock, method, path, body);
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(Value::String(body)),
-        )
-    }
-
-    fn create(&self, body: &str) -> Value {
-        let (status, vm) = self.call("POST", "/vms", Some(body));
-        assert_eq!(status, 201, "{vm}");
-        vm
-    }
-
-    /// Waits until VM `id`'s console shows `needle`.
-    fn wait_console(&self, id: &str, needle: &str) {
-        let console = self.state.join("vms").join(id).join("console.log");
-        poll_until(BOOT, || {
-            std::fs::read_to_string(&console)
-                .ok()
-                .filter(|c| c.contains(needle))
-                .map(|_| ())
-        })
-        .unwrap_or_else(|| panic!("{id} never printed {needle:?}"));
-    }
-
-    fn vm(&self, id: &str) -> Value {
-        let (status, vm) = self.call("GET", &format!("/vms/{id}"), None);
-        assert_eq!(status, 200, "{vm}");
-        vm
-    }
-
-    fn trigger(&self, dry_run: bool) -> Value {
-        let (status, d) = self.call(
-            "POST",
-            "/oom/trigger",
-            Some(&format!("{{\"dry_run\": {dry_run}}}")),
-        );
-        assert_eq!(status, 200, "{d}");
-        d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGTERM: the daemon stops its VMs; then make sure.
-        // SAFETY: plain kill(2) on our own child's pid.
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = poll_until(Duration::from_secs(10), || {
-            self.child.try_wait().ok().flatten()
-        });
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(self.state.parent().unwrap());
-    }
-}
 
 fn oom_kills() -> u64 {
     let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap();
@@ -625,17 +512,6 @@ fn a_vmm_that_does_not_answer_is_killed_and_reaped_instead() {
     );
     assert!(kill["bytes_freed"].as_u64().unwrap() >= 256 * MIB, "{kill}");
     assert_eq!(d.vm("v")["exit"], "killed by signal 9");
-}
-
-fn events_of(d: &Daemon, kind: &str) -> Vec<Value> {
-    let (_, events) = d.call("GET", "/events?since=0", None);
-    events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .cloned()
-        .collect()
 }
 
 /// The overcommit scenario in a pool whose budget is below the sum of its

@@ -11,13 +11,12 @@
 //! a minute.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmm_integration_tests::{
-    api, cache_dir, guest_kernel, poll_until, repo_root, require_kvm, vmm_bin,
-};
+use vmm_integration_tests::daemon::{events_of, Daemon};
+use vmm_integration_tests::{api, cache_dir, guest_kernel, poll_until, repo_root, require_kvm};
 
 /// The command line a PVM host needs (resources/linux/README.md).
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init noxsave nofsgsbase \
@@ -65,54 +64,9 @@ fn agent_initramfs() -> PathBuf {
     )
 }
 
-/// A daemon on `dir`; SIGTERM (it stops its VMs) and reaped on drop.
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-    state: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let sock = dir.join("d.sock");
-        let _ = std::fs::remove_file(&sock);
-        let state = dir.join("state");
-        let child = Command::new(vmm_bin())
-            .arg("daemon")
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        poll_until(Duration::from_secs(20), || sock.exists().then_some(()))
-            .expect("the daemon's socket never appeared");
-        Daemon { child, sock, state }
-    }
-
-    fn events(&self, kind: &str) -> Vec<Value> {
-        let (_, body) = api(&self.sock, "GET", "/events?since=0", None);
-        let all: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
-        all.into_iter().filter(|e| e["kind"] == kind).collect()
-    }
-
-    fn console(&self, id: &str) -> String {
-        std::fs::read_to_string(self.state.join("vms").join(id).join("console.log"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = poll_until(Duration::from_secs(10), || {
-            self.child.try_wait().ok().flatten()
-        });
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// What VM `id` printed on its console so far.
+fn console(d: &Daemon, id: &str) -> String {
+    std::fs::read_to_string(d.state.join("vms").join(id).join("console.log")).unwrap_or_default()
 }
 
 #[test]
@@ -120,10 +74,7 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
     require_kvm();
     let kernel = guest_kernel();
     let initrd = agent_initramfs();
-    let dir = std::env::temp_dir().join(format!("vmm-linux-agent-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = Daemon::start(&dir);
+    let d = Daemon::start("linux-agent");
     let spec = serde_json::json!({
         "id": "lx",
         "mem_mib": 96,
@@ -137,9 +88,9 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
     assert_eq!(status, 201, "{vm}");
 
     let connected = poll_until(Duration::from_secs(240), || {
-        d.events("guest_agent_connected").first().cloned()
+        events_of(&d, "guest_agent_connected").first().cloned()
     })
-    .unwrap_or_else(|| panic!("the agent never connected:\n{}", d.console("lx")));
+    .unwrap_or_else(|| panic!("the agent never connected:\n{}", console(&d, "lx")));
     eprintln!(
         "[linux-agent] agent connected {:.1} s after create: {connected}",
         started.elapsed().as_secs_f64()
@@ -149,12 +100,12 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
     // The kill as the guest kernel printed it (host time of the console
     // line) and as the daemon recorded it (host time of the event).
     let pid_line = poll_until(Duration::from_secs(60), || {
-        d.console("lx")
+        console(&d, "lx")
             .lines()
             .find(|l| l.contains("init: hog pid "))
             .map(str::to_string)
     })
-    .unwrap_or_else(|| panic!("no hog:\n{}", d.console("lx")));
+    .unwrap_or_else(|| panic!("no hog:\n{}", console(&d, "lx")));
     let pid: i64 = pid_line
         .split("init: hog pid ")
         .nth(1)
@@ -166,10 +117,10 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
     let mut event_at = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     let kill = loop {
-        if console_at.is_none() && d.console("lx").contains(&needle) {
+        if console_at.is_none() && console(&d, "lx").contains(&needle) {
             console_at = Some(Instant::now());
         }
-        if let Some(k) = d.events("guest_oom_kill").first().cloned() {
+        if let Some(k) = events_of(&d, "guest_oom_kill").first().cloned() {
             event_at.get_or_insert_with(Instant::now);
             if console_at.is_some() {
                 break k;
@@ -178,7 +129,7 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
         assert!(
             Instant::now() < deadline,
             "no guest_oom_kill:\n{}",
-            d.console("lx")
+            console(&d, "lx")
         );
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -207,16 +158,9 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
 
     // The daemon dies and comes back: the agent reconnects to the new
     // listener (its VMM re-adopted), and the kill is not reported again.
-    let mut d = d;
-    d.child.kill().unwrap();
-    d.child.wait().unwrap();
-    let (state, sock) = (d.state.clone(), d.sock.clone());
-    std::mem::forget(d);
-    let _ = std::fs::remove_file(&sock);
-    let d = Daemon::start(&dir);
-    assert_eq!(d.state, state);
+    let d = Daemon::start_in(&d.kill_9(), None);
     let again = poll_until(Duration::from_secs(60), || {
-        d.events("guest_agent_connected").last().cloned()
+        events_of(&d, "guest_agent_connected").last().cloned()
     })
     .expect("the agent never reconnected after the daemon's restart");
     assert!(
@@ -230,6 +174,5 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
         .filter(|l| l.contains("\"kind\":\"guest_oom_kill\""))
         .count();
     assert_eq!(kills, 1, "the kill once, across the restart");
-    drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
+    // Dropping the daemon stops the VM and removes its directory.
 }
