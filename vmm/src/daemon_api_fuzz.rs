@@ -36,9 +36,9 @@ use crate::daemon_api::fake::{FakeDaemon, TempDir};
 use crate::daemon_api::{DaemonApiServer, OomPatch, OomTrigger, VmPatch, VmSpec};
 use crate::fuzz_support::json::body;
 use crate::fuzz_support::{run_cases, Rng};
+use crate::host::numa::NodeSet;
 use crate::http::route::{json_body, optional_json_body};
 use crate::http::{ApiError, Request};
-use crate::oom::constraint::NodeSet;
 
 const BODY_CASES: u64 = 20_000;
 const SOCKET_CASES: u64 = 4_000;

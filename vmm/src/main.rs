@@ -129,7 +129,7 @@ struct RunArgs {
     /// Bind guest RAM to these NUMA nodes (a node list like `0` or `0-1,3`;
     /// `MPOL_BIND`): every guest page comes from them.
     #[arg(long, value_name = "NODES")]
-    numa_nodes: Option<vmm::oom::constraint::NodeSet>,
+    numa_nodes: Option<vmm::host::numa::NodeSet>,
     /// Threads that release guest RAM at once for the API's
     /// `ReleaseMemory` action: the API's own and up to one per vCPU (the
     /// stopped vCPU threads do the work; none is created for it).

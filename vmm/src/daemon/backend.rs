@@ -252,7 +252,7 @@ impl DaemonBackend for Daemon {
                 let nodes = nodes
                     .parse()
                     .map_err(|e| DaemonError::Invalid(format!("nodes: {e}")))?;
-                crate::vm::numa::check_nodes(&nodes, &ProcFs::host())
+                crate::host::numa::check_nodes(&nodes, &ProcFs::host())
                     .map_err(|e| DaemonError::Invalid(format!("nodes: {e}")))?;
                 Constraint::nodes(nodes).map_err(DaemonError::Constraint)?
             }

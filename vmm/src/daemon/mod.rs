@@ -503,7 +503,7 @@ impl Daemon {
             let nodes = nodes
                 .parse()
                 .map_err(|e| DaemonError::Invalid(format!("numa_nodes: {e}")))?;
-            crate::vm::numa::check_nodes(&nodes, &ProcFs::host())
+            crate::host::numa::check_nodes(&nodes, &ProcFs::host())
                 .map_err(|e| DaemonError::Invalid(format!("numa_nodes: {e}")))?;
         }
         check_boot_images(spec)?;

@@ -67,9 +67,10 @@ use crate::daemon_api::events::{
     HostFigures, NodeFigures, OomPressure, Reclaim, ReclaimReleased,
 };
 use crate::daemon_api::{ConstraintKind, Event, VmState};
+use crate::host::numa::{nodes_with_memory, NodeSet};
 use crate::host::procfs::{Meminfo, NodeMeminfo, ProcFs};
 use crate::host::psi::Pressure;
-use crate::oom::constraint::{node_present_pages, Constraint, NodeSet};
+use crate::oom::constraint::Constraint;
 use crate::oom::guest::{self, GuestReport};
 
 /// An OOM domain the policy watches.
@@ -486,14 +487,9 @@ impl Daemon {
             // The common case: no zoneinfo read every tick for nothing.
             return sets;
         }
-        sets.sort_by_key(|s| s.to_string());
+        sets.sort();
         sets.dedup();
-        let with_memory: Option<NodeSet> = node_present_pages(&ProcFs::host()).ok().map(|p| {
-            p.into_iter()
-                .filter(|(_, pages)| *pages > 0)
-                .map(|(n, _)| n)
-                .collect()
-        });
+        let with_memory = nodes_with_memory(&ProcFs::host()).ok();
         sets.retain(|s| with_memory.as_ref().is_some_and(|all| !all.is_subset(s)));
         sets
     }

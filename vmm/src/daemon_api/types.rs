@@ -648,7 +648,7 @@ impl OomTrigger {
 /// Checks a NUMA node list (`0-3,5`); whether the nodes exist is for the
 /// host to say.
 fn validate_nodes(field: &str, nodes: &str) -> Result<(), ApiError> {
-    match nodes.parse::<crate::oom::constraint::NodeSet>() {
+    match nodes.parse::<crate::host::numa::NodeSet>() {
         Ok(set) if set.is_empty() => Err(bad(format!("{field}: no node given"))),
         Ok(_) => Ok(()),
         Err(e) => Err(bad(format!("{field}: {e}"))),

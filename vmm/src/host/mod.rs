@@ -1,10 +1,11 @@
 //! Facts about the host, read from `/proc`, `/sys` and the cgroup file
 //! systems: memory (`meminfo`, `vmstat`, a process's counters), pressure
-//! (PSI lines and triggers) and memory cgroups. No policy lives here:
+//! (PSI lines and triggers), NUMA nodes and memory cgroups. No policy lives here:
 //! the VM, the OOM core and the daemon read what they need through it.
 
 pub mod cgroup;
 pub mod memstat;
+pub mod numa;
 pub mod procfs;
 pub mod psi;
 

@@ -14,12 +14,12 @@
 //! | [`Constraint::Nodes`] | `CONSTRAINT_CPUSET` / `_MEMORY_POLICY` | swap + present pages of the nodes | those bound to a node in the set, or unbound |
 //! | [`Constraint::Budget`] | (ours) | the pool's byte budget | the pool's VMs |
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use crate::host::cgroup::CgroupVersion;
+use crate::host::numa::NodeSet;
+use crate::host::numa::{node_present_pages, nodes_with_memory, NumaError};
 use crate::host::procfs::{read_file, HostError, ProcFs};
 
 /// Why a constraint could not be read or evaluated.
@@ -41,10 +41,8 @@ pub enum ConstraintError {
     },
     #[error("{path}: {text:?} is not a swappiness (expected 0..=200)")]
     BadSwappiness { path: PathBuf, text: String },
-    #[error("NUMA node {node} does not exist here (nodes with memory: {known})")]
-    UnknownNode { node: u32, known: NodeSet },
-    #[error("bad NUMA node list {text:?}: {reason}")]
-    BadNodeList { text: String, reason: &'static str },
+    #[error(transparent)]
+    Numa(#[from] NumaError),
     #[error("a NUMA node constraint needs at least one node")]
     NoNodes,
     #[error("pool {pool:?} has a budget of 0 bytes")]
@@ -208,16 +206,13 @@ pub fn constrained_alloc<'v, V: Placed>(
         }
         Constraint::Nodes { nodes } => {
             let present = node_present_pages(proc)?;
-            let with_memory: NodeSet = present
-                .iter()
-                .filter(|(_, &p)| p > 0)
-                .map(|(&n, _)| n)
-                .collect();
-            if let Some(&node) = nodes.0.iter().find(|n| !present.contains_key(n)) {
-                return Err(ConstraintError::UnknownNode {
+            let with_memory = nodes_with_memory(proc)?;
+            if let Some(node) = nodes.iter().find(|n| !present.contains_key(n)) {
+                return Err(NumaError::UnknownNode {
                     node,
                     known: with_memory,
-                });
+                }
+                .into());
             }
             // A VM whose RAM may come from any node of the set can give
             // memory back to it; an unbound VM can be anywhere, so it may.
@@ -230,7 +225,7 @@ pub fn constrained_alloc<'v, V: Placed>(
                     pick(&shares_a_node),
                 )
             } else {
-                let sum: u64 = nodes.0.iter().map(|n| present[n]).sum();
+                let sum: u64 = nodes.iter().map(|n| present[&n]).sum();
                 (
                     total_swap_pages + sum,
                     Basis::NodePresentPagesAndSwap,
@@ -248,64 +243,6 @@ pub fn constrained_alloc<'v, V: Placed>(
         basis,
         eligible,
     })
-}
-
-/// `node_present_pages()` of every node, from `/proc/zoneinfo`: the sum of
-/// each zone's `present` pages.
-///
-/// Present pages, not the `MemTotal` of `/sys/devices/system/node/node*/meminfo`:
-/// that one is the node's *managed* pages (present minus boot-time
-/// reservations), which is what `si_meminfo_node()` reports, but the OOM
-/// killer sums `node_present_pages()`. On some hosts they differ a lot: on
-/// this development machine (`deferred_init=lazy`, pages handed to the
-/// allocator only as needed) node 0's `MemTotal` read 9527876 kB while its
-/// zones held 6291358 present pages (25165432 kB) and `/proc/meminfo`
-/// said 24682416 kB.
-pub fn node_present_pages(proc: &ProcFs) -> Result<BTreeMap<u32, u64>, ConstraintError> {
-    let (path, text) = proc.read("zoneinfo")?;
-    Ok(parse_zoneinfo(&text, &path)?)
-}
-
-fn parse_zoneinfo(text: &str, path: &Path) -> Result<BTreeMap<u32, u64>, HostError> {
-    let mut nodes = BTreeMap::new();
-    let mut node = None;
-    for (i, line) in text.lines().enumerate() {
-        let malformed = |reason| HostError::Malformed {
-            path: path.to_path_buf(),
-            line: i + 1,
-            text: line.to_string(),
-            reason,
-        };
-        // "Node 0, zone   Normal" opens a zone of node 0.
-        if let Some(rest) = line.strip_prefix("Node ") {
-            let id = rest
-                .split(',')
-                .next()
-                .and_then(|n| n.trim().parse().ok())
-                .ok_or_else(|| malformed("expected `Node <id>, zone <name>`"))?;
-            nodes.entry(id).or_insert(0u64);
-            node = Some(id);
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        if words.next() != Some("present") {
-            continue;
-        }
-        let pages: u64 = words
-            .next()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| malformed("expected `present <pages>`"))?;
-        let id = node.ok_or_else(|| malformed("`present` before any `Node` line"))?;
-        *nodes.get_mut(&id).expect("inserted at its Node line") += pages;
-    }
-    if nodes.is_empty() {
-        return Err(HostError::MissingField {
-            path: path.to_path_buf(),
-            field: "Node",
-            since: "Linux 2.6.13",
-        });
-    }
-    Ok(nodes)
 }
 
 /// A memory cgroup's limits as `mem_cgroup_get_max()` uses them.
@@ -434,94 +371,6 @@ fn read_swappiness(path: &Path) -> Result<u32, ConstraintError> {
         })
 }
 
-/// A set of NUMA node ids, written like the kernel's node lists: `0-3,5`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeSet(BTreeSet<u32>);
-
-/// The kernel's `MAX_NUMNODES` at its largest (`NODES_SHIFT` 10).
-const MAX_NUMNODES: u32 = 1024;
-
-impl NodeSet {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn contains(&self, node: u32) -> bool {
-        self.0.contains(&node)
-    }
-
-    /// Whether the two sets share a node.
-    pub fn intersects(&self, other: &NodeSet) -> bool {
-        self.0.intersection(&other.0).next().is_some()
-    }
-
-    /// Whether every node of `self` is in `other`.
-    pub fn is_subset(&self, other: &NodeSet) -> bool {
-        self.0.is_subset(&other.0)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().copied()
-    }
-}
-
-impl FromIterator<u32> for NodeSet {
-    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
-        NodeSet(iter.into_iter().collect())
-    }
-}
-
-impl FromStr for NodeSet {
-    type Err = ConstraintError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason| ConstraintError::BadNodeList {
-            text: s.to_string(),
-            reason,
-        };
-        let mut set = BTreeSet::new();
-        for part in s.trim().split(',') {
-            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-            let num = |n: &str| {
-                n.trim()
-                    .parse::<u32>()
-                    .map_err(|_| bad("expected node ids like 0-3,5"))
-            };
-            let (lo, hi) = (num(lo)?, num(hi)?);
-            if lo > hi {
-                return Err(bad("a range runs backwards"));
-            }
-            if hi >= MAX_NUMNODES {
-                return Err(bad("node ids stop at 1023"));
-            }
-            set.extend(lo..=hi);
-        }
-        Ok(NodeSet(set))
-    }
-}
-
-impl fmt::Display for NodeSet {
-    /// The kernel's list format, ranges collapsed: `0-3,5`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut ids = self.0.iter().copied().peekable();
-        let mut first = true;
-        while let Some(lo) = ids.next() {
-            let mut hi = lo;
-            while ids.peek() == Some(&(hi + 1)) {
-                hi = ids.next().expect("peeked");
-            }
-            let sep = if first { "" } else { "," };
-            first = false;
-            if lo == hi {
-                write!(f, "{sep}{lo}")?;
-            } else {
-                write!(f, "{sep}{lo}-{hi}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,24 +401,8 @@ mod tests {
         let pool = |v: &&V| v.placement().pool.clone().unwrap_or_default();
         scope.eligible.iter().map(pool).collect()
     }
-
     #[test]
-    fn node_lists_parse_and_print_like_the_kernels() {
-        assert_eq!(nodes("0-3,5").to_string(), "0-3,5");
-        assert_eq!(nodes("5,0,1,2").to_string(), "0-2,5");
-        assert_eq!(nodes(" 7 ").to_string(), "7");
-        assert!(nodes("0-1").intersects(&nodes("1,3")));
-        assert!(!nodes("0-1").intersects(&nodes("2-3")));
-        for (text, why) in [
-            ("", "expected node ids"),
-            ("a", "expected node ids"),
-            ("0-", "expected node ids"),
-            ("3-1", "backwards"),
-            ("1024", "stop at 1023"),
-        ] {
-            let e = text.parse::<NodeSet>().unwrap_err().to_string();
-            assert!(e.contains(why), "{text:?}: {e}");
-        }
+    fn an_empty_node_set_is_no_constraint() {
         assert!(matches!(
             Constraint::nodes(NodeSet::default()),
             Err(ConstraintError::NoNodes)
@@ -584,27 +417,6 @@ mod tests {
         assert_eq!(
             (s.basis, pools(&s)),
             (Basis::HostRamAndSwap, vec!["a".into(), "b".into()])
-        );
-    }
-
-    #[test]
-    fn zoneinfo_gives_present_pages_per_node() {
-        // This development machine, verbatim: one node, 6291358 present
-        // pages — more than MemTotal's 6170604 managed ones.
-        let one = node_present_pages(&proc("one-node")).unwrap();
-        assert_eq!(
-            one.into_iter().collect::<Vec<_>>(),
-            vec![(0, 3998 + 782_336 + 5_505_024)]
-        );
-        let two = node_present_pages(&proc("two-node")).unwrap();
-        assert_eq!(
-            two.into_iter().collect::<Vec<_>>(),
-            vec![(0, 8_388_478), (1, 8_388_608)]
-        );
-        let four = node_present_pages(&proc("four-node")).unwrap();
-        assert_eq!(
-            four.into_iter().collect::<Vec<_>>(),
-            vec![(0, 4_194_174), (1, 4_194_304), (2, 4_194_304), (3, 0)]
         );
     }
 
@@ -675,31 +487,6 @@ mod tests {
         assert_eq!(s.basis, Basis::NodesCoverAllMemory);
         assert_eq!(s.totalpages, host.totalpages);
     }
-
-    #[test]
-    fn zoneinfo_garbage_is_refused() {
-        let p = Path::new("/proc/zoneinfo");
-        let e = parse_zoneinfo("Node x, zone DMA\n", p)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "/proc/zoneinfo: line 1: expected `Node <id>, zone <name>`: \"Node x, zone DMA\""
-        );
-        let e = parse_zoneinfo("  present 10\n", p).unwrap_err().to_string();
-        assert!(e.contains("`present` before any `Node` line"), "{e}");
-        let e = parse_zoneinfo("Node 0, zone DMA\n  present ten\n", p)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("line 2: expected `present <pages>`"), "{e}");
-        let e = parse_zoneinfo("", p).unwrap_err().to_string();
-        assert!(e.contains("no `Node` line"), "{e}");
-        let e = node_present_pages(&proc("garbage"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("garbage/proc/zoneinfo: line 3"), "{e}");
-    }
-
     #[test]
     fn memcg_v1_limit_and_its_members() {
         let p = proc("two-node"); // 2097151 swap pages, vm.swappiness 60

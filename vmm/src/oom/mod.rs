@@ -45,4 +45,4 @@ pub mod guest;
 pub mod select;
 
 pub use badness::{oom_badness, oom_score, OomScoreAdj, VmUsage};
-pub use constraint::{constrained_alloc, Constraint, NodeSet, Placement, Scope};
+pub use constraint::{constrained_alloc, Constraint, Placement, Scope};

@@ -66,7 +66,7 @@ pub struct VmConfig {
     /// Also write the ACPI tables, one `<SIG>.dat` file each, here.
     pub dump_acpi: Option<PathBuf>,
     /// Bind guest RAM to these NUMA nodes (`MPOL_BIND`).
-    pub numa_nodes: Option<crate::oom::constraint::NodeSet>,
+    pub numa_nodes: Option<crate::host::numa::NodeSet>,
 }
 
 /// Most vCPUs we start: the MADT and APIC IDs are 8-bit here.

@@ -16,8 +16,8 @@ use std::io;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use super::memory::GuestRam;
+use crate::host::numa::{check_nodes, NodeSet};
 use crate::host::procfs::ProcFs;
-use crate::oom::constraint::{node_present_pages, ConstraintError, NodeSet};
 
 /// `MPOL_BIND` of `<linux/mempolicy.h>`.
 const MPOL_BIND: libc::c_int = 2;
@@ -25,7 +25,7 @@ const MPOL_BIND: libc::c_int = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum NumaError {
     #[error("--numa-nodes")]
-    Nodes(#[from] ConstraintError),
+    Nodes(#[from] crate::host::numa::NumaError),
     #[error("cannot bind guest RAM at {addr:#x} ({len} bytes) to NUMA nodes {nodes}")]
     Mbind {
         addr: usize,
@@ -34,27 +34,6 @@ pub enum NumaError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Checks that every node of `nodes` has memory here (from `proc`'s
-/// `zoneinfo`, the nodes the kernel's `N_MEMORY` holds).
-pub fn check_nodes(nodes: &NodeSet, proc: &ProcFs) -> Result<(), ConstraintError> {
-    if nodes.is_empty() {
-        return Err(ConstraintError::NoNodes);
-    }
-    let present = node_present_pages(proc)?;
-    let with_memory: NodeSet = present
-        .iter()
-        .filter(|(_, p)| **p > 0)
-        .map(|(n, _)| *n)
-        .collect();
-    match nodes.iter().find(|n| !with_memory.contains(*n)) {
-        Some(node) => Err(ConstraintError::UnknownNode {
-            node,
-            known: with_memory,
-        }),
-        None => Ok(()),
-    }
 }
 
 /// The `nodemask` and `maxnode` arguments of `mbind(2)` for `nodes`.
@@ -122,18 +101,6 @@ mod tests {
         let (mask, maxnode) = nodemask(&set("1,64,130"));
         assert_eq!(mask, vec![0b10, 1, 0b100]);
         assert_eq!(maxnode, 193);
-    }
-
-    #[test]
-    fn nodes_without_memory_are_refused_with_those_that_have_it() {
-        let here = ProcFs::host();
-        check_nodes(&set("0"), &here).expect("node 0 always has memory");
-        let e = check_nodes(&set("0,7"), &here).unwrap_err().to_string();
-        assert!(e.starts_with("NUMA node 7 does not exist here"), "{e}");
-        assert!(matches!(
-            check_nodes(&NodeSet::default(), &here),
-            Err(ConstraintError::NoNodes)
-        ));
     }
 
     #[test]
