@@ -598,6 +598,113 @@ fn balloons_reclaim_first_then_the_worst_vm_dies() {
     );
 }
 
+/// Issue 9: a VMM that cannot answer (SIGSTOPped behind the daemon's
+/// back) was skipped by reclaim in silence, and another VM then died with
+/// no event saying why. Now its balloon is a `balloon_skipped` event
+/// (unreachable, with the error), and the decision's `oom_pressure` lists
+/// it; asking it costs one short timeout, not 2 s.
+#[test]
+fn an_unreachable_balloon_is_skipped_with_an_event_and_listed_in_the_decision() {
+    let d = Daemon::start_with_config(
+        "skipped",
+        Some(
+            r#"{"budgets": {"p": 209715200}, "policy": {"no_progress_ms": 1000, "min_kill_interval_ms": 500}}"#,
+        ),
+    );
+    let stopped = d.create(
+        r#"{"id": "stopped", "pool": "p", "mem_mib": 192, "oom_score_adj": -1000,
+            "balloon": {"amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1},
+            "cmdline": "tiny.alloc=128M tiny.free=112M tiny.balloon=on tiny.report-every=0"}"#,
+    );
+    d.wait_console("stopped", "virtio-balloon features");
+    let pid = stopped["pid"].as_u64().unwrap() as i32;
+    // SAFETY: plain kill(2) on a VMM this test created.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    d.create(r#"{"id": "grower", "pool": "p", "mem_mib": 256, "cmdline": "tiny.touch=160M tiny.hold=forever"}"#);
+    let kill = poll_until(Duration::from_secs(20), || {
+        events_of(&d, "oom_kill").first().cloned()
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let kill =
+        kill.unwrap_or_else(|| panic!("no kill: {}", d.call("GET", "/events?since=0", None).1));
+    assert_eq!(kill["vm"], "grower", "{kill}");
+    let skipped = events_of(&d, "balloon_skipped");
+    assert_eq!(skipped.len(), 1, "said once per episode: {skipped:?}");
+    assert_eq!(skipped[0]["vm"], "stopped");
+    assert_eq!(skipped[0]["reason"], "unreachable");
+    assert_eq!(skipped[0]["pool"], "p");
+    assert!(
+        skipped[0]["detail"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        skipped[0]
+    );
+    let pressure = events_of(&d, "oom_pressure");
+    let listed = &pressure.last().unwrap()["skipped_balloons"];
+    assert_eq!(
+        listed,
+        &serde_json::json!([{"vm": "stopped", "reason": "unreachable", "detail": skipped[0]["detail"]}]),
+        "{pressure:?}"
+    );
+    assert!(
+        skipped[0]["seq"].as_u64() < pressure.last().unwrap()["seq"].as_u64(),
+        "the skip is said before the decision"
+    );
+}
+
+/// Issue 9: a pool whose VMs are all -1000 emitted an `oom_pressure` and
+/// an `oom_decision` every ~2.1 s forever. Now the first is reported, the
+/// repeats are counted in GET /oom and /metrics, and the count is one
+/// event when the pressure ends.
+#[test]
+fn a_pool_of_minus_1000_vms_reports_its_decision_once_then_counts() {
+    let d = Daemon::start_with_config(
+        "stuck",
+        Some(
+            r#"{"budgets": {"q": 52428800}, "policy": {"no_progress_ms": 200, "min_kill_interval_ms": 100}}"#,
+        ),
+    );
+    d.create(r#"{"id": "keep", "pool": "q", "mem_mib": 128, "oom_score_adj": -1000, "cmdline": "tiny.touch=96M tiny.hold=forever"}"#);
+    d.wait_console("keep", "tiny-guest: hold");
+    let stuck = poll_until(Duration::from_secs(20), || {
+        let (_, oom) = d.call("GET", "/oom", None);
+        let stuck = oom["stuck"].as_array()?.first()?.clone();
+        (stuck["decisions"].as_u64()? >= 4).then_some(stuck)
+    })
+    .unwrap_or_else(|| panic!("never stuck: {}", d.call("GET", "/oom", None).1));
+    assert_eq!(stuck["pool"], "q");
+    assert!(
+        stuck["reason"].as_str().unwrap().contains("-1000"),
+        "{stuck}"
+    );
+    let (_, metrics) = api(&d.sock, "GET", "/metrics", None);
+    assert_eq!(metric(&metrics, "vmm_oom_stuck_domains"), 1);
+    assert!(
+        metrics.contains("vmm_oom_stuck_decisions{pool=\"q\",nodes=\"\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        events_of(&d, "oom_decision").len(),
+        1,
+        "repeats are not reported one by one"
+    );
+    assert_eq!(events_of(&d, "oom_pressure").len(), 1);
+    assert!(events_of(&d, "oom_kill").is_empty());
+
+    // The pressure ends: the count, once.
+    let (status, _) = d.call("DELETE", "/vms/keep", None);
+    assert_eq!(status, 204);
+    let repeated = poll_until(Duration::from_secs(10), || {
+        events_of(&d, "oom_decisions_repeated").first().cloned()
+    })
+    .expect("no count when the pressure ended");
+    assert_eq!(repeated["ongoing"], false);
+    assert_eq!(repeated["pool"], "q");
+    assert!(repeated["decisions"].as_u64().unwrap() >= 3, "{repeated}");
+    let (_, oom) = d.call("GET", "/oom", None);
+    assert!(oom.get("stuck").is_none(), "{oom}");
+}
+
 /// `action: pause`: the chosen VM is stopped, not killed; it is no
 /// candidate again while paused (the next decision picks another VM), and
 /// the operator resumes it.

@@ -1165,6 +1165,11 @@ pub fn event_line(record: &EventRecord) -> String {
             .add("actual_mib", b.actual_mib)
             .add("rate_mib_s", b.rate_mib_s)
             .add("backoff_s", b.backoff_s),
+        Event::BalloonSkipped(b) => p
+            .add("vm", &b.balloon.vm)
+            .domain(&b.domain)
+            .add("reason", b.balloon.reason.as_str())
+            .opt("detail", b.balloon.detail.as_deref()),
         Event::ReclaimReleased(r) => {
             let released: Vec<String> = r
                 .balloons
@@ -1176,11 +1181,22 @@ pub fn event_line(record: &EventRecord) -> String {
         Event::OomPressure(o) => {
             p.usage(&o.usage)
                 .add("pressure_to_decision_ms", o.pressure_to_decision_ms);
-            if !o.stalled_balloons.is_empty() {
-                p.add("stalled_balloons", o.stalled_balloons.join(","));
+            if !o.skipped_balloons.is_empty() {
+                let skipped: Vec<String> = o
+                    .skipped_balloons
+                    .iter()
+                    .map(|s| format!("{}:{}", s.vm, s.reason.as_str()))
+                    .collect();
+                p.add("skipped_balloons", skipped.join(","));
             }
             p.add("why", &o.why)
         }
+        Event::OomDecisionsRepeated(r) => p
+            .domain(&r.domain)
+            .add("decisions", r.decisions)
+            .add("stuck_ms", r.stuck_ms)
+            .add("ongoing", r.ongoing)
+            .add("reason", &r.reason),
         Event::OomDecision(d) => p
             .add("victim", d.victim.as_deref().unwrap_or("none"))
             .add("action", d.action.as_str())
@@ -1413,6 +1429,7 @@ exit           -
                 ],
             },
             event_log: EventLogView::default(),
+            stuck: Vec::new(),
         };
         assert_eq!(
             oom_text(&oom),

@@ -53,9 +53,6 @@ impl From<DaemonError> for ApiError {
 /// well under a millisecond when it can.
 const VIEW_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// VMMs asked for their balloon at once.
-const VIEW_PARALLEL: usize = 32;
-
 impl Daemon {
     /// The API view of one VM, with its memory and badness read now and
     /// its balloon as [`Self::balloons`] found it.
@@ -108,28 +105,23 @@ impl Daemon {
                 .map(|vm| (vm.id.clone(), vm.api_sock.clone()))
                 .collect()
         });
-        let mut out = BTreeMap::new();
-        for chunk in socks.chunks(VIEW_PARALLEL) {
-            std::thread::scope(|s| {
-                let asks: Vec<_> = chunk
-                    .iter()
-                    .map(|(id, sock)| {
-                        s.spawn(move || {
-                            let b = vm_client::balloon_within(sock, VIEW_TIMEOUT).ok()?;
-                            Some((
-                                id.clone(),
-                                BalloonView {
-                                    target_mib: b.target_mib,
-                                    actual_mib: b.actual_mib,
-                                },
-                            ))
-                        })
-                    })
-                    .collect();
-                out.extend(asks.into_iter().filter_map(|a| a.join().ok().flatten()));
-            });
-        }
-        out
+        let answers = vm_client::ask_each(&socks, |(_, sock)| {
+            vm_client::balloon_within(sock, VIEW_TIMEOUT).ok()
+        });
+        socks
+            .into_iter()
+            .zip(answers)
+            .filter_map(|((id, _), b)| {
+                let b = b?;
+                Some((
+                    id,
+                    BalloonView {
+                        target_mib: b.target_mib,
+                        actual_mib: b.actual_mib,
+                    },
+                ))
+            })
+            .collect()
     }
 
     fn host_totalpages(&self) -> u64 {
@@ -236,6 +228,7 @@ impl DaemonBackend for Daemon {
                 pools,
             },
             event_log: self.events.status(),
+            stuck: self.stuck_domains(),
         }
     }
 

@@ -92,9 +92,32 @@ pub fn render(d: &Daemon) -> String {
             );
         }
     }
+    render_stuck(&mut out, &d.stuck_domains());
     d.render_memcg_metrics(&mut out);
     render_event_log(&mut out, &d.events.status());
     out
+}
+
+/// Domains whose decisions find no victim (see `GET /oom`'s `stuck`).
+fn render_stuck(out: &mut String, stuck: &[crate::daemon_api::StuckDomain]) {
+    let _ = writeln!(
+        out,
+        "# HELP vmm_oom_stuck_domains Domains under pressure whose OOM decisions find no VM to kill.\n\
+         # TYPE vmm_oom_stuck_domains gauge\n\
+         vmm_oom_stuck_domains {}\n\
+         # HELP vmm_oom_stuck_decisions Decisions a stuck domain made without finding a victim.\n\
+         # TYPE vmm_oom_stuck_decisions gauge",
+        stuck.len()
+    );
+    for s in stuck {
+        let _ = writeln!(
+            out,
+            "vmm_oom_stuck_decisions{{pool=\"{}\",nodes=\"{}\"}} {}",
+            label(s.domain.pool.as_deref().unwrap_or("")),
+            label(s.domain.nodes.as_deref().unwrap_or("")),
+            s.decisions
+        );
+    }
 }
 
 /// Whether `events.ndjson` holds every event (see [`super::events`]).

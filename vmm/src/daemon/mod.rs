@@ -10,8 +10,8 @@
 
 pub mod agents;
 pub mod backend;
-pub mod balloon_stall;
 pub mod config;
+pub mod decision;
 pub mod events;
 pub mod metrics;
 pub mod persist;
@@ -31,17 +31,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::daemon_api::events::{
-    Actor, DecisionAction, DecisionTrigger, KillOutcome, OomDecision, OomKill,
-};
-use crate::daemon_api::{Event, EventRecord, OomAction, OomPolicy, RunState, VmSpec, VmState};
-use crate::host::memstat::MmCounters;
+use crate::daemon_api::events::Actor;
+use crate::daemon_api::{Event, OomAction, OomPolicy, RunState, VmSpec, VmState};
 use crate::host::procfs::{page_size, ProcFs};
-use crate::oom::badness::{OomScoreAdj, VmUsage};
-use crate::oom::constraint::{constrained_alloc, Constraint};
-use crate::oom::select::{select_bad_vm, Candidate, SelectPolicy};
+use crate::oom::badness::OomScoreAdj;
 use events::EventLog;
-use process::{kill_and_reap, Pidfd, ReapMethod, Victim};
+use process::{Pidfd, ReapMethod};
 use vms::{is_live, VmRecord};
 
 /// The policy the daemon starts with: kill, with the VM table in every
@@ -204,7 +199,7 @@ pub struct Daemon {
     next_id: AtomicU64,
     page_size: u64,
     last_kill: Mutex<Option<Instant>>,
-    pool_states: Mutex<BTreeMap<String, policy::PoolState>>,
+    pool_states: Mutex<BTreeMap<crate::oom::Domain, crate::oom::DomainState>>,
     /// What the policy did with each guest's reports (see
     /// [`crate::oom::guest`]).
     guests: Mutex<policy::GuestsSeen>,
@@ -689,130 +684,6 @@ impl Daemon {
             }
             vm.observe();
         }
-    }
-
-    /// The OOM decision (`POST /oom/trigger`, and the policy once memory
-    /// pressure calls for a kill): size the domain, score the VMs in it,
-    /// pick the victim, act. Returns the decision event.
-    pub fn oom_decide(
-        &self,
-        trigger: DecisionTrigger,
-        dry_run: bool,
-        constraint: Constraint,
-    ) -> Result<EventRecord, DaemonError> {
-        let t0 = Instant::now();
-        let policy = self.policy();
-
-        // Select under the lock; act after releasing it.
-        let mut pause = None;
-        let (decision, victim) = {
-            let mut vms = lock(&self.vms);
-            let live: Vec<&VmRecord> = vms.values().filter(|v| is_live(v.state)).collect();
-            let scope = constrained_alloc(&constraint, &ProcFs::host(), self.page_size, &live)?;
-            let candidates: Vec<Candidate> = scope
-                .eligible
-                .iter()
-                .filter_map(|vm| {
-                    let counters = MmCounters::read(Some(vm.pid()?)).ok().flatten()?;
-                    let mut usage =
-                        VmUsage::from_counters(&counters, self.page_size, vm.oom_score_adj);
-                    usage.being_reaped = vm.state == VmState::Reaping;
-                    // Paused already: choosing it again frees nothing.
-                    if vm.state == VmState::Paused {
-                        return None;
-                    }
-                    Some(Candidate {
-                        id: vm.id.clone(),
-                        usage,
-                        growth_bytes_per_s: vm.growth_bytes_per_s(),
-                    })
-                })
-                .collect();
-            let selection = select_bad_vm(
-                &candidates,
-                scope.totalpages,
-                SelectPolicy {
-                    kill_fastest_grower: policy.kill_fastest_grower,
-                },
-            );
-            let victim = selection.victim.map(|i| selection.table[i].id.clone());
-            let decision = OomDecision {
-                trigger,
-                dry_run,
-                constraint: constraint.to_string(),
-                basis: scope.basis.to_string(),
-                totalpages: scope.totalpages,
-                victim: victim.clone(),
-                action: if dry_run {
-                    DecisionAction::DryRun
-                } else {
-                    policy.action.into()
-                },
-                decision_us: t0.elapsed().as_micros() as u64,
-                table: (policy.dump_vms || dry_run).then_some(selection.table),
-                reason: selection.reason,
-            };
-            let victim = match (&victim, dry_run, policy.action) {
-                (Some(id), false, OomAction::Kill) => {
-                    let vm = vms.get_mut(id).expect("the victim came from the table");
-                    vm.state = VmState::Reaping;
-                    let (sock, ram) = (vm.api_sock.clone(), u64::from(vm.spec.mem_mib) << 20);
-                    vm.pidfd
-                        .as_ref()
-                        .and_then(|p| p.try_clone().ok())
-                        .map(|p| (id.clone(), p, sock, ram))
-                }
-                (Some(id), false, OomAction::Pause) => {
-                    pause = Some(id.clone());
-                    None
-                }
-                _ => None,
-            };
-            (decision, victim)
-        };
-        let decision = self.events.push(Event::OomDecision(decision));
-        if let Some(id) = pause {
-            if let Err(e) = self.set_run_state(&id, RunState::Paused, Actor::Oom) {
-                self.events.push(Event::OomPauseFailed {
-                    vm: id,
-                    error: e.to_string(),
-                });
-            }
-        }
-
-        if let Some((id, pidfd, sock, guest_ram_bytes)) = victim {
-            *lock(&self.last_kill) = Some(Instant::now());
-            let kill_started_us = t0.elapsed().as_micros() as u64;
-            let victim = Victim {
-                pidfd: &pidfd,
-                api_sock: Some(&sock),
-                guest_ram_bytes,
-            };
-            let kill = match kill_and_reap(&victim, self.cfg.reap, REAP_TIMEOUT) {
-                Ok(report) => OomKill {
-                    vm: id,
-                    pid: Some(pidfd.pid()),
-                    outcome: KillOutcome::Reaped {
-                        decision_to_freed_us: kill_started_us + report.freed_us,
-                        report,
-                    },
-                },
-                Err(e) => OomKill {
-                    vm: id,
-                    pid: None,
-                    outcome: KillOutcome::Failed {
-                        method: self.cfg.reap,
-                        error: e.to_string(),
-                    },
-                },
-            };
-            self.events.push(Event::OomKill(kill));
-            // Reap the zombie now so the VM shows as killed at once.
-            if pidfd.wait_exit(REAP_TIMEOUT) {
-                self.supervise();
-            }
-        }
-        Ok(decision)
     }
 
     /// Stops every live VM (daemon shutdown).

@@ -46,13 +46,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::policy::PoolLimit;
 use super::{lock, Daemon, DaemonError};
 use crate::daemon_api::events::{CgroupVersionName, DomainFigures, KernelOomKiller, MemcgFigures};
 use crate::daemon_api::{ConstraintKind, Event, PoolView};
 use crate::host::cgroup::{CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup};
 use crate::host::procfs::ProcFs;
 use crate::oom::constraint::Constraint;
+use crate::oom::DomainLimit;
 
 /// The mark (percent of a memcg pool's limit) reclaim brings usage under;
 /// below it the lent reserve is returned. Under cgroup v2, usage above it
@@ -240,7 +240,7 @@ impl Daemon {
     /// full pool whose tasks wait the [`RESERVE`], and takes it back once
     /// usage is under the pressure mark. A pool whose files cannot be read
     /// is left out this tick, with an event.
-    pub(super) fn memcg_limits(&self) -> Vec<(String, PoolLimit)> {
+    pub(super) fn memcg_limits(&self) -> Vec<(String, DomainLimit)> {
         self.memcg
             .iter()
             .filter_map(|(pool, cg)| match cg.stats() {
@@ -262,7 +262,7 @@ impl Daemon {
             .collect()
     }
 
-    fn memcg_tick(&self, pool: &str, cg: &PoolCgroup, s: &MemcgStats) -> PoolLimit {
+    fn memcg_tick(&self, pool: &str, cg: &PoolCgroup, s: &MemcgStats) -> DomainLimit {
         let limit = cg.limit();
         let high = limit / 100 * MEMCG_HIGH_PERCENT;
         let mut ticks = lock(&self.memcg.ticks);
@@ -316,7 +316,7 @@ impl Daemon {
             CgroupVersion::V1 => lend || tick.lent_since.is_some(),
             CgroupVersion::V2 => waiting || s.usage_bytes > high,
         };
-        PoolLimit {
+        DomainLimit {
             figures: DomainFigures::Memcg(MemcgFigures {
                 cgroup: cg.dir().to_path_buf(),
                 failcnt: s.failcnt,
@@ -327,7 +327,7 @@ impl Daemon {
             usage: s.usage_bytes,
             limit,
             high,
-            release_below: limit / 100 * super::policy::RELEASE_BELOW_PERCENT,
+            release_below: limit / 100 * crate::oom::domain::RELEASE_BELOW_PERCENT,
             pressure,
             waiting,
         }

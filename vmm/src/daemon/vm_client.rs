@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::api::{BalloonStats, BalloonUpdate};
 use crate::http::{Client, ClientError};
 
 /// A VMM that does not answer within this is treated as unresponsive.
@@ -51,13 +52,49 @@ fn request_within(
 
 /// `PATCH /balloon {"amount_mib": mib}`.
 pub fn set_balloon_target(sock: &Path, mib: u32) -> Result<(), VmClientError> {
-    request(
-        sock,
-        "PATCH",
-        "/balloon",
-        Some(&format!("{{\"amount_mib\":{mib}}}")),
-    )
-    .map(|_| ())
+    set_balloon_target_within(sock, mib, TIMEOUT)
+}
+
+/// [`set_balloon_target`], waiting at most `timeout` for each read and
+/// write.
+pub fn set_balloon_target_within(
+    sock: &Path,
+    mib: u32,
+    timeout: Duration,
+) -> Result<(), VmClientError> {
+    let body = serde_json::to_string(&BalloonUpdate { amount_mib: mib })
+        .expect("a struct of integers serializes");
+    request_within(sock, "PATCH", "/balloon", Some(&body), timeout).map(|_| ())
+}
+
+/// `GET /balloon/statistics`, waiting at most `timeout` for each read
+/// and write.
+pub fn balloon_statistics_within(
+    sock: &Path,
+    timeout: Duration,
+) -> Result<BalloonStats, VmClientError> {
+    let body = request_within(sock, "GET", "/balloon/statistics", None, timeout)?;
+    serde_json::from_str(&body).map_err(|_| VmClientError::Malformed)
+}
+
+/// How many VMMs are asked at once by [`ask_each`].
+const PARALLEL: usize = 32;
+
+/// `ask(item)` for every item, [`PARALLEL`] at a time on scoped threads:
+/// a VMM that does not answer (stopped behind our back, overloaded)
+/// costs one timeout for the whole lot, not one per VM. Answers come
+/// back in the order of `items`.
+pub fn ask_each<I: Sync, T: Send>(items: &[I], ask: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let ask = &ask;
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PARALLEL) {
+        std::thread::scope(|s| {
+            let asks: Vec<_> = chunk.iter().map(|i| s.spawn(move || ask(i))).collect();
+            // A panicking ask is a bug here; the others' answers stand.
+            out.extend(asks.into_iter().map(|a| a.join().expect("an ask panicked")));
+        });
+    }
+    out
 }
 
 /// Whether the VMM's `GET /vm` says its VM runs (false for any error).

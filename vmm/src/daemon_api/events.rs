@@ -249,6 +249,9 @@ pub enum Event {
     Reclaim(Reclaim),
     /// A balloon asked to inflate does not follow: no asks for a while.
     BalloonStalled(BalloonStalled),
+    /// A balloon reclaim could not count on, and why (once per VM and
+    /// reason in an episode of pressure).
+    BalloonSkipped(BalloonSkipped),
     /// A domain calm for long enough: its balloons let go, half at a time.
     ReclaimReleased(ReclaimReleased),
     /// Why a decision runs now: the domain's figures and how long the
@@ -256,6 +259,9 @@ pub enum Event {
     OomPressure(OomPressure),
     /// An OOM decision: the domain, the scored VMs, the victim.
     OomDecision(OomDecision),
+    /// A domain's decisions keep finding no victim: the repeats since the
+    /// first one (reported in full) or the last count.
+    OomDecisionsRepeated(OomDecisionsRepeated),
     /// The victim of a decision under the `pause` action could not be
     /// paused.
     OomPauseFailed { vm: String, error: String },
@@ -332,8 +338,10 @@ impl Event {
             Event::BalloonTarget { .. } => "balloon_target",
             Event::Reclaim(_) => "reclaim",
             Event::BalloonStalled(_) => "balloon_stalled",
+            Event::BalloonSkipped(_) => "balloon_skipped",
             Event::ReclaimReleased(_) => "reclaim_released",
             Event::OomPressure(_) => "oom_pressure",
+            Event::OomDecisionsRepeated(_) => "oom_decisions_repeated",
             Event::OomDecision(_) => "oom_decision",
             Event::OomPauseFailed { .. } => "oom_pause_failed",
             Event::OomKill(_) => "oom_kill",
@@ -477,6 +485,10 @@ pub struct HostFigures {
     pub swap_total_bytes: u64,
     /// `host_min_available_permille` of `MemTotal`.
     pub min_available_bytes: u64,
+    /// Free pages on per-CPU lists, counted as available although
+    /// `MemAvailable` misses them; read under pressure only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcp_free_bytes: Option<u64>,
     /// `/proc/pressure/memory` avg10s, read under pressure only (absent
     /// otherwise, or when unreadable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -530,6 +542,77 @@ pub struct BalloonStalled {
     pub backoff_s: u64,
 }
 
+/// Why reclaim left a balloon out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Its VMM's API did not answer in time (connections saturated, the
+    /// VMM stopped or stuck).
+    Unreachable,
+    /// Its VMM answered without guest statistics (none enabled yet, or
+    /// the guest has not reported).
+    NoStatistics,
+    /// Its VMM refused or did not take the new target.
+    AskFailed,
+    /// It did not follow an earlier ask (see `balloon_stalled`) and is
+    /// backing off.
+    Stalled,
+    /// Its guest OOM-killed for want of memory lately: given memory back,
+    /// not asked again for a while.
+    AfterGuestOom,
+    /// Its guest has no free memory beyond its floor that the host holds.
+    NothingToGive,
+}
+
+impl SkipReason {
+    /// The name in events and `ctl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Unreachable => "unreachable",
+            SkipReason::NoStatistics => "no_statistics",
+            SkipReason::AskFailed => "ask_failed",
+            SkipReason::Stalled => "stalled",
+            SkipReason::AfterGuestOom => "after_guest_oom",
+            SkipReason::NothingToGive => "nothing_to_give",
+        }
+    }
+}
+
+/// A balloon reclaim left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedBalloon {
+    pub vm: String,
+    pub reason: SkipReason,
+    /// The error, for `unreachable` and `ask_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `balloon_skipped`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonSkipped {
+    #[serde(flatten)]
+    pub domain: DomainName,
+    #[serde(flatten)]
+    pub balloon: SkippedBalloon,
+}
+
+/// `oom_decisions_repeated`: decisions alike to the one reported, which
+/// found no victim either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomDecisionsRepeated {
+    #[serde(flatten)]
+    pub domain: DomainName,
+    /// The selection's reason, the same for all of them.
+    pub reason: String,
+    /// Decisions since the last report.
+    pub decisions: u64,
+    /// Since the first decision that found no victim.
+    pub stuck_ms: u64,
+    /// Still stuck (a periodic count) or not any more (the last one).
+    pub ongoing: bool,
+}
+
 /// `reclaim_released`: a calm domain lets its balloons go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReclaimReleased {
@@ -559,6 +642,10 @@ pub struct OomPressure {
     /// Balloons found stalled, left out of reclaim.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stalled_balloons: Vec<String>,
+    /// Every balloon reclaim could not count on this tick, and why
+    /// (the stalled ones among them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_balloons: Vec<SkippedBalloon>,
 }
 
 /// What asked for a decision.
@@ -842,6 +929,7 @@ pub(crate) mod tests {
                 swap_free_bytes: 0,
                 swap_total_bytes: 0,
                 min_available_bytes: 1200 << 20,
+                pcp_free_bytes: psi.then_some(96 << 20),
                 psi_some_avg10: psi.then_some(12.5),
                 psi_full_avg10: psi.then_some(0.25),
             }),
@@ -1078,6 +1166,14 @@ pub(crate) mod tests {
                 rate_mib_s: 1.5,
                 backoff_s: 30,
             }),
+            Event::BalloonSkipped(BalloonSkipped {
+                domain: DomainName::default(),
+                balloon: SkippedBalloon {
+                    vm: vm(),
+                    reason: SkipReason::Unreachable,
+                    detail: Some("timed out after 250 ms".into()),
+                },
+            }),
             Event::ReclaimReleased(ReclaimReleased {
                 usage: DomainUsage {
                     domain: DomainName {
@@ -1104,6 +1200,18 @@ pub(crate) mod tests {
                 why: "the host is short of memory".into(),
                 pressure_to_decision_ms: 2100,
                 stalled_balloons: vec![vm()],
+                skipped_balloons: vec![
+                    SkippedBalloon {
+                        vm: vm(),
+                        reason: SkipReason::Stalled,
+                        detail: None,
+                    },
+                    SkippedBalloon {
+                        vm: "db-1".into(),
+                        reason: SkipReason::NothingToGive,
+                        detail: None,
+                    },
+                ],
             }),
             Event::OomPressure(OomPressure {
                 usage: DomainUsage {
@@ -1124,6 +1232,7 @@ pub(crate) mod tests {
                 why: "pool batch is at 256 MiB of its memory cgroup limit".into(),
                 pressure_to_decision_ms: 2000,
                 stalled_balloons: vec![],
+                skipped_balloons: vec![],
             }),
             Event::OomPressure(OomPressure {
                 usage: DomainUsage {
@@ -1142,6 +1251,17 @@ pub(crate) mod tests {
                 why: "NUMA nodes 1 are short of memory".into(),
                 pressure_to_decision_ms: 0,
                 stalled_balloons: vec![],
+                skipped_balloons: vec![],
+            }),
+            Event::OomDecisionsRepeated(OomDecisionsRepeated {
+                domain: DomainName {
+                    pool: pool(),
+                    nodes: None,
+                },
+                reason: "every VM has oom_score_adj -1000".into(),
+                decisions: 28,
+                stuck_ms: 60_200,
+                ongoing: true,
             }),
             Event::OomDecision(OomDecision {
                 trigger: DecisionTrigger::Manual,
@@ -1228,7 +1348,7 @@ pub(crate) mod tests {
         let events = one_of_each();
         let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 43, "one example of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 45, "one example of every kind: {kinds:?}");
         for (i, event) in events.into_iter().enumerate() {
             let record = EventRecord {
                 seq: i as u64 + 1,

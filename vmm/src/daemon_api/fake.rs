@@ -214,6 +214,7 @@ impl DaemonBackend for FakeDaemon {
                 }],
             },
             event_log: Default::default(),
+            stuck: Vec::new(),
         }
     }
 

@@ -61,5 +61,5 @@ pub use events::{Event, EventLogView, EventRecord};
 pub use server::DaemonApiServer;
 pub use types::{
     AgentView, BalloonView, ConstraintKind, OomAction, OomPatch, OomPolicy, OomTrigger, OomView,
-    PoolView, PressureView, RunState, VmPatch, VmSpec, VmState, VmView,
+    PoolView, PressureView, RunState, StuckDomain, VmPatch, VmSpec, VmState, VmView,
 };

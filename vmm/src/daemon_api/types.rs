@@ -532,6 +532,23 @@ pub struct OomView {
     /// before it was reported).
     #[serde(default)]
     pub event_log: super::events::EventLogView,
+    /// Domains under pressure whose decisions find no victim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stuck: Vec<StuckDomain>,
+}
+
+/// A domain under pressure whose decisions keep finding no victim (every
+/// VM `-1000`, or being reaped): the kernel would loop on such an OOM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckDomain {
+    #[serde(flatten)]
+    pub domain: super::events::DomainName,
+    /// The selection's reason.
+    pub reason: String,
+    /// Since the first decision that found no victim.
+    pub stuck_ms: u64,
+    /// Decisions made since then, the first included.
+    pub decisions: u64,
 }
 
 /// Body of `PATCH /oom`: any knobs to change, at least one.
@@ -796,8 +813,19 @@ mod tests {
                 lost: 0,
                 last_error: Some("No space left on device (os error 28)".into()),
             },
+            stuck: vec![StuckDomain {
+                domain: super::super::events::DomainName {
+                    pool: Some("p".into()),
+                    nodes: None,
+                },
+                reason: "every eligible VM has oom_score_adj -1000".into(),
+                stuck_ms: 61_000,
+                decisions: 30,
+            }],
         };
         let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["stuck"][0]["pool"], "p");
+        assert_eq!(json["stuck"][0]["decisions"], 30);
         assert_eq!(json["action"], "pause");
         assert_eq!(json["pressure"]["pools"][0]["constraint"], "budget");
         assert!(json["pressure"]["pools"][0]["limit_bytes"].is_null());
