@@ -37,6 +37,8 @@ mod queues;
 pub mod request;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod test_utils;
 
 pub use config::{
