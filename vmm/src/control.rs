@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use balloon::{pages_to_mib, Balloon, BalloonConfig};
+use block::{Block, BlockConfig};
 use vsock::{Vsock, VsockConfig};
 
 use crate::api::{self, ApiError, MemoryReleased, VmBackend, VmInfo, VmState};
@@ -29,6 +30,7 @@ enum Phase {
     NotStarted {
         balloon: Option<BalloonConfig>,
         vsock: Option<VsockConfig>,
+        drives: Vec<BlockConfig>,
         start_requested: bool,
     },
     Running(LiveVm),
@@ -46,12 +48,15 @@ enum Phase {
 pub struct StartConfig {
     pub balloon: Option<BalloonConfig>,
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk devices, in the order they were given.
+    pub drives: Vec<BlockConfig>,
 }
 
 /// Handles into the live VM.
 pub struct LiveVm {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    pub drives: Vec<Arc<Mutex<Block>>>,
     /// Host addresses where guest RAM regions start, for residency.
     pub guest_ram_starts: Vec<u64>,
     /// Stops the VM and releases its RAM (`ReleaseMemory`).
@@ -68,6 +73,7 @@ impl VmControl {
             phase: Mutex::new(Phase::NotStarted {
                 balloon: devices.balloon,
                 vsock: devices.vsock,
+                drives: devices.drives,
                 start_requested: false,
             }),
             started: Condvar::new(),
@@ -83,12 +89,14 @@ impl VmControl {
             if let Phase::NotStarted {
                 balloon,
                 vsock,
+                drives,
                 start_requested: true,
             } = &*phase
             {
                 return Ok(StartConfig {
                     balloon: *balloon,
                     vsock: vsock.clone(),
+                    drives: drives.clone(),
                 });
             }
             if let Some(s) = stop() {
@@ -140,6 +148,20 @@ impl VmControl {
         }
     }
 
+    /// The live drive `drive_id`, or the right error.
+    fn live_drive(&self, drive_id: &str) -> Result<Arc<Mutex<Block>>, ApiError> {
+        match &*self.phase() {
+            Phase::Running(LiveVm { drives, .. }) => drives
+                .iter()
+                .find(|d| lock(d).config().drive_id == drive_id)
+                .cloned()
+                .ok_or_else(|| drive_not_configured(drive_id)),
+            Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
+            Phase::Released { .. } => Err(released_conflict()),
+            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
+        }
+    }
+
     fn check_amount(&self, amount_mib: u32) -> Result<(), ApiError> {
         let mem_mib = self.mem_size >> 20;
         if u64::from(amount_mib) > mem_mib {
@@ -155,6 +177,12 @@ fn vsock_not_configured() -> ApiError {
     ApiError::NotFound(
         "the VM has no vsock device (configure one with PUT /vsock before InstanceStart)".into(),
     )
+}
+
+fn drive_not_configured(drive_id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "the VM has no drive {drive_id:?} (add one with --drive or PUT /drives/{{drive_id}} before InstanceStart)"
+    ))
 }
 
 fn released_conflict() -> ApiError {
@@ -187,6 +215,19 @@ impl TryFrom<api::VsockConfig> for VsockConfig {
         cfg.validate()
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(cfg)
+    }
+}
+
+impl From<api::DriveConfig> for BlockConfig {
+    /// The API's body as the device's configuration; the device checks it
+    /// ([`BlockConfig::validate`]) when it is created.
+    fn from(c: api::DriveConfig) -> Self {
+        BlockConfig {
+            drive_id: c.drive_id,
+            path: c.path_on_host.into(),
+            read_only: c.is_read_only,
+            is_root_device: c.is_root_device,
+        }
     }
 }
 
@@ -407,6 +448,12 @@ impl VmBackend for VmControl {
     fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError> {
         let v = self.live_vsock()?;
         let metrics = lock(&v).metrics();
+        serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn drive_metrics(&self, drive_id: &str) -> Result<serde_json::Value, ApiError> {
+        let d = self.live_drive(drive_id)?;
+        let metrics = lock(&d).metrics();
         serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
     }
 

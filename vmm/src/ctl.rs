@@ -513,6 +513,40 @@ pub fn parse_vsock(spec: &str) -> Result<crate::api::VsockConfig, String> {
     Ok(config)
 }
 
+/// Parses `vmm run --drive`: `id=NAME,path=FILE[,ro=BOOL][,root=BOOL]`
+/// (or the API's field names `drive_id`, `path_on_host`, `is_read_only`,
+/// `is_root_device`), checked as the device will check it.
+pub fn parse_drive(spec: &str) -> Result<crate::api::DriveConfig, String> {
+    let (mut id, mut path, mut ro, mut root) = (None, None, false, false);
+    let parse_bool = |key: &str, value: &str| -> Result<bool, String> {
+        value
+            .parse::<bool>()
+            .map_err(|_| format!("{key}: '{value}' is not true or false"))
+    };
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not key=value"))?;
+        match key {
+            "id" | "drive_id" => id = Some(value.to_string()),
+            "path" | "path_on_host" => path = Some(value.to_string()),
+            "ro" | "is_read_only" => ro = parse_bool(key, value)?,
+            "root" | "is_root_device" => root = parse_bool(key, value)?,
+            _ => return Err(format!("unknown drive option '{key}' (id, path, ro, root)")),
+        }
+    }
+    let config = crate::api::DriveConfig {
+        drive_id: id.ok_or("a drive needs id=<drive id>")?,
+        path_on_host: path.ok_or("a drive needs path=<image file>")?,
+        is_root_device: root,
+        is_read_only: ro,
+    };
+    block::BlockConfig::from(config.clone())
+        .validate()
+        .map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 /// The daemon's API, as this client uses it.
 struct Api {
     client: Client,
@@ -1605,6 +1639,33 @@ victim  b
             .starts_with("unknown vsock option"));
         let long = format!("cid=3,uds={}", "a".repeat(100));
         assert!(parse_vsock(&long).unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn drive_option() {
+        let d = parse_drive("id=rootfs,path=/img/root.ext4,ro=true,root=true").unwrap();
+        assert_eq!(
+            d,
+            crate::api::DriveConfig {
+                drive_id: "rootfs".into(),
+                path_on_host: "/img/root.ext4".into(),
+                is_root_device: true,
+                is_read_only: true,
+            }
+        );
+        let d = parse_drive("drive_id=d1, path_on_host=x").unwrap();
+        assert!(!d.is_read_only && !d.is_root_device);
+        assert!(parse_drive("path=x").unwrap_err().contains("id="));
+        assert!(parse_drive("id=a").unwrap_err().contains("path="));
+        assert!(parse_drive("id=a b,path=x")
+            .unwrap_err()
+            .contains("drive_id"));
+        assert!(parse_drive("id=a,path=x,ro=yes")
+            .unwrap_err()
+            .starts_with("ro: 'yes'"));
+        assert!(parse_drive("id=a,path=x,cache=none")
+            .unwrap_err()
+            .starts_with("unknown drive option"));
     }
 
     #[test]

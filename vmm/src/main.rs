@@ -108,6 +108,14 @@ struct RunArgs {
     /// to host port P go to the Unix socket `PATH_P`.
     #[arg(long, value_parser = vmm::ctl::parse_vsock, value_name = "cid=N,uds=PATH")]
     vsock: Option<vmm::api::VsockConfig>,
+    /// Add a virtio-blk device over a raw image file (repeatable):
+    /// `id=NAME,path=FILE[,ro=BOOL][,root=BOOL]` (the fields of the API's
+    /// `PUT /drives/{drive_id}`). `ro=true` opens the file read-only and
+    /// shows the guest a read-only disk; `root=true` (one drive at most)
+    /// makes it the first drive and appends `root=/dev/vda ro|rw` to the
+    /// kernel command line.
+    #[arg(long = "drive", value_parser = vmm::ctl::parse_drive, value_name = "id=NAME,path=FILE,ro=BOOL,root=BOOL")]
+    drives: Vec<vmm::api::DriveConfig>,
     /// How virtio-mmio devices are announced: `acpi` (DSDT devices, what
     /// stock kernels need) or `cmdline` (`virtio_mmio.device=`, what the
     /// tiny guest reads). Default: cmdline for the embedded tiny guest,
@@ -184,6 +192,7 @@ fn run(args: RunArgs) -> ExitCode {
         balloon: args.balloon.map(Into::into),
         // Checked by the argument parser.
         vsock: args.vsock.clone().and_then(|v| v.try_into().ok()),
+        drives: args.drives.iter().cloned().map(Into::into).collect(),
     };
     let control = Arc::new(VmControl::new(args.vcpus, args.mem.0, devices.clone()));
     let api = match &args.api_sock {
@@ -237,6 +246,7 @@ fn run(args: RunArgs) -> ExitCode {
     control.set_running(LiveVm {
         balloon: vm.balloon().cloned(),
         vsock: vm.vsock().cloned(),
+        drives: vm.drives().to_vec(),
         guest_ram_starts: starts,
         releaser: vm.releaser(release_threads),
         exit: vm.exit_signal(),
@@ -313,6 +323,7 @@ fn start_vm(args: RunArgs, devices: StartConfig) -> anyhow::Result<Vm> {
         serial_out,
         balloon: devices.balloon,
         vsock: devices.vsock,
+        drives: devices.drives,
         announce,
         dump_acpi: args.dump_acpi,
         numa_nodes: args.numa_nodes,

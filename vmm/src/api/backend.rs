@@ -48,6 +48,14 @@ pub trait VmBackend: Send + Sync + 'static {
     /// `GET /vsock/metrics`: what the device did and what it refused from
     /// the guest, as counters (a JSON object).
     fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError>;
+    /// `GET /drives/{drive_id}/metrics`: what the drive's device did and
+    /// what it refused from the guest, as counters (a JSON object). Not
+    /// found (404) for a drive the VM does not have.
+    fn drive_metrics(&self, drive_id: &str) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::NotFound(format!(
+            "the VM has no drive {drive_id:?}"
+        )))
+    }
     /// `PUT /actions {"action_type": "ReleaseMemory"}`: stop the vCPUs
     /// for good and give all guest RAM back to the host. Conflict (409)
     /// when the VM is not running, and then nothing changes; any other

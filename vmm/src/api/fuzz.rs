@@ -59,12 +59,16 @@ fn routes(rng: &mut Rng) -> Vec<(&'static str, &'static str, Option<Value>)> {
         ),
         ("GET", "/vsock", None),
         ("GET", "/vsock/metrics", None),
+        ("GET", "/drives/rootfs/metrics", None),
     ]
 }
 
 /// The route a call answers.
-fn route_of(call: &Call) -> (&'static str, &'static str) {
-    match call {
+fn route_of(call: &Call) -> (&'static str, String) {
+    if let Call::DriveMetrics(id) = call {
+        return ("GET", format!("/drives/{id}/metrics"));
+    }
+    let (method, path) = match call {
         Call::VmInfo => ("GET", "/vm"),
         Call::Start | Call::ReleaseMemory => ("PUT", "/actions"),
         Call::PutBalloon(_) => ("PUT", "/balloon"),
@@ -76,7 +80,9 @@ fn route_of(call: &Call) -> (&'static str, &'static str) {
         Call::PutVsock(_) => ("PUT", "/vsock"),
         Call::Vsock => ("GET", "/vsock"),
         Call::VsockMetrics => ("GET", "/vsock/metrics"),
-    }
+        Call::DriveMetrics(_) => unreachable!("answered above"),
+    };
+    (method, path.to_string())
 }
 
 /// The body that asks for `call` again.
@@ -132,7 +138,17 @@ fn fuzz_vm_api_requests_parse_or_fail_with_a_4xx() {
             2 => target.push_str(rng.pick(&["?", "?x=1", "/", "//", "%20"])),
             3 => {
                 target = rng
-                    .pick(&["", "/", "*", "/VM", "/balloon/stats", "/vm/../vm"])
+                    .pick(&[
+                        "",
+                        "/",
+                        "*",
+                        "/VM",
+                        "/balloon/stats",
+                        "/vm/../vm",
+                        "/drives/",
+                        "/drives//metrics",
+                        "/drives/a/b/metrics",
+                    ])
                     .into()
             }
             _ => {}
@@ -152,7 +168,8 @@ fn fuzz_vm_api_requests_parse_or_fail_with_a_4xx() {
         };
         match parse(&req) {
             Ok(call) => {
-                assert_eq!(route_of(&call), (req.method.as_str(), req.target.as_str()));
+                let (m, p) = route_of(&call);
+                assert_eq!((m, p.as_str()), (req.method.as_str(), req.target.as_str()));
                 let again = Request::new(&req.method, &req.target, &body_of(&call));
                 let shown = format!("{call:?}");
                 assert_eq!(parse(&again), Ok(call), "{shown} does not round-trip");

@@ -16,6 +16,7 @@
 //! | `PUT` | `/vsock` | [`VsockConfig`] (before boot) | 204 |
 //! | `GET` | `/vsock` | – | 200 [`VsockInfo`] |
 //! | `GET` | `/vsock/metrics` | – | 200 counters (JSON object) |
+//! | `GET` | `/drives/{drive_id}/metrics` (ours) | – | 200 counters (JSON object) |
 //!
 //! Every error is a 4xx or 5xx status with `{"fault_message": "..."}`
 //! ([`ApiError`]). Requests that are not HTTP, too large, too slow, for an
@@ -68,5 +69,5 @@ pub use error::{ApiError, ApiServerError};
 pub use server::ApiServer;
 pub use types::{
     ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,
-    BalloonUpdate, MemoryReleased, VmInfo, VmState, VsockConfig, VsockInfo,
+    BalloonUpdate, DriveConfig, MemoryReleased, VmInfo, VmState, VsockConfig, VsockInfo,
 };

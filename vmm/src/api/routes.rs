@@ -18,7 +18,7 @@ use crate::http::{Request, Response};
 
 /// The resources, for the 404 message.
 const RESOURCES: &str =
-    "/vm, /actions, /balloon, /balloon/statistics, /balloon/metrics, /vsock, /vsock/metrics";
+    "/vm, /actions, /balloon, /balloon/statistics, /balloon/metrics, /vsock, /vsock/metrics, /drives/{drive_id}/metrics";
 
 /// A request that parsed: one backend call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub(crate) enum Call {
     Vsock,
     /// `GET /vsock/metrics`
     VsockMetrics,
+    /// `GET /drives/{drive_id}/metrics`
+    DriveMetrics(String),
 }
 
 /// Resolves a request to a call, or the error to answer instead.
@@ -56,6 +58,9 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         return Err(ApiError::BadRequest(format!(
             "query strings are not supported: {path}"
         )));
+    }
+    if let Some(rest) = path.strip_prefix("/drives/") {
+        return parse_drive_route(req, rest);
     }
     let allowed = match path {
         "/vm" => "GET",
@@ -93,6 +98,21 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
     }
 }
 
+/// `/drives/{drive_id}/...`. The id is checked by the backend (an unknown
+/// one is a 404 there).
+fn parse_drive_route(req: &Request, rest: &str) -> Result<Call, ApiError> {
+    match rest.split_once('/') {
+        Some((id, "metrics")) if !id.is_empty() => match req.method.as_str() {
+            "GET" => no_body(req).map(|()| Call::DriveMetrics(id.to_string())),
+            _ => Err(method_not_allowed(req, "GET")),
+        },
+        _ => Err(ApiError::NoSuchResource {
+            path: req.target.clone(),
+            resources: RESOURCES,
+        }),
+    }
+}
+
 /// Makes the backend call and builds the response.
 pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Response, ApiError> {
     match call {
@@ -121,6 +141,7 @@ pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Respo
         Call::PutVsock(config) => backend.put_vsock(config).map(|()| Response::no_content()),
         Call::Vsock => json(&backend.vsock()?),
         Call::VsockMetrics => json(&backend.vsock_metrics()?),
+        Call::DriveMetrics(id) => json(&backend.drive_metrics(&id)?),
     }
 }
 
@@ -210,6 +231,12 @@ mod tests {
             ),
             ("GET", "/vsock", "", Call::Vsock),
             ("GET", "/vsock/metrics", "", Call::VsockMetrics),
+            (
+                "GET",
+                "/drives/rootfs/metrics",
+                "",
+                Call::DriveMetrics("rootfs".into()),
+            ),
         ];
         for (method, target, body, call) in cases {
             assert_eq!(

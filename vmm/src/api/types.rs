@@ -196,6 +196,29 @@ pub struct VsockConfig {
     pub vsock_id: Option<String>,
 }
 
+/// Body of `PUT /drives/{drive_id}` and the fields of `vmm run --drive`:
+/// a virtio-blk device over a raw image file (before boot only), with
+/// Firecracker's fields. Firecracker's `partuuid`, `cache_type`,
+/// `io_engine` and `rate_limiter` are not supported (unknown fields are
+/// refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// 1 to 64 ASCII letters, digits, `_` or `-`; the guest's `GET_ID`
+    /// answer (its first 20 bytes).
+    pub drive_id: String,
+    /// The raw image file.
+    pub path_on_host: String,
+    /// Boot from it: `root=/dev/vda` and `ro` or `rw` are appended to the
+    /// kernel command line, and it becomes the first drive (`vda`). One
+    /// drive at most.
+    #[serde(default)]
+    pub is_root_device: bool,
+    /// Open the image read-only; the guest sees a read-only disk.
+    #[serde(default)]
+    pub is_read_only: bool,
+}
+
 /// Response of `GET /vsock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockInfo {

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use balloon::{Balloon, BalloonConfig};
+use block::{Block, BlockConfig};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -61,6 +62,9 @@ pub struct VmConfig {
     pub balloon: Option<BalloonConfig>,
     /// A virtio-vsock device, if wanted; its host socket is bound at boot.
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk devices; the root device, if any, becomes the first
+    /// (`vda`), the others keep their order.
+    pub drives: Vec<BlockConfig>,
     /// How virtio-mmio devices are announced to the guest.
     pub announce: Announce,
     /// Also write the ACPI tables, one `<SIG>.dat` file each, here.
@@ -111,6 +115,16 @@ pub enum VmError {
     Balloon(#[from] balloon::BalloonError),
     #[error("vsock: {0}")]
     Vsock(#[from] vsock::VsockError),
+    #[error("drive {id:?}: {source}")]
+    Block {
+        id: String,
+        #[source]
+        source: block::BlockError,
+    },
+    #[error("more than one root drive ({0:?} and {1:?})")]
+    TwoRootDrives(String, String),
+    #[error("two drives have the id {0:?}")]
+    DuplicateDriveId(String),
     #[error("vsock: cannot serve its host socket: {0}")]
     VsockSocket(#[source] crate::http::ServerError),
     #[error("cannot {what}")]
@@ -128,6 +142,7 @@ pub struct Vm {
     event_loop: EventLoop,
     balloon: Option<Arc<Mutex<Balloon>>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
+    drives: Vec<Arc<Mutex<Block>>>,
     /// The vsock device's host socket file, removed with the VM.
     vsock_socket: Option<HostSocket>,
     vcpus: Arc<VcpuThreads>,
@@ -225,7 +240,22 @@ impl Vm {
             None => (None, None),
         };
 
-        let cmdline = slots.announce_on_cmdline(cfg.announce, &cfg.cmdline);
+        let drives = root_first(cfg.drives)?;
+        let cmdline = root_device_cmdline(&cfg.cmdline, drives.first());
+        let drives = drives
+            .into_iter()
+            .map(|config| {
+                let id = config.drive_id.clone();
+                let dev = Arc::new(Mutex::new(
+                    Block::new(config).map_err(|source| VmError::Block { id, source })?,
+                ));
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                event_loop.add_subscriber(dev.clone());
+                Ok(dev)
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
+
+        let cmdline = slots.announce_on_cmdline(cfg.announce, &cmdline);
         let acpi = AcpiTables::build(&AcpiConfig {
             vcpus: cfg.vcpus,
             virtio_mmio: &slots.acpi_slots(cfg.announce),
@@ -294,6 +324,7 @@ impl Vm {
             event_loop,
             balloon,
             vsock,
+            drives,
             vsock_socket,
             vcpus: Arc::new(VcpuThreads::new(handles, park)),
             _vm_fd: vm_fd,
@@ -329,6 +360,11 @@ impl Vm {
         self.vsock.as_ref()
     }
 
+    /// The virtio-blk devices, root first.
+    pub fn drives(&self) -> &[Arc<Mutex<Block>>] {
+        &self.drives
+    }
+
     /// Removes the host socket files the VM's devices made (the VMM exits
     /// without dropping the VM).
     pub fn remove_host_sockets(&mut self) {
@@ -360,6 +396,44 @@ impl Vm {
     }
 }
 
+/// The drives in attachment order: the root device first (Linux names
+/// virtio disks in probe order, so it is `vda`), the others as given.
+/// Refuses two root devices and two drives with one id.
+fn root_first(mut drives: Vec<BlockConfig>) -> Result<Vec<BlockConfig>, VmError> {
+    let mut ids = std::collections::HashSet::new();
+    for d in &drives {
+        if !ids.insert(d.drive_id.as_str()) {
+            return Err(VmError::DuplicateDriveId(d.drive_id.clone()));
+        }
+    }
+    let mut roots = drives.iter().filter(|d| d.is_root_device);
+    if let (Some(a), Some(b)) = (roots.next(), roots.next()) {
+        return Err(VmError::TwoRootDrives(
+            a.drive_id.clone(),
+            b.drive_id.clone(),
+        ));
+    }
+    if let Some(i) = drives.iter().position(|d| d.is_root_device) {
+        let root = drives.remove(i);
+        drives.insert(0, root);
+    }
+    Ok(drives)
+}
+
+/// `cmdline` with `root=/dev/vda ro` (or `rw`) appended when `first` is
+/// the root device, as Firecracker does for `is_root_device`.
+fn root_device_cmdline(cmdline: &str, first: Option<&BlockConfig>) -> String {
+    let mut out = cmdline.to_string();
+    if let Some(root) = first.filter(|d| d.is_root_device) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str("root=/dev/vda ");
+        out.push_str(if root.read_only { "ro" } else { "rw" });
+    }
+    out
+}
+
 /// A device's host socket file, removed when dropped (if still ours), so
 /// a boot that fails after binding it leaves nothing behind.
 struct HostSocket(crate::http::socket::SocketFile);
@@ -380,4 +454,48 @@ fn serial_irq(vm_fd: &VmFd) -> Result<EventFd, VmError> {
         .register_irqfd(&evt, COM1_GSI)
         .map_err(kvm_err("register the serial irqfd"))?;
     Ok(evt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drive(id: &str, root: bool, read_only: bool) -> BlockConfig {
+        BlockConfig {
+            drive_id: id.into(),
+            path: "/img".into(),
+            read_only,
+            is_root_device: root,
+        }
+    }
+
+    #[test]
+    fn the_root_drive_is_vda_and_named_on_the_command_line() {
+        let ids =
+            |v: Vec<BlockConfig>| -> Vec<String> { v.into_iter().map(|d| d.drive_id).collect() };
+        let got = root_first(vec![
+            drive("a", false, false),
+            drive("b", false, false),
+            drive("root", true, true),
+        ])
+        .unwrap();
+        assert_eq!(
+            root_device_cmdline("console=ttyS0", got.first()),
+            "console=ttyS0 root=/dev/vda ro"
+        );
+        assert_eq!(ids(got), ["root", "a", "b"]);
+        let rw = [drive("r", true, false)];
+        assert_eq!(root_device_cmdline("", rw.first()), "root=/dev/vda rw");
+        let none = [drive("a", false, false)];
+        assert_eq!(root_device_cmdline("x", none.first()), "x");
+        assert_eq!(root_device_cmdline("x", None), "x");
+        assert!(matches!(
+            root_first(vec![drive("a", true, false), drive("b", true, false)]),
+            Err(VmError::TwoRootDrives(..))
+        ));
+        assert!(matches!(
+            root_first(vec![drive("a", false, false), drive("a", false, false)]),
+            Err(VmError::DuplicateDriveId(_))
+        ));
+    }
 }
