@@ -24,6 +24,8 @@
 //! * `tiny.evil=<case>`: one deliberate protocol violation (see [`Evil`]).
 //! * `tiny.vsock=<action>[,<action>...]`: drive the virtio-vsock device,
 //!   running the actions in order (see [`VsockAction`]).
+//! * `tiny.blk=<action>[,<action>...]`: drive the first virtio-blk device,
+//!   running the actions in order (see [`BlkAction`]).
 //!
 //! Numbers are decimal or `0x` hexadecimal. A later order overrides an
 //! earlier one with the same key.
@@ -287,6 +289,89 @@ pub fn parse_vsock_plan(s: &[u8]) -> Option<VsockPlan> {
     Some(plan)
 }
 
+/// One action of `tiny.blk=`. Sectors are 512 bytes; numbers as
+/// elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkAction {
+    /// `read:<sector>:<sectors>`: read and print the status and the
+    /// FNV-1a hash of what was read.
+    Read { sector: u64, sectors: u64 },
+    /// `write:<sector>:<sectors>:<byte>`: write that many sectors of the
+    /// byte and print the status.
+    Write { sector: u64, sectors: u64, byte: u8 },
+    /// `flush`: a `FLUSH` request.
+    Flush,
+    /// `id`: a `GET_ID` request; prints the id.
+    Id,
+    /// `readall`: read the whole disk, print its hash and the throughput.
+    ReadAll,
+}
+
+/// Most actions in one `tiny.blk=` list.
+pub const MAX_BLK_ACTIONS: usize = 16;
+
+/// The `tiny.blk=` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkPlan {
+    pub actions: [BlkAction; MAX_BLK_ACTIONS],
+    pub len: usize,
+}
+
+impl Default for BlkPlan {
+    fn default() -> Self {
+        BlkPlan {
+            actions: [BlkAction::Flush; MAX_BLK_ACTIONS],
+            len: 0,
+        }
+    }
+}
+
+impl BlkPlan {
+    /// The actions, in order.
+    pub fn actions(&self) -> &[BlkAction] {
+        &self.actions[..self.len]
+    }
+}
+
+/// Parses one action of `tiny.blk=`.
+pub fn parse_blk_action(s: &[u8]) -> Option<BlkAction> {
+    let mut fields = s.split(|&b| b == b':');
+    let verb = fields.next()?;
+    let mut next = || fields.next();
+    let action = match verb {
+        b"read" => BlkAction::Read {
+            sector: parse_number(next()?)?,
+            sectors: parse_number(next()?)?,
+        },
+        b"write" => BlkAction::Write {
+            sector: parse_number(next()?)?,
+            sectors: parse_number(next()?)?,
+            byte: u8::try_from(parse_number(next()?)?).ok()?,
+        },
+        b"flush" => BlkAction::Flush,
+        b"id" => BlkAction::Id,
+        b"readall" => BlkAction::ReadAll,
+        _ => return None,
+    };
+    if fields.next().is_some() {
+        return None;
+    }
+    Some(action)
+}
+
+/// Parses `tiny.blk=`'s comma-separated list.
+pub fn parse_blk_plan(s: &[u8]) -> Option<BlkPlan> {
+    let mut plan = BlkPlan::default();
+    for item in s.split(|&b| b == b',') {
+        if plan.len == MAX_BLK_ACTIONS {
+            return None;
+        }
+        plan.actions[plan.len] = parse_blk_action(item)?;
+        plan.len += 1;
+    }
+    Some(plan)
+}
+
 /// Free page reporting period when `tiny.report-every` is not given (ms).
 pub const DEFAULT_REPORT_EVERY_MS: u64 = 1000;
 
@@ -315,6 +400,8 @@ pub struct Orders {
     pub evil: Option<Evil>,
     /// What to do with the virtio-vsock device.
     pub vsock: VsockPlan,
+    /// What to do with the virtio-blk device.
+    pub blk: BlkPlan,
 }
 
 impl Orders {
@@ -403,6 +490,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Orders, &[u8]> {
                 }
             }
             b"vsock" => orders.vsock = parse_vsock_plan(value).ok_or(token)?,
+            b"blk" => orders.blk = parse_blk_plan(value).ok_or(token)?,
             b"evil" => {
                 let (case, _) = Evil::ALL
                     .iter()
@@ -653,6 +741,41 @@ mod tests {
         }
         assert_eq!(parse(b"tiny.evil=nice"), Err(&b"tiny.evil=nice"[..]));
         assert_eq!(parse(b"tiny.evil="), Err(&b"tiny.evil="[..]));
+    }
+
+    #[test]
+    fn blk_plans() {
+        let o = parse(b"tiny.blk=id,read:0:8,write:0x10:2:0xab,flush,readall").unwrap();
+        assert_eq!(
+            o.blk.actions(),
+            [
+                BlkAction::Id,
+                BlkAction::Read {
+                    sector: 0,
+                    sectors: 8
+                },
+                BlkAction::Write {
+                    sector: 16,
+                    sectors: 2,
+                    byte: 0xab
+                },
+                BlkAction::Flush,
+                BlkAction::ReadAll,
+            ]
+        );
+        assert_eq!(parse(b"").unwrap().blk.actions(), []);
+        for bad in [
+            &b"tiny.blk="[..],
+            b"tiny.blk=read",
+            b"tiny.blk=read:1",
+            b"tiny.blk=write:1:1",
+            b"tiny.blk=write:1:1:256",
+            b"tiny.blk=flush:1",
+            b"tiny.blk=read:1:1,,flush",
+            b"tiny.blk=erase:1",
+        ] {
+            assert_eq!(parse(bad), Err(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

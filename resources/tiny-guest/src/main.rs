@@ -10,7 +10,8 @@
 //! Exit codes: 0 (or `tiny.exit`) done, 2 memory mismatch, 3 not enough RAM
 //! for `tiny.touch` or `tiny.alloc`, 4 bad order, 5 no usable virtio-balloon
 //! device, 6 unusable `hvm_start_info`, 7 no usable virtio-vsock device, 8 a
-//! vsock check failed, 0x7f panic.
+//! vsock check failed, 9 no usable virtio-blk device, 10 the virtio-blk
+//! device did not answer in time, 0x7f panic.
 //!
 //! Modules: [`boot`] (PVH entry, page tables), [`start_info`], [`cmdline`]
 //! (orders), [`memtest`] (`tiny.touch`), [`serial`], [`tsc`], [`mem`]
@@ -18,12 +19,13 @@
 //! [`pages`] (the pool in memory, `tiny.alloc`/`tiny.free`), [`virtqueue`]
 //! (split rings), [`virtio_mmio`] (transport) and [`balloon`] (the driver);
 //! for `tiny.vsock` [`vsock`] (the driver) and [`vsock_orders`] (the
-//! actions).
+//! actions); for `tiny.blk` [`blk`] (driver and actions).
 
 #![no_std]
 #![no_main]
 
 mod balloon;
+mod blk;
 mod boot;
 mod cmdline;
 mod mem;
@@ -134,6 +136,9 @@ fn run(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_bytes: u64) 
     if let Some(bytes) = orders.touch {
         touched = touch(bytes, memmap);
     }
+    if !orders.blk.actions().is_empty() {
+        blk_orders(orders, cmdline);
+    }
     if !orders.vsock.actions().is_empty() {
         vsock_orders(orders, memmap, cmdline);
     }
@@ -214,6 +219,22 @@ fn touch(bytes: u64, memmap: &[MemmapEntry]) -> u64 {
         plan.first(floor)
     );
     bytes
+}
+
+/// `tiny.blk`: sets the first virtio-blk device up and runs the actions.
+fn blk_orders(orders: &Orders, cmdline: &[u8]) {
+    let Some(mmio) = virtio_mmio::find(cmdline, blk::DEVICE_ID, blk::CONFIG_BYTES) else {
+        say!("no virtio-blk device (virtio_mmio.device= on the command line)");
+        exit(blk::EXIT_DEVICE)
+    };
+    let mut dev = match blk::Blk::init(mmio) {
+        Ok(dev) => dev,
+        Err(e) => {
+            say!("virtio-blk set-up failed: {}", e);
+            exit(blk::EXIT_DEVICE)
+        }
+    };
+    blk::run(&mut dev, &orders.blk);
 }
 
 /// `tiny.vsock`: sets the vsock device up and runs the actions.
