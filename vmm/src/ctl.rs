@@ -657,25 +657,7 @@ pub fn mib(bytes: u64) -> String {
 /// Unix milliseconds as an ISO 8601 UTC time, e.g.
 /// `2023-11-14T22:13:20.000Z`.
 pub fn utc_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    crate::utc::UtcTime::from_unix_ms(ms).to_string()
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -1374,9 +1356,6 @@ mod tests {
         assert_eq!(mib((3 << 20) + (1 << 19)), "3.5MiB");
         assert_eq!(mib((150 << 20) + 12345), "150MiB");
         assert_eq!(mib(24 << 30), "24576MiB");
-        assert_eq!(utc_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(utc_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]
@@ -1438,7 +1417,7 @@ exit           -
     #[test]
     fn oom_view() {
         let oom = OomView {
-            policy: crate::daemon::default_policy(),
+            policy: crate::daemon_api::OomPolicy::default(),
             pressure: PressureView {
                 mem_available_bytes: 20 << 30,
                 mem_total_bytes: 24 << 30,

@@ -19,4 +19,5 @@ pub mod host;
 pub mod http;
 pub mod oom;
 pub mod size;
+pub mod utc;
 pub mod vm;

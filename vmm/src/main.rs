@@ -271,7 +271,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         socket: args.socket,
         state_dir: args.state_dir,
         vmm_bin: std::env::current_exe().context("cannot find the vmm binary")?,
-        policy: vmm::daemon::default_policy(),
+        policy: vmm::daemon_api::OomPolicy::default(),
         // The fastest reliable method measured here (BENCHMARKS.md, "Reap"):
         // it needs nothing from the VMM; "vmm_release" is the option.
         reap: vmm::daemon::process::ReapMethod::SigkillMrelease,

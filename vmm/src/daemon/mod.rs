@@ -32,30 +32,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::daemon_api::events::Actor;
-use crate::daemon_api::{Event, OomAction, OomPolicy, RunState, VmSpec, VmState};
+use crate::daemon_api::{Event, OomPolicy, RunState, VmSpec, VmState};
 use crate::host::procfs::{page_size, ProcFs};
 use crate::oom::badness::OomScoreAdj;
 use events::EventLog;
 use process::{Pidfd, ReapMethod};
 use vms::{is_live, VmRecord};
-
-/// The policy the daemon starts with: kill, with the VM table in every
-/// decision, balloons first; PSI wakes it at 150 ms of stall per second
-/// (lmkd's "some" threshold).
-pub fn default_policy() -> OomPolicy {
-    OomPolicy {
-        action: OomAction::Kill,
-        kill_fastest_grower: false,
-        dump_vms: true,
-        reclaim_first: true,
-        no_progress_ms: 2000,
-        min_kill_interval_ms: 1000,
-        psi_some_threshold_us: 150_000,
-        psi_window_us: 1_000_000,
-        // earlyoom's SIGKILL line.
-        host_min_available_permille: 50,
-    }
-}
 
 /// How long a killed VM may take to give its memory back before the
 /// daemon stops waiting (the kernel's reaper gives up after 1 s of tries).

@@ -440,7 +440,7 @@ mod tests {
 
     use super::*;
     use crate::daemon::process::ReapMethod;
-    use crate::daemon::{config, default_policy, DaemonConfig};
+    use crate::daemon::{config, DaemonConfig};
     use crate::daemon_api::DaemonBackend;
 
     fn cfg(name: &str) -> DaemonConfig {
@@ -451,7 +451,7 @@ mod tests {
             socket: state_dir.join("daemon.sock"),
             state_dir,
             vmm_bin: PathBuf::from("/nonexistent/vmm"),
-            policy: default_policy(),
+            policy: crate::daemon_api::OomPolicy::default(),
             reap: ReapMethod::SigkillMrelease,
             budgets: BTreeMap::new(),
             memcg_pools: BTreeMap::new(),

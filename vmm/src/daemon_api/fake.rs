@@ -30,7 +30,7 @@ struct Log {
 
 /// The daemon's own defaults.
 pub(crate) fn policy() -> OomPolicy {
-    crate::daemon::default_policy()
+    crate::daemon_api::OomPolicy::default()
 }
 
 /// A made-up badness: half of guest RAM in pages, plus the adj.

@@ -424,6 +424,26 @@ pub struct OomPolicy {
     pub host_min_available_permille: u16,
 }
 
+impl Default for OomPolicy {
+    /// The policy the daemon starts with: kill, with the VM table in
+    /// every decision, balloons first; PSI wakes it at 150 ms of stall
+    /// per second (lmkd's "some" threshold).
+    fn default() -> Self {
+        OomPolicy {
+            action: OomAction::Kill,
+            kill_fastest_grower: false,
+            dump_vms: true,
+            reclaim_first: true,
+            no_progress_ms: 2000,
+            min_kill_interval_ms: 1000,
+            psi_some_threshold_us: 150_000,
+            psi_window_us: 1_000_000,
+            // earlyoom's SIGKILL line.
+            host_min_available_permille: 50,
+        }
+    }
+}
+
 impl OomPolicy {
     /// This policy with `patch` applied, if the result is consistent (the
     /// PSI threshold at most the window). `patch` should have passed
@@ -756,7 +776,7 @@ mod tests {
 
     #[test]
     fn policy_apply_checks_threshold_against_window() {
-        let policy = crate::daemon::default_policy();
+        let policy = OomPolicy::default();
         let next = policy
             .apply(&OomPatch {
                 action: Some(OomAction::Notify),
