@@ -1031,6 +1031,13 @@ fn in_a_memcg_pool_balloons_reclaim_first_then_the_worst_vm_dies() {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     assert_eq!(read("memory.limit_in_bytes").trim(), limit.to_string());
     assert!(read("memory.oom_control").contains("oom_kill_disable 1"));
+    // The daemon is woken when the pool fills (an eventfd through
+    // cgroup.event_control), not only at its tick.
+    assert!(
+        events_of(&d, "memcg_pool_unwatched").is_empty(),
+        "{}",
+        d.call("GET", "/events?since=0", None).1
+    );
     let kernel_kills = oom_kills();
 
     let idle = |id: &str| {

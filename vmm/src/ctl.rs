@@ -1259,6 +1259,7 @@ pub fn event_line(record: &EventRecord) -> String {
             .add("version", version.as_str())
             .add("kernel_oom_killer", kernel_oom_killer.as_str()),
         Event::MemcgPoolUnreadable { pool, error }
+        | Event::MemcgPoolUnwatched { pool, error }
         | Event::MemcgReserveFailed { pool, error }
         | Event::MemcgPoolRemoveFailed { pool, error } => p.add("pool", pool).add("error", error),
         Event::MemcgReserveLent {

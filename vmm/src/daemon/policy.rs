@@ -81,7 +81,7 @@ impl Daemon {
                 &policy,
             );
         }
-        for (pool, limit) in self.memcg_limits() {
+        for (pool, limit) in self.memcg_limits(policy.reclaim_first) {
             let domain = Domain::Pool(pool);
             let members = self.members(&domain);
             self.enforce(domain, limit, &members, &policy);
@@ -470,6 +470,12 @@ impl Daemon {
             skipped_balloons: skipped,
         }));
         self.carry_out(selected);
+    }
+
+    /// Whether any domain is under pressure, or a pool is full: the
+    /// supervisor then ticks fast (see `run`).
+    pub fn pressed(&self) -> bool {
+        self.memcg_pool_full() || lock(&self.pool_states).values().any(|st| st.pressed())
     }
 
     /// The domains whose decisions find no victim now.

@@ -50,6 +50,7 @@ use super::{lock, Daemon, DaemonError};
 use crate::daemon_api::events::{CgroupVersionName, DomainFigures, KernelOomKiller, MemcgFigures};
 use crate::daemon_api::{ConstraintKind, Event, PoolView};
 use crate::host::cgroup::{CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup};
+use crate::host::memcg_events::MemcgEvents;
 use crate::host::procfs::ProcFs;
 use crate::oom::constraint::Constraint;
 use crate::oom::DomainLimit;
@@ -88,20 +89,25 @@ pub struct MemcgPools {
 #[derive(Default)]
 struct Tick {
     failcnt: u64,
-    /// Ticks in a row the pool has been full, and whether charges were
+    /// Since when the pool has been full, and whether charges were
     /// refused meanwhile.
-    full_ticks: u32,
+    full_since: Option<std::time::Instant>,
     refused_while_full: bool,
     /// Since when the pool has had [`RESERVE`] lent.
     lent_since: Option<std::time::Instant>,
 }
 
-/// Ticks in a row a pool must be full, with charges refused, before the
-/// daemon lends it the reserve: by then a guest whose fault was refused is
+/// How long a pool must be full, with charges refused, before the daemon
+/// lends it the reserve: by then a guest whose fault was refused is
 /// waiting in [`crate::vm::charge_wait::ChargeWait`], which leaves the loan
 /// alone; lent earlier, while that guest's charge is still being retried
 /// in the kernel, the charge would succeed and the guest eat the reserve.
-const LEND_AFTER_TICKS: u32 = 2;
+/// (Two ticks, when the daemon only looked every 100 ms.)
+const LEND_AFTER: Duration = Duration::from_millis(100);
+
+/// A pool watcher's usage threshold: this far below the limit, so that
+/// the daemon wakes as the pool fills, before the first refused charge.
+const WAKE_BELOW_LIMIT: u64 = 2 << 20;
 
 impl MemcgPools {
     /// Creates a cgroup with its limit for each `pool → bytes`; none if
@@ -204,6 +210,34 @@ impl Daemon {
         }
     }
 
+    /// A watcher on each pool's cgroup ([`MemcgEvents`]): readable when
+    /// the pool fills (v1: nearly at its limit, or out of memory; v2: a
+    /// `memory.events` counter moved), so that the supervisor wakes then.
+    pub(super) fn memcg_watchers(
+        &self,
+    ) -> Vec<(
+        String,
+        Result<MemcgEvents, crate::host::memcg_events::MemcgEventsError>,
+    )> {
+        self.memcg
+            .iter()
+            .map(|(pool, cg)| {
+                let threshold = cg.limit().saturating_sub(WAKE_BELOW_LIMIT);
+                (
+                    pool.clone(),
+                    MemcgEvents::watch(cg.dir(), cg.version(), threshold),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether a pool is full now (the supervisor then looks often).
+    pub(super) fn memcg_pool_full(&self) -> bool {
+        lock(&self.memcg.ticks)
+            .values()
+            .any(|t| t.full_since.is_some())
+    }
+
     /// The `memory.pressure` file of each cgroup v2 pool, for a PSI
     /// trigger (v1 has none).
     pub(super) fn memcg_pressure_files(&self) -> impl Iterator<Item = (String, PathBuf)> + '_ {
@@ -240,13 +274,17 @@ impl Daemon {
     /// full pool whose tasks wait the [`RESERVE`], and takes it back once
     /// usage is under the pressure mark. A pool whose files cannot be read
     /// is left out this tick, with an event.
-    pub(super) fn memcg_limits(&self) -> Vec<(String, DomainLimit)> {
+    ///
+    /// Without reclaim first (kill only) the decision need not wait for
+    /// the loan: it asks the VMMs for nothing, so pressure starts as soon
+    /// as tasks wait.
+    pub(super) fn memcg_limits(&self, reclaim_first: bool) -> Vec<(String, DomainLimit)> {
         self.memcg
             .iter()
             .filter_map(|(pool, cg)| match cg.stats() {
                 Ok(s) => {
                     lock(&self.memcg.unreadable).remove(pool);
-                    Some((pool.clone(), self.memcg_tick(pool, cg, &s)))
+                    Some((pool.clone(), self.memcg_tick(pool, cg, &s, reclaim_first)))
                 }
                 Err(e) => {
                     if !lock(&self.memcg.unreadable).insert(pool.clone()) {
@@ -262,7 +300,13 @@ impl Daemon {
             .collect()
     }
 
-    fn memcg_tick(&self, pool: &str, cg: &PoolCgroup, s: &MemcgStats) -> DomainLimit {
+    fn memcg_tick(
+        &self,
+        pool: &str,
+        cg: &PoolCgroup,
+        s: &MemcgStats,
+        reclaim_first: bool,
+    ) -> DomainLimit {
         let limit = cg.limit();
         let high = limit / 100 * MEMCG_HIGH_PERCENT;
         let mut ticks = lock(&self.memcg.ticks);
@@ -270,16 +314,20 @@ impl Daemon {
         let refused = s.failcnt > tick.failcnt;
         tick.failcnt = s.failcnt;
         let full = s.usage_bytes + (1 << 20) >= limit;
+        let now = std::time::Instant::now();
         if full {
-            tick.full_ticks += 1;
+            tick.full_since.get_or_insert(now);
             tick.refused_while_full |= refused;
         } else {
-            tick.full_ticks = 0;
+            tick.full_since = None;
             tick.refused_while_full = false;
         }
         // Tasks wait: in the kernel (v1 under_oom) or vCPUs in ChargeWait.
         let waiting = s.under_oom || (full && tick.refused_while_full);
-        let lend = waiting && tick.full_ticks >= LEND_AFTER_TICKS;
+        let lend = waiting
+            && tick
+                .full_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= LEND_AFTER);
         match tick.lent_since {
             None if lend => match cg.set_limit(limit + RESERVE) {
                 Ok(()) => {
@@ -313,6 +361,7 @@ impl Daemon {
         // Under v1, pressure starts with the loan, so that the VMMs are
         // only ever asked for memory while they have room to answer.
         let pressure = match cg.version() {
+            CgroupVersion::V1 if !reclaim_first => waiting || tick.lent_since.is_some(),
             CgroupVersion::V1 => lend || tick.lent_since.is_some(),
             CgroupVersion::V2 => waiting || s.usage_bytes > high,
         };

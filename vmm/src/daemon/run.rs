@@ -1,5 +1,6 @@
 //! The daemon's main loop.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,11 +10,17 @@ use anyhow::Context;
 
 use super::{Daemon, DaemonConfig};
 use crate::daemon_api::{DaemonApiServer, Event};
+use crate::host::memcg_events::MemcgEvents;
+use crate::host::poll;
 use crate::host::psi::{Pressure, PsiTrigger, Stall, TriggerSpec};
 use crate::vm::stop_signals;
 
 /// How often the supervisor reaps exits and samples memory.
 const TICK: Duration = Duration::from_millis(100);
+/// How often while a domain is under pressure or a pool is full: the
+/// policy's steps (a refused charge seen, the reserve lent, balloons
+/// followed) then come 10 ms apart, not 100.
+const PRESSED_TICK: Duration = Duration::from_millis(10);
 /// At most one `psi_pressure` event per this long: a trigger fires every
 /// window while the stall lasts.
 const PSI_EVENT_EVERY: Duration = Duration::from_secs(1);
@@ -55,6 +62,25 @@ fn open_psi_triggers(daemon: &Daemon) -> Vec<(Option<String>, PsiTrigger)> {
     triggers
 }
 
+/// A watcher on each memcg pool's cgroup, so that a pool filling up wakes
+/// the supervisor at once; where one cannot be set up, an event says why
+/// and the tick alone notices.
+fn watch_memcg_pools(daemon: &Daemon) -> Vec<MemcgEvents> {
+    let mut watchers = Vec::new();
+    for (pool, watcher) in daemon.memcg_watchers() {
+        match watcher {
+            Ok(w) => watchers.push(w),
+            Err(e) => {
+                daemon.events.push(Event::MemcgPoolUnwatched {
+                    pool,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    watchers
+}
+
 /// Runs the daemon until SIGTERM or SIGINT; then stops every VM and
 /// removes the socket.
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
@@ -79,7 +105,19 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             .context("cannot start the guest agents' thread")?
     };
     let psi = open_psi_triggers(&daemon);
-    let armed: Vec<&PsiTrigger> = psi.iter().map(|(_, t)| t).collect();
+    let memcg = watch_memcg_pools(&daemon);
+    // One poll over every wake-up: PSI triggers (POLLPRI), then the pools'
+    // watchers (POLLIN). An entry that fails (a trigger whose cgroup is
+    // gone) is disarmed (fd -1: poll skips it).
+    let mut fds: Vec<libc::pollfd> = psi
+        .iter()
+        .map(|(_, t)| poll::pollfd(t.as_raw_fd(), libc::POLLPRI))
+        .chain(
+            memcg
+                .iter()
+                .map(|w| poll::pollfd(w.as_raw_fd(), libc::POLLIN)),
+        )
+        .collect();
     let mut last_psi_event: Option<Instant> = None;
     let signal = loop {
         if let Some(signal) = stop_signals::take_pending() {
@@ -89,16 +127,26 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         daemon.enforce_limits();
         daemon.events.retry_unwritten();
         // Sleep until the next tick, or until the kernel reports memory
-        // stalls (a PSI trigger): pressure wakes the daemon at once.
-        if armed.is_empty() {
-            std::thread::sleep(TICK);
-            continue;
+        // stalls (a PSI trigger) or a pool filling up: that wakes the
+        // daemon at once.
+        let tick = if daemon.pressed() { PRESSED_TICK } else { TICK };
+        for p in &mut fds {
+            p.revents = 0;
         }
-        let fired = PsiTrigger::wait_any(&armed, TICK).unwrap_or_else(|_| {
-            // A trigger gone bad (its cgroup removed): the tick still runs.
-            std::thread::sleep(TICK);
-            Vec::new()
-        });
+        if poll::wait(&mut fds, tick).is_err() {
+            std::thread::sleep(tick);
+        }
+        for p in fds.iter_mut().filter(|p| poll::failed(p)) {
+            p.fd = -1;
+        }
+        for (i, w) in memcg.iter().enumerate() {
+            if fds[psi.len() + i].revents & libc::POLLIN != 0 {
+                w.drain();
+            }
+        }
+        let fired: Vec<usize> = (0..psi.len())
+            .filter(|&i| fds[i].revents & libc::POLLPRI != 0)
+            .collect();
         if !fired.is_empty() && last_psi_event.is_none_or(|t| t.elapsed() >= PSI_EVENT_EVERY) {
             last_psi_event = Some(Instant::now());
             for i in fired {

@@ -281,6 +281,9 @@ pub enum Event {
     },
     /// A pool's cgroup files cannot be read (once until they can again).
     MemcgPoolUnreadable { pool: String, error: String },
+    /// The daemon cannot be woken when a pool fills (no eventfd or
+    /// inotify watch on its cgroup): it notices at its next tick.
+    MemcgPoolUnwatched { pool: String, error: String },
     /// A full pool whose tasks wait was lent room above its limit for the
     /// VMMs' own threads.
     MemcgReserveLent {
@@ -347,6 +350,7 @@ impl Event {
             Event::OomKill(_) => "oom_kill",
             Event::MemcgPoolCreated { .. } => "memcg_pool_created",
             Event::MemcgPoolUnreadable { .. } => "memcg_pool_unreadable",
+            Event::MemcgPoolUnwatched { .. } => "memcg_pool_unwatched",
             Event::MemcgReserveLent { .. } => "memcg_reserve_lent",
             Event::MemcgReserveFailed { .. } => "memcg_reserve_failed",
             Event::MemcgReserveReturned { .. } => "memcg_reserve_returned",
@@ -1318,6 +1322,12 @@ pub(crate) mod tests {
                 pool: "batch".into(),
                 error: "gone".into(),
             },
+            Event::MemcgPoolUnwatched {
+                pool: "batch".into(),
+                error: "cannot register with /sys/fs/cgroup/memory/vmm-batch/memory.oom_control: \
+                        Permission denied (os error 13)"
+                    .into(),
+            },
             Event::MemcgReserveLent {
                 pool: "batch".into(),
                 reserve_bytes: 16 << 20,
@@ -1348,7 +1358,7 @@ pub(crate) mod tests {
         let events = one_of_each();
         let mut kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         kinds.dedup();
-        assert_eq!(kinds.len(), 45, "one example of every kind: {kinds:?}");
+        assert_eq!(kinds.len(), 46, "one example of every kind: {kinds:?}");
         for (i, event) in events.into_iter().enumerate() {
             let record = EventRecord {
                 seq: i as u64 + 1,

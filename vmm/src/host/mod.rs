@@ -4,8 +4,10 @@
 //! the VM, the OOM core and the daemon read what they need through it.
 
 pub mod cgroup;
+pub mod memcg_events;
 pub mod memstat;
 pub mod numa;
+pub mod poll;
 pub mod procfs;
 pub mod psi;
 

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::procfs::{read_file, HostError, ProcFs};
 
@@ -315,50 +315,24 @@ impl PsiTrigger {
     /// over all of them, so the host's and every pool's trigger wake the
     /// same loop. Retries on `EINTR` with the time that is left.
     pub fn wait_any(triggers: &[&PsiTrigger], timeout: Duration) -> Result<Vec<usize>, PsiError> {
-        let deadline = Instant::now() + timeout;
         let mut pfds: Vec<libc::pollfd> = triggers
             .iter()
-            .map(|t| libc::pollfd {
-                fd: t.file.as_raw_fd(),
-                events: libc::POLLPRI,
-                revents: 0,
-            })
+            .map(|t| super::poll::pollfd(t.file.as_raw_fd(), libc::POLLPRI))
             .collect();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Round up: a timeout cut short by rounding would spin once more.
-            let ms =
-                libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-            // SAFETY: `pfds` is a live array of `pfds.len()` pollfds for the
-            // whole call; each fd is owned by a trigger borrowed for as long.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(PsiError::Poll {
-                    path: triggers
-                        .first()
-                        .map_or_else(PathBuf::new, |t| t.path.clone()),
-                    source: err,
-                });
-            }
-            if let Some(gone) = pfds
-                .iter()
-                .position(|p| p.revents & (libc::POLLERR | libc::POLLNVAL) != 0)
-            {
-                return Err(PsiError::Gone {
-                    path: triggers[gone].path.clone(),
-                });
-            }
-            let fired: Vec<usize> = (0..pfds.len())
-                .filter(|&i| pfds[i].revents & libc::POLLPRI != 0)
-                .collect();
-            if !fired.is_empty() || left.is_zero() {
-                return Ok(fired);
-            }
+        super::poll::wait(&mut pfds, timeout).map_err(|source| PsiError::Poll {
+            path: triggers
+                .first()
+                .map_or_else(PathBuf::new, |t| t.path.clone()),
+            source,
+        })?;
+        if let Some(gone) = pfds.iter().position(super::poll::failed) {
+            return Err(PsiError::Gone {
+                path: triggers[gone].path.clone(),
+            });
         }
+        Ok((0..pfds.len())
+            .filter(|&i| pfds[i].revents & libc::POLLPRI != 0)
+            .collect())
     }
 }
 
@@ -378,6 +352,7 @@ impl AsRawFd for PsiTrigger {
 mod tests {
     use super::*;
     use crate::host::testing::{Helper, Role, ScratchMemcg};
+    use std::time::Instant;
 
     fn spec(stall: Stall, threshold_ms: u64, window_ms: u64) -> TriggerSpec {
         TriggerSpec {

@@ -106,6 +106,12 @@ impl DomainState {
             .collect()
     }
 
+    /// Whether the domain is under pressure (since the last tick) and
+    /// its decisions can still do something about it (it is not stuck).
+    pub fn pressed(&self) -> bool {
+        self.pressure_since.is_some() && self.stuck.is_none()
+    }
+
     /// The domain's decisions find no victim now, if so.
     pub fn stuck(&self) -> Option<&Stuck> {
         self.stuck.as_ref()
