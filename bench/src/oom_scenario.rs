@@ -199,6 +199,7 @@ impl Scenario {
             "1",
             "--api-sock",
             api_sock,
+            "--boot-now",
             "--serial-out",
             console,
             "--cmdline",

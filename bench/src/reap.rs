@@ -409,6 +409,7 @@ fn vmm_command(vmm: &str, threads: u8, sock: &str) -> Cmd {
             MEM,
             "--api-sock",
             sock,
+            "--boot-now",
             "--release-threads",
             &threads.to_string(),
             "--cmdline",

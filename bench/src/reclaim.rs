@@ -153,6 +153,7 @@ impl Commands {
                     MEM,
                     "--api-sock",
                     api_sock,
+                    "--boot-now",
                     "--balloon",
                     "free_page_reporting=false",
                     "--cmdline",

@@ -74,7 +74,7 @@ fn vmm_cmd(vmm: &Path, uds: &Path, api: Option<&Path>, orders: &str) -> Command 
     c.args(["run", "--mem", MEM, "--vsock"])
         .arg(format!("cid=3,uds={}", uds.display()));
     if let Some(api) = api {
-        c.arg("--api-sock").arg(api);
+        c.arg("--api-sock").arg(api).arg("--boot-now");
     }
     c.args(["--cmdline", &format!("tiny.vsock={orders}")]);
     c

@@ -94,6 +94,7 @@ fn sigterm_stops_the_vm_and_removes_the_socket() {
         "run",
         "--api-sock",
         sock.to_str().unwrap(),
+        "--boot-now",
         "--cmdline",
         "tiny.hold=forever",
     ]);
@@ -126,6 +127,7 @@ fn many_api_clients_are_served_without_new_threads() {
         "run",
         "--api-sock",
         sock.to_str().unwrap(),
+        "--boot-now",
         "--cmdline",
         "tiny.hold=forever",
     ]);
@@ -225,6 +227,7 @@ fn running_out_of_descriptors_does_not_kill_the_api() {
             "run".to_string(),
             "--api-sock".into(),
             sock.to_str().unwrap().into(),
+            "--boot-now".into(),
             "--cmdline".into(),
             "tiny.hold=forever".into(),
         ]
@@ -309,6 +312,7 @@ fn release_memory_gives_guest_ram_back_before_the_vmm_exits() {
         "320M",
         "--api-sock",
         sock.to_str().unwrap(),
+        "--boot-now",
         "--cmdline",
         "tiny.touch=256M tiny.hold=forever",
     ]);

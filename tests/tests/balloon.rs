@@ -26,6 +26,7 @@ fn guest_with_free_memory(
         "256M",
         "--api-sock",
         sock.to_str().unwrap(),
+        "--boot-now",
         "--balloon",
         balloon,
         "--cmdline",

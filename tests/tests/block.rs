@@ -145,7 +145,7 @@ fn read_only_and_out_of_range_requests_get_ioerr_counted_while_the_vmm_serves() 
         &drive,
         "tiny.blk=write:0:1:0x11,read:2048:1,read:2047:2,read:0x2000000000000000:1,read:2047:1 \
          tiny.hold=3s",
-        &["--api-sock", sock.to_str().unwrap()],
+        &["--api-sock", sock.to_str().unwrap(), "--boot-now"],
     );
     let ready = line(&mut vm, "virtio-blk capacity=");
     assert!(ready.contains("ro=yes"), "{ready}");

@@ -46,6 +46,7 @@ impl VsockVm {
             "64M",
             "--api-sock",
             api.to_str().unwrap(),
+            "--boot-now",
             "--vsock",
             &format!("cid=3,uds={}", uds.display()),
             "--cmdline",

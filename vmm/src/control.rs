@@ -1,39 +1,68 @@
 //! The VM behind the per-VM API: the [`VmBackend`] of one `vmm run`.
 //!
-//! Before `InstanceStart` (with `--wait-for-start`) the API edits the
-//! configuration the VM will boot with; afterwards it talks to the live
-//! devices. `vmm run` without `--wait-for-start` starts at once and the API
-//! sees a running VM from its first request.
+//! Before `InstanceStart` the API edits the configuration the VM will boot
+//! with ([`StartConfig`]); `InstanceStart` hands it to the VMM's main thread
+//! ([`VmControl::wait_for_start`]), which boots and reports back
+//! ([`VmControl::set_running`] or [`VmControl::set_failed`]) before the
+//! request is answered. Afterwards the API talks to the live devices. A VM
+//! that boots at once (`vmm run` without `--api-sock`, or with `--kernel`,
+//! `--config-file` or `--boot-now`) is past `InstanceStart` from the API's
+//! first request.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use balloon::{pages_to_mib, Balloon, BalloonConfig};
 use block::{Block, BlockConfig};
 use vsock::{Vsock, VsockConfig};
 
-use crate::api::{self, ApiError, MemoryReleased, VmBackend, VmInfo, VmState};
+use crate::api::instance::{APP_NAME, VMM_VERSION};
+use crate::api::vm_config::NET_UNSUPPORTED;
+use crate::api::{
+    self, ApiError, BootSource, FullVmConfig, InstanceInfo, InstanceState, LoggerConfig,
+    MachineConfig, MachineConfigUpdate, MemoryReleased, MetricsConfig, RequestedState, VmBackend,
+    VmInfo, VmState, VmStateUpdate,
+};
 use crate::host::memstat::{self, MmCounters, ProcessMemory};
+use crate::metrics::{MetricsFile, MetricsLine};
 use crate::vm::exit::{ExitSignal, VmExit};
 use crate::vm::release::Releaser;
+use crate::vm::vcpu::VcpuThreads;
+
+/// How long pausing waits for every vCPU to leave `KVM_RUN`.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often metrics are written once `PUT /metrics` set a file
+/// (Firecracker's period).
+const METRICS_PERIOD: Duration = Duration::from_secs(60);
 
 /// Shared between the API threads and the thread that boots the VM.
 pub struct VmControl {
-    vcpus: u32,
-    mem_size: u64,
-    phase: Mutex<Phase>,
-    started: Condvar,
+    id: String,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// For the metrics thread.
+    me: Weak<VmControl>,
+}
+
+struct State {
+    config: StartConfig,
+    phase: Phase,
+    /// An `InstanceStart` answer is not written yet: the VMM must not end.
+    start_answer_pending: bool,
+    metrics: Option<Arc<MetricsFile>>,
 }
 
 enum Phase {
-    /// Not booted; the devices the VM will get.
-    NotStarted {
-        balloon: Option<BalloonConfig>,
-        vsock: Option<VsockConfig>,
-        drives: Vec<BlockConfig>,
-        start_requested: bool,
-    },
+    /// Configurable; waiting for `InstanceStart`.
+    NotStarted,
+    /// `InstanceStart` came (or the VM boots at once): the main thread is
+    /// booting with the configuration.
+    Starting,
+    /// The boot failed; the VMM is ending.
+    Failed(String),
     Running(LiveVm),
+    Paused(LiveVm),
     /// `ReleaseMemory` stopped the vCPUs for good; the VMM ends with this
     /// once the answer is written.
     Released {
@@ -43,13 +72,37 @@ enum Phase {
     Exited,
 }
 
-/// The devices a VM boots with, as configured before `InstanceStart`.
-#[derive(Clone, Debug, Default)]
+/// What a VM boots with, as configured on the command line, in a
+/// configuration file or over the API before `InstanceStart`.
+#[derive(Clone, Debug)]
 pub struct StartConfig {
+    /// A PVH ELF or bzImage; `None`: the embedded tiny guest.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
     pub balloon: Option<BalloonConfig>,
     pub vsock: Option<VsockConfig>,
     /// virtio-blk devices, in the order they were given.
     pub drives: Vec<BlockConfig>,
+}
+
+impl Default for StartConfig {
+    /// The tiny guest, 1 vCPU, 128 MiB, no devices.
+    fn default() -> Self {
+        StartConfig {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            mem_size: 128 << 20,
+            balloon: None,
+            vsock: None,
+            drives: Vec::new(),
+        }
+    }
 }
 
 /// Handles into the live VM.
@@ -61,50 +114,54 @@ pub struct LiveVm {
     pub guest_ram_starts: Vec<u64>,
     /// Stops the VM and releases its RAM (`ReleaseMemory`).
     pub releaser: Releaser,
+    /// Pauses and resumes the vCPUs.
+    pub vcpus: Arc<VcpuThreads>,
     /// Ends the VM's event loop, and so the VMM.
     pub exit: Arc<ExitSignal>,
 }
 
+/// Whether `vmm run` boots at once or waits for `InstanceStart`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    Now,
+    OnInstanceStart,
+}
+
 impl VmControl {
-    pub fn new(vcpus: u8, mem_size: u64, devices: StartConfig) -> Self {
-        VmControl {
-            vcpus: u32::from(vcpus),
-            mem_size,
-            phase: Mutex::new(Phase::NotStarted {
-                balloon: devices.balloon,
-                vsock: devices.vsock,
-                drives: devices.drives,
-                start_requested: false,
+    /// The VM `id` (`GET /`), to boot with `config` now or on
+    /// `InstanceStart`.
+    pub fn new(id: String, config: StartConfig, boot: Boot) -> Arc<Self> {
+        Arc::new_cyclic(|me| VmControl {
+            id,
+            state: Mutex::new(State {
+                config,
+                phase: match boot {
+                    Boot::Now => Phase::Starting,
+                    Boot::OnInstanceStart => Phase::NotStarted,
+                },
+                start_answer_pending: false,
+                metrics: None,
             }),
-            started: Condvar::new(),
-        }
+            changed: Condvar::new(),
+            me: me.clone(),
+        })
     }
 
-    /// Blocks until `PUT /actions InstanceStart` and returns the devices
-    /// to boot with; or returns `Err` with what `stop()` (polled every
-    /// 100 ms) reported instead.
+    /// Blocks until the VM is to boot and returns what to boot with; or
+    /// returns `Err` with what `stop()` (polled every 100 ms) reported
+    /// instead.
     pub fn wait_for_start<S>(&self, mut stop: impl FnMut() -> Option<S>) -> Result<StartConfig, S> {
-        let mut phase = self.phase();
+        let mut state = self.state();
         loop {
-            if let Phase::NotStarted {
-                balloon,
-                vsock,
-                drives,
-                start_requested: true,
-            } = &*phase
-            {
-                return Ok(StartConfig {
-                    balloon: *balloon,
-                    vsock: vsock.clone(),
-                    drives: drives.clone(),
-                });
+            if let Phase::Starting = state.phase {
+                return Ok(state.config.clone());
             }
             if let Some(s) = stop() {
                 return Err(s);
             }
-            phase = self
-                .started
-                .wait_timeout(phase, std::time::Duration::from_millis(100))
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(100))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -112,64 +169,229 @@ impl VmControl {
 
     /// The VM booted with these devices.
     pub fn set_running(&self, vm: LiveVm) {
-        *self.phase() = Phase::Running(vm);
+        self.set_phase(Phase::Running(vm));
+    }
+
+    /// The VM could not boot, for this reason.
+    pub fn set_failed(&self, why: String) {
+        self.set_phase(Phase::Failed(why));
     }
 
     /// The VM ended.
     pub fn set_exited(&self) {
-        *self.phase() = Phase::Exited;
+        self.set_phase(Phase::Exited);
     }
 
-    fn phase(&self) -> MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    fn set_phase(&self, phase: Phase) {
+        self.state().phase = phase;
+        self.changed.notify_all();
+    }
+
+    /// Waits (up to `timeout`) until a pending `InstanceStart` answer is
+    /// written, so that a VMM that ends soon after the boot does not cut
+    /// it off.
+    pub fn settle(&self, timeout: Duration) {
+        let state = self.state();
+        let _ = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.start_answer_pending);
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live VM's handles through `f`, or the right error.
+    fn live<T>(&self, f: impl FnOnce(&LiveVm) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        match &self.state().phase {
+            Phase::Running(vm) | Phase::Paused(vm) => f(vm),
+            Phase::NotStarted | Phase::Starting => {
+                Err(ApiError::Conflict("the VM is not started yet".into()))
+            }
+            Phase::Failed(_) => Err(ApiError::Conflict("the VM failed to start".into())),
+            Phase::Released { .. } => Err(released_conflict()),
+            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
+        }
     }
 
     /// The live balloon, or the right error.
     fn live_balloon(&self) -> Result<Arc<Mutex<Balloon>>, ApiError> {
-        match &*self.phase() {
-            Phase::Running(LiveVm {
-                balloon: Some(b), ..
-            }) => Ok(b.clone()),
-            Phase::Running(_) => Err(ApiError::BalloonNotConfigured),
-            Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
-            Phase::Released { .. } => Err(released_conflict()),
-            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
-        }
+        self.live(|vm| vm.balloon.clone().ok_or(ApiError::BalloonNotConfigured))
     }
 
     /// The live vsock device, or the right error.
     fn live_vsock(&self) -> Result<Arc<Mutex<Vsock>>, ApiError> {
-        match &*self.phase() {
-            Phase::Running(LiveVm { vsock: Some(v), .. }) => Ok(v.clone()),
-            Phase::Running(_) => Err(vsock_not_configured()),
-            Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
-            Phase::Released { .. } => Err(released_conflict()),
-            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
-        }
+        self.live(|vm| vm.vsock.clone().ok_or_else(vsock_not_configured))
     }
 
     /// The live drive `drive_id`, or the right error.
     fn live_drive(&self, drive_id: &str) -> Result<Arc<Mutex<Block>>, ApiError> {
-        match &*self.phase() {
-            Phase::Running(LiveVm { drives, .. }) => drives
+        self.live(|vm| {
+            vm.drives
                 .iter()
                 .find(|d| lock(d).config().drive_id == drive_id)
                 .cloned()
-                .ok_or_else(|| drive_not_configured(drive_id)),
-            Phase::NotStarted { .. } => Err(ApiError::Conflict("the VM is not started yet".into())),
-            Phase::Released { .. } => Err(released_conflict()),
-            Phase::Exited => Err(ApiError::Conflict("the VM has exited".into())),
+                .ok_or_else(|| drive_not_configured(drive_id))
+        })
+    }
+
+    /// `edit` applied to the configuration if the VM is not started yet;
+    /// Firecracker's 400 otherwise.
+    fn configure<T>(
+        &self,
+        what: &str,
+        edit: impl FnOnce(&mut StartConfig) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut state = self.state();
+        match state.phase {
+            Phase::NotStarted => edit(&mut state.config),
+            _ => Err(ApiError::BadRequest(format!(
+                "{what} can only be configured before InstanceStart"
+            ))),
         }
     }
 
-    fn check_amount(&self, amount_mib: u32) -> Result<(), ApiError> {
-        let mem_mib = self.mem_size >> 20;
-        if u64::from(amount_mib) > mem_mib {
+    /// Writes one line of metrics, if a metrics file is set.
+    fn write_metrics(&self) -> Result<(), ApiError> {
+        let Some(file) = self.state().metrics.clone() else {
+            return Err(ApiError::BadRequest(
+                "FlushMetrics: no metrics file (configure one with PUT /metrics)".into(),
+            ));
+        };
+        let line = MetricsLine {
+            utc_timestamp_ms: crate::metrics::now_ms(),
+            id: self.id.clone(),
+            vm: self.vm_info(),
+            balloon: self.live_balloon().ok().map(|b| lock(&b).metrics()),
+            vsock: self.live_vsock().ok().map(|v| lock(&v).metrics()),
+        };
+        file.write_line(&line)
+            .map_err(|e| ApiError::Internal(format!("cannot write metrics: {e}")))
+    }
+}
+
+/// Writes metrics every [`METRICS_PERIOD`] while the VMM lives.
+fn metrics_thread(control: Weak<VmControl>) {
+    loop {
+        std::thread::sleep(METRICS_PERIOD);
+        let Some(control) = control.upgrade() else {
+            return;
+        };
+        if let Err(e) = control.write_metrics() {
+            eprintln!("vmm: {e}");
+        }
+    }
+}
+
+fn check_amount(config: &StartConfig, amount_mib: u32) -> Result<(), ApiError> {
+    let mem_mib = config.mem_size >> 20;
+    if u64::from(amount_mib) > mem_mib {
+        return Err(ApiError::BadRequest(format!(
+            "amount_mib {amount_mib} is larger than guest RAM ({mem_mib} MiB)"
+        )));
+    }
+    Ok(())
+}
+
+impl StartConfig {
+    /// `boot-source` as the API shows it.
+    pub fn boot_source(&self) -> BootSource {
+        BootSource {
+            kernel_image_path: self.kernel.as_ref().map(|p| p.display().to_string()),
+            initrd_path: self.initrd.as_ref().map(|p| p.display().to_string()),
+            boot_args: Some(self.cmdline.clone()),
+        }
+    }
+
+    /// `machine-config` as the API shows it.
+    pub fn machine_config(&self) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: self.vcpus,
+            mem_size_mib: self.mem_size >> 20,
+            ..MachineConfig::default()
+        }
+    }
+
+    /// Takes a `PUT /boot-source` body: the files must open.
+    pub fn set_boot_source(&mut self, source: BootSource) -> Result<(), ApiError> {
+        let open = |field: &str, path: &Option<String>| match path {
+            Some(p) => match std::fs::File::open(p) {
+                Ok(_) => Ok(Some(PathBuf::from(p))),
+                Err(e) => Err(ApiError::BadRequest(format!(
+                    "{field}: cannot open {p}: {e}"
+                ))),
+            },
+            None => Ok(None),
+        };
+        let kernel = open("kernel_image_path", &source.kernel_image_path)?;
+        let initrd = open("initrd_path", &source.initrd_path)?;
+        self.kernel = kernel;
+        self.initrd = initrd;
+        self.cmdline = source.boot_args.unwrap_or_default();
+        Ok(())
+    }
+
+    /// Takes a machine configuration, checked; the balloon must still fit.
+    pub fn set_machine_config(&mut self, config: &MachineConfig) -> Result<(), ApiError> {
+        config.validate().map_err(ApiError::BadRequest)?;
+        if let Some(b) = &self.balloon {
+            if u64::from(b.amount_mib) > config.mem_size_mib {
+                return Err(ApiError::BadRequest(format!(
+                    "mem_size_mib: {} is smaller than the balloon's amount_mib ({})",
+                    config.mem_size_mib, b.amount_mib
+                )));
+            }
+        }
+        self.vcpus = config.vcpu_count;
+        self.mem_size = config.mem_size_mib << 20;
+        Ok(())
+    }
+
+    /// The configuration a `--config-file` describes, checked as the API
+    /// checks it. Block and network devices are refused until they exist.
+    pub fn from_file(full: &FullVmConfig) -> Result<StartConfig, ApiError> {
+        if !full.network_interfaces.is_empty() {
             return Err(ApiError::BadRequest(format!(
-                "amount_mib {amount_mib} is larger than guest RAM ({mem_mib} MiB)"
+                "network-interfaces: {NET_UNSUPPORTED}"
             )));
         }
-        Ok(())
+        let mut config = StartConfig::default();
+        if let Some(source) = &full.boot_source {
+            config
+                .set_boot_source(source.clone())
+                .map_err(in_section("boot-source"))?;
+        }
+        if let Some(machine) = &full.machine_config {
+            config
+                .set_machine_config(machine)
+                .map_err(in_section("machine-config"))?;
+        }
+        if let Some(b) = &full.balloon {
+            check_amount(&config, b.amount_mib).map_err(in_section("balloon"))?;
+            config.balloon = Some((*b).into());
+        }
+        if let Some(v) = &full.vsock {
+            config.vsock = Some(VsockConfig::try_from(v.clone()).map_err(in_section("vsock"))?);
+        }
+        // Checked when the devices are made, as `--drive` is.
+        config.drives = full.drives.iter().cloned().map(Into::into).collect();
+        Ok(config)
+    }
+
+    /// The whole configuration, as `GET /vm/config` shows it.
+    pub fn full(&self) -> FullVmConfig {
+        FullVmConfig {
+            boot_source: Some(self.boot_source()),
+            machine_config: Some(self.machine_config()),
+            balloon: self.balloon.as_ref().map(to_api_config),
+            vsock: self.vsock.as_ref().map(|v| api::VsockConfig {
+                guest_cid: v.guest_cid,
+                uds_path: v.uds_path.to_string_lossy().into_owned(),
+                vsock_id: None,
+            }),
+            drives: self.drives.iter().map(drive_config).collect(),
+            ..FullVmConfig::default()
+        }
     }
 }
 
@@ -181,12 +403,39 @@ fn vsock_not_configured() -> ApiError {
 
 fn drive_not_configured(drive_id: &str) -> ApiError {
     ApiError::NotFound(format!(
-        "the VM has no drive {drive_id:?} (add one with --drive or PUT /drives/{{drive_id}} before InstanceStart)"
+        "the VM has no drive {drive_id:?} (add one with --drive before it boots)"
     ))
+}
+
+impl From<api::DriveConfig> for BlockConfig {
+    /// The API's body as the device's configuration; the device checks it
+    /// ([`BlockConfig::validate`]) when it is created.
+    fn from(c: api::DriveConfig) -> Self {
+        BlockConfig {
+            drive_id: c.drive_id,
+            path: c.path_on_host.into(),
+            read_only: c.is_read_only,
+            is_root_device: c.is_root_device,
+        }
+    }
+}
+
+fn drive_config(c: &BlockConfig) -> api::DriveConfig {
+    api::DriveConfig {
+        drive_id: c.drive_id.clone(),
+        path_on_host: c.path.to_string_lossy().into_owned(),
+        is_root_device: c.is_root_device,
+        is_read_only: c.read_only,
+    }
 }
 
 fn released_conflict() -> ApiError {
     ApiError::Conflict("the VM's memory was released; the VMM is exiting".into())
+}
+
+/// A 400 that names the configuration file's section.
+fn in_section(section: &'static str) -> impl Fn(ApiError) -> ApiError {
+    move |e| ApiError::BadRequest(format!("{section}: {e}"))
 }
 
 /// Resident bytes of this process, from the mm counters (exact on Linux
@@ -215,19 +464,6 @@ impl TryFrom<api::VsockConfig> for VsockConfig {
         cfg.validate()
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(cfg)
-    }
-}
-
-impl From<api::DriveConfig> for BlockConfig {
-    /// The API's body as the device's configuration; the device checks it
-    /// ([`BlockConfig::validate`]) when it is created.
-    fn from(c: api::DriveConfig) -> Self {
-        BlockConfig {
-            drive_id: c.drive_id,
-            path: c.path_on_host.into(),
-            read_only: c.is_read_only,
-            is_root_device: c.is_root_device,
-        }
     }
 }
 
@@ -261,18 +497,39 @@ pub fn to_api_config(c: &BalloonConfig) -> api::BalloonConfig {
 }
 
 impl VmBackend for VmControl {
+    fn instance_info(&self) -> InstanceInfo {
+        let state = match self.state().phase {
+            Phase::NotStarted | Phase::Starting | Phase::Failed(_) => InstanceState::NotStarted,
+            Phase::Paused(_) => InstanceState::Paused,
+            Phase::Running(_) | Phase::Released { .. } | Phase::Exited => InstanceState::Running,
+        };
+        InstanceInfo {
+            id: self.id.clone(),
+            state,
+            vmm_version: VMM_VERSION.into(),
+            app_name: APP_NAME.into(),
+        }
+    }
+
     fn vm_info(&self) -> VmInfo {
-        let (state, starts) = match &*self.phase() {
-            Phase::NotStarted { .. } => (VmState::NotStarted, Vec::new()),
-            Phase::Running(r) => (VmState::Running, r.guest_ram_starts.clone()),
-            Phase::Released { .. } | Phase::Exited => (VmState::Exited, Vec::new()),
+        let (state, starts, config): (_, Vec<u64>, _) = {
+            let s = self.state();
+            let (state, starts) = match &s.phase {
+                Phase::NotStarted | Phase::Starting | Phase::Failed(_) => {
+                    (VmState::NotStarted, Vec::new())
+                }
+                Phase::Running(r) => (VmState::Running, r.guest_ram_starts.clone()),
+                Phase::Paused(r) => (VmState::Paused, r.guest_ram_starts.clone()),
+                Phase::Released { .. } | Phase::Exited => (VmState::Exited, Vec::new()),
+            };
+            (state, starts, s.config.clone())
         };
         let me = ProcessMemory::read(None).unwrap_or_default();
         VmInfo {
             state,
-            vcpus: self.vcpus,
-            mem_size_mib: self.mem_size >> 20,
-            guest_ram_bytes: self.mem_size,
+            vcpus: u32::from(config.vcpus),
+            mem_size_mib: config.mem_size >> 20,
+            guest_ram_bytes: config.mem_size,
             guest_ram_resident_bytes: memstat::resident_in_mappings(None, &starts).unwrap_or(0),
             vmm_rss_bytes: me.rss,
             vmm_swap_bytes: me.swap,
@@ -280,24 +537,124 @@ impl VmBackend for VmControl {
         }
     }
 
-    fn start(&self) -> Result<(), ApiError> {
-        match &mut *self.phase() {
-            Phase::NotStarted {
-                start_requested, ..
-            } if !*start_requested => {
-                *start_requested = true;
-                self.started.notify_all();
-                Ok(())
+    fn patch_vm(&self, update: VmStateUpdate) -> Result<(), ApiError> {
+        let mut state = self.state();
+        let phase = std::mem::replace(&mut state.phase, Phase::Exited);
+        let (phase, result) = match (phase, update.state) {
+            (Phase::Running(vm), RequestedState::Paused) => match vm.vcpus.pause_all(PAUSE_TIMEOUT)
+            {
+                Ok(_) => (Phase::Paused(vm), Ok(())),
+                Err(e) => {
+                    // Those that stopped run again; the VM is not paused.
+                    vm.vcpus.resume_all();
+                    let err = ApiError::Internal(format!("cannot pause the vCPUs: {e}"));
+                    (Phase::Running(vm), Err(err))
+                }
+            },
+            (Phase::Paused(vm), RequestedState::Resumed) => {
+                vm.vcpus.resume_all();
+                (Phase::Running(vm), Ok(()))
             }
-            _ => Err(ApiError::Conflict("the VM is already started".into())),
+            // Firecracker answers 204 to pausing a paused VM and resuming a
+            // running one.
+            (phase @ (Phase::Paused(_) | Phase::Running(_)), _) => (phase, Ok(())),
+            (phase, _) => {
+                let err = ApiError::BadRequest(
+                    "the VM can only be paused or resumed while it runs".into(),
+                );
+                (phase, Err(err))
+            }
+        };
+        state.phase = phase;
+        result
+    }
+
+    fn vm_config(&self) -> FullVmConfig {
+        self.state().config.full()
+    }
+
+    fn put_boot_source(&self, source: BootSource) -> Result<(), ApiError> {
+        self.configure("the boot source", |c| c.set_boot_source(source))
+    }
+
+    fn machine_config(&self) -> MachineConfig {
+        self.state().config.machine_config()
+    }
+
+    fn put_machine_config(&self, config: MachineConfig) -> Result<(), ApiError> {
+        self.configure("the machine", |c| c.set_machine_config(&config))
+    }
+
+    fn patch_machine_config(&self, update: MachineConfigUpdate) -> Result<(), ApiError> {
+        self.configure("the machine", |c| {
+            let config = c.machine_config().patched(&update);
+            c.set_machine_config(&config)
+        })
+    }
+
+    fn put_logger(&self, config: LoggerConfig) -> Result<(), ApiError> {
+        config.validate().map_err(ApiError::BadRequest)?;
+        if let Some(path) = &config.log_path {
+            crate::logger::redirect_stderr(path.as_ref())
+                .map_err(|e| ApiError::BadRequest(format!("log_path: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn put_metrics(&self, config: MetricsConfig) -> Result<(), ApiError> {
+        let mut state = self.state();
+        if state.metrics.is_some() {
+            return Err(ApiError::BadRequest(
+                "metrics are already configured (PUT /metrics works once)".into(),
+            ));
+        }
+        let file = MetricsFile::open(config.metrics_path.as_ref())
+            .map_err(|e| ApiError::BadRequest(format!("metrics_path: {e}")))?;
+        state.metrics = Some(Arc::new(file));
+        let me = self.me.clone();
+        std::thread::Builder::new()
+            .name("vmm-metrics".into())
+            .spawn(move || metrics_thread(me))
+            .map_err(|e| ApiError::Internal(format!("cannot start the metrics thread: {e}")))?;
+        Ok(())
+    }
+
+    fn flush_metrics(&self) -> Result<(), ApiError> {
+        self.write_metrics()
+    }
+
+    fn start(&self) -> Result<(), ApiError> {
+        let mut state = self.state();
+        match state.phase {
+            Phase::NotStarted => {
+                state.phase = Phase::Starting;
+                state.start_answer_pending = true;
+                self.changed.notify_all();
+            }
+            _ => return Err(ApiError::Conflict("the VM is already started".into())),
+        }
+        let state = self
+            .changed
+            .wait_while(state, |s| matches!(s.phase, Phase::Starting))
+            .unwrap_or_else(|p| p.into_inner());
+        match &state.phase {
+            Phase::Failed(why) => Err(ApiError::BadRequest(format!("cannot start the VM: {why}"))),
+            // Running, or already over (a guest that ends at once).
+            _ => Ok(()),
         }
     }
 
+    fn start_answered(&self) {
+        self.state().start_answer_pending = false;
+        self.changed.notify_all();
+    }
+
     fn put_balloon(&self, config: api::BalloonConfig) -> Result<(), ApiError> {
-        self.check_amount(config.amount_mib)?;
-        match &mut *self.phase() {
-            Phase::NotStarted { balloon, start_requested: false, .. } => {
-                *balloon = Some(config.into());
+        let mut state = self.state();
+        check_amount(&state.config, config.amount_mib)?;
+        match state.phase {
+            Phase::NotStarted => {
+                state.config.balloon = Some(config.into());
                 Ok(())
             }
             _ => Err(ApiError::Conflict(
@@ -307,11 +664,18 @@ impl VmBackend for VmControl {
     }
 
     fn patch_balloon(&self, update: api::BalloonUpdate) -> Result<(), ApiError> {
-        self.check_amount(update.amount_mib)?;
-        if let Phase::NotStarted { balloon, .. } = &mut *self.phase() {
-            let cfg = balloon.as_mut().ok_or(ApiError::BalloonNotConfigured)?;
-            cfg.amount_mib = update.amount_mib;
-            return Ok(());
+        {
+            let mut state = self.state();
+            check_amount(&state.config, update.amount_mib)?;
+            if let Phase::NotStarted | Phase::Starting = state.phase {
+                let cfg = state
+                    .config
+                    .balloon
+                    .as_mut()
+                    .ok_or(ApiError::BalloonNotConfigured)?;
+                cfg.amount_mib = update.amount_mib;
+                return Ok(());
+            }
         }
         let b = self.live_balloon()?;
         let result = lock(&b).set_target_mib(update.amount_mib);
@@ -319,9 +683,16 @@ impl VmBackend for VmControl {
     }
 
     fn balloon(&self) -> Result<api::BalloonInfo, ApiError> {
-        if let Phase::NotStarted { balloon, .. } = &*self.phase() {
-            let cfg = balloon.as_ref().ok_or(ApiError::BalloonNotConfigured)?;
-            return Ok(info(cfg, cfg.amount_mib * balloon::PAGES_PER_MIB, 0));
+        {
+            let state = self.state();
+            if let Phase::NotStarted | Phase::Starting = state.phase {
+                let cfg = state
+                    .config
+                    .balloon
+                    .as_ref()
+                    .ok_or(ApiError::BalloonNotConfigured)?;
+                return Ok(info(cfg, cfg.amount_mib * balloon::PAGES_PER_MIB, 0));
+            }
         }
         let b = self.live_balloon()?;
         let b = lock(&b);
@@ -374,16 +745,20 @@ impl VmBackend for VmControl {
 
     fn release_memory(&self) -> Result<MemoryReleased, ApiError> {
         let t0 = Instant::now();
-        let mut phase = self.phase();
-        let (releaser, exit) = match &*phase {
-            Phase::Running(vm) => (vm.releaser.clone(), vm.exit.clone()),
-            Phase::NotStarted { .. } => {
+        let mut state = self.state();
+        let (releaser, exit, vcpus) = match &state.phase {
+            Phase::Running(vm) | Phase::Paused(vm) => {
+                (vm.releaser.clone(), vm.exit.clone(), vm.vcpus.clone())
+            }
+            Phase::NotStarted | Phase::Starting | Phase::Failed(_) => {
                 return Err(ApiError::Conflict("the VM is not started yet".into()))
             }
             Phase::Released { .. } => return Err(released_conflict()),
             Phase::Exited => return Err(ApiError::Conflict("the VM has exited".into())),
         };
         let rss_before = own_rss();
+        // Paused vCPUs must run on to park: they release too.
+        vcpus.resume_all();
         let result = releaser.stop_and_release();
         let elapsed = t0.elapsed();
         let rss_after = own_rss();
@@ -408,25 +783,22 @@ impl VmBackend for VmControl {
                 (VmExit::VmmError(why.clone()), Err(ApiError::Internal(why)))
             }
         };
-        *phase = Phase::Released { exit, end };
+        state.phase = Phase::Released { exit, end };
         answer
     }
 
     fn end_after_release(&self) {
-        if let Phase::Released { exit, end } = &*self.phase() {
+        if let Phase::Released { exit, end } = &self.state().phase {
             exit.request(end.clone());
         }
     }
 
     fn put_vsock(&self, config: api::VsockConfig) -> Result<(), ApiError> {
         let config = VsockConfig::try_from(config)?;
-        match &mut *self.phase() {
-            Phase::NotStarted {
-                vsock,
-                start_requested: false,
-                ..
-            } => {
-                *vsock = Some(config);
+        let mut state = self.state();
+        match state.phase {
+            Phase::NotStarted => {
+                state.config.vsock = Some(config);
                 Ok(())
             }
             _ => Err(ApiError::Conflict(
@@ -436,9 +808,16 @@ impl VmBackend for VmControl {
     }
 
     fn vsock(&self) -> Result<api::VsockInfo, ApiError> {
-        if let Phase::NotStarted { vsock, .. } = &*self.phase() {
-            let cfg = vsock.as_ref().ok_or_else(vsock_not_configured)?;
-            return Ok(vsock_info(cfg, 0, false));
+        {
+            let state = self.state();
+            if let Phase::NotStarted | Phase::Starting = state.phase {
+                let cfg = state
+                    .config
+                    .vsock
+                    .as_ref()
+                    .ok_or_else(vsock_not_configured)?;
+                return Ok(vsock_info(cfg, 0, false));
+            }
         }
         let v = self.live_vsock()?;
         let v = lock(&v);

@@ -5,6 +5,7 @@
 //! [`guest_image::TINY_GUEST`].
 
 pub mod api;
+pub mod config_file;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
@@ -17,6 +18,8 @@ mod fuzz_support;
 pub mod guest_image;
 pub mod host;
 pub mod http;
+pub mod logger;
+pub mod metrics;
 pub mod oom;
 pub mod size;
 pub mod utc;

@@ -8,14 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use std::sync::Arc;
 use vmm::guest_image::TINY_GUEST;
 use vmm::size::ByteSize;
 use vmm::vm::boot::{BootError, KernelImage};
 use vmm::vm::cpuid::CpuidPolicy;
 
-use vmm::api::ApiServer;
-use vmm::control::{LiveVm, StartConfig, VmControl};
+use vmm::api::{ApiServer, VmBackend};
+use vmm::control::{Boot, LiveVm, StartConfig, VmControl};
 use vmm::vm::exit::{status, VmExit};
 use vmm::vm::memory;
 use vmm::vm::virtio::Announce;
@@ -69,11 +68,24 @@ struct DaemonArgs {
     config: Option<PathBuf>,
 }
 
+/// Options a configuration file replaces.
+const CONFIG_FILE_CONFLICTS: [&str; 8] = [
+    "kernel", "initrd", "cmdline", "mem", "vcpus", "balloon", "vsock", "drives",
+];
+
 #[derive(Args)]
 struct RunArgs {
-    /// Kernel: a PVH ELF (vmlinux) or a bzImage. Default: the embedded tiny guest.
+    /// Kernel: a PVH ELF (vmlinux) or a bzImage. Default: the embedded tiny
+    /// guest. With --api-sock, a --kernel VM boots at once.
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Configure the VM from a JSON file in Firecracker's layout
+    /// (`boot-source`, `machine-config`, `balloon`, `vsock`, `drives`,
+    /// `logger`, `metrics`; `network-interfaces` only empty) and boot it
+    /// at once. Without `boot-source` (or without its `kernel_image_path`)
+    /// the VM boots the embedded tiny guest.
+    #[arg(long, value_name = "FILE", conflicts_with_all = CONFIG_FILE_CONFLICTS)]
+    config_file: Option<PathBuf>,
     /// Initial ramdisk, loaded at the top of RAM below 4 GiB.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -109,11 +121,11 @@ struct RunArgs {
     #[arg(long, value_parser = vmm::ctl::parse_vsock, value_name = "cid=N,uds=PATH")]
     vsock: Option<vmm::api::VsockConfig>,
     /// Add a virtio-blk device over a raw image file (repeatable):
-    /// `id=NAME,path=FILE[,ro=BOOL][,root=BOOL]` (the fields of the API's
-    /// `PUT /drives/{drive_id}`). `ro=true` opens the file read-only and
-    /// shows the guest a read-only disk; `root=true` (one drive at most)
-    /// makes it the first drive and appends `root=/dev/vda ro|rw` to the
-    /// kernel command line.
+    /// `id=NAME,path=FILE[,ro=BOOL][,root=BOOL]` (the fields of
+    /// Firecracker's `PUT /drives/{drive_id}`). `ro=true` opens the file
+    /// read-only and shows the guest a read-only disk; `root=true` (one
+    /// drive at most) makes it the first drive and appends `root=/dev/vda
+    /// ro|rw` to the kernel command line.
     #[arg(long = "drive", value_parser = vmm::ctl::parse_drive, value_name = "id=NAME,path=FILE,ro=BOOL,root=BOOL")]
     drives: Vec<vmm::api::DriveConfig>,
     /// How virtio-mmio devices are announced: `acpi` (DSDT devices, what
@@ -127,13 +139,28 @@ struct RunArgs {
     #[arg(long)]
     dump_acpi: Option<PathBuf>,
     /// Serve the per-VM HTTP/JSON API on this Unix socket (mode 0600).
+    /// Without --kernel, --config-file or --boot-now the VM waits to be
+    /// configured (`PUT /boot-source`, `/machine-config`, ...) and boots on
+    /// `PUT /actions {"action_type":"InstanceStart"}`, as Firecracker does;
+    /// the options given here are its starting configuration, and with no
+    /// `PUT /boot-source` it boots the embedded tiny guest.
     #[arg(long)]
     api_sock: Option<PathBuf>,
-    /// Do not boot until the API receives `PUT /actions
-    /// {"action_type":"InstanceStart"}` (configure the balloon with
-    /// `PUT /balloon` and vsock with `PUT /vsock` first). Needs --api-sock.
-    #[arg(long, requires = "api_sock")]
+    /// Wait for `InstanceStart` even with --kernel or --config-file. Needs
+    /// --api-sock.
+    #[arg(long, requires = "api_sock", conflicts_with = "boot_now")]
     wait_for_start: bool,
+    /// Boot at once although --api-sock is given without --kernel (the
+    /// embedded tiny guest, with --cmdline).
+    #[arg(long)]
+    boot_now: bool,
+    /// The instance id `GET /` reports (Firecracker's `--id`).
+    #[arg(long, default_value = vmm::api::instance::DEFAULT_INSTANCE_ID)]
+    id: String,
+    /// Write the VMM's messages (its standard error) to this file or named
+    /// pipe instead (Firecracker's `--log-path`; also `PUT /logger`).
+    #[arg(long, value_name = "PATH")]
+    log_path: Option<PathBuf>,
     /// Bind guest RAM to these NUMA nodes (a node list like `0` or `0-1,3`;
     /// `MPOL_BIND`): every guest page comes from them.
     #[arg(long, value_name = "NODES")]
@@ -188,13 +215,59 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("vmm: cannot block SIGTERM/SIGINT: {e}");
         return ExitCode::from(status::START_FAILED);
     }
-    let devices = StartConfig {
-        balloon: args.balloon.map(Into::into),
-        // Checked by the argument parser.
-        vsock: args.vsock.clone().and_then(|v| v.try_into().ok()),
-        drives: args.drives.iter().cloned().map(Into::into).collect(),
+    if let Some(path) = &args.log_path {
+        if let Err(e) = vmm::logger::redirect_stderr(path) {
+            eprintln!("vmm: --log-path: {e}");
+            return ExitCode::from(status::START_FAILED);
+        }
+    }
+    let file = match args
+        .config_file
+        .as_deref()
+        .map(vmm::config_file::read)
+        .transpose()
+    {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(status::START_FAILED);
+        }
     };
-    let control = Arc::new(VmControl::new(args.vcpus, args.mem.0, devices.clone()));
+    let config = match &file {
+        Some(full) => match StartConfig::from_file(full) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!(
+                    "vmm: {}: {e}",
+                    args.config_file.unwrap_or_default().display()
+                );
+                return ExitCode::from(status::START_FAILED);
+            }
+        },
+        None => StartConfig {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            vcpus: args.vcpus,
+            mem_size: args.mem.0,
+            balloon: args.balloon.map(Into::into),
+            // Checked by the argument parser.
+            vsock: args.vsock.clone().and_then(|v| v.try_into().ok()),
+            drives: args.drives.iter().cloned().map(Into::into).collect(),
+        },
+    };
+    let control = VmControl::new(args.id.clone(), config, boot_mode(&args));
+    if let Some(full) = &file {
+        let logger = full.logger.clone().map(|l| control.put_logger(l));
+        let metrics = full.metrics.clone().map(|m| control.put_metrics(m));
+        if let Some(Err(e)) = logger.into_iter().chain(metrics).find(Result::is_err) {
+            eprintln!(
+                "vmm: {}: {e}",
+                args.config_file.unwrap_or_default().display()
+            );
+            return ExitCode::from(status::START_FAILED);
+        }
+    }
     let api = match &args.api_sock {
         Some(path) => match ApiServer::start(path, control.clone()) {
             Ok(server) => Some(server),
@@ -206,6 +279,8 @@ fn run(args: RunArgs) -> ExitCode {
         None => None,
     };
     let quit = |api: Option<ApiServer>, code: u8| -> ! {
+        // An InstanceStart request gets its answer before the VMM goes.
+        control.settle(std::time::Duration::from_secs(1));
         // Unlink the socket; then exit without dropping the VM: vCPU
         // threads still sit in KVM_RUN, and the kernel frees guest RAM in
         // exit_mm() before it closes the VM fd, whose teardown (in-kernel
@@ -214,21 +289,17 @@ fn run(args: RunArgs) -> ExitCode {
         std::process::exit(i32::from(code))
     };
     let release_threads = usize::from(args.release_threads);
-    let devices = if args.wait_for_start {
-        match control.wait_for_start(vmm::vm::stop_signals::take_pending) {
-            Ok(devices) => devices,
-            Err(signal) => {
-                control.set_exited();
-                quit(api, VmExit::Signal(signal).exit_status());
-            }
+    let config = match control.wait_for_start(vmm::vm::stop_signals::take_pending) {
+        Ok(config) => config,
+        Err(signal) => {
+            control.set_exited();
+            quit(api, VmExit::Signal(signal).exit_status());
         }
-    } else {
-        devices
     };
-    let mut vm = match start_vm(args, devices) {
+    let mut vm = match start_vm(args, config) {
         Ok(vm) => vm,
         Err(e) => {
-            control.set_exited();
+            control.set_failed(format!("{e:#}"));
             // A stop signal taken while loading ends the VMM as the signal
             // would have once the VM ran.
             if let Some(VmError::Boot(BootError::Stopped(signal))) = e.downcast_ref() {
@@ -249,6 +320,7 @@ fn run(args: RunArgs) -> ExitCode {
         drives: vm.drives().to_vec(),
         guest_ram_starts: starts,
         releaser: vm.releaser(release_threads),
+        vcpus: vm.vcpu_threads(),
         exit: vm.exit_signal(),
     });
     let end = vm.wait();
@@ -264,6 +336,19 @@ fn run(args: RunArgs) -> ExitCode {
         VmExit::Released => writeln!(err, "vmm: guest RAM released on request; exiting"),
     };
     quit(api, end.exit_status())
+}
+
+/// Whether the VM boots at once or on `InstanceStart`: with an API
+/// socket and nothing that says what to boot (no --kernel, no
+/// --config-file, no --boot-now), it waits, as `firecracker --api-sock`
+/// does; --wait-for-start waits in any case.
+fn boot_mode(args: &RunArgs) -> Boot {
+    let what_to_boot = args.kernel.is_some() || args.config_file.is_some() || args.boot_now;
+    if args.wait_for_start || (args.api_sock.is_some() && !what_to_boot) {
+        Boot::OnInstanceStart
+    } else {
+        Boot::Now
+    }
 }
 
 fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
@@ -295,7 +380,7 @@ fn write_tiny_guest(out: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(out, TINY_GUEST).with_context(|| format!("cannot write {}", out.display()))
 }
 
-fn start_vm(args: RunArgs, devices: StartConfig) -> anyhow::Result<Vm> {
+fn start_vm(args: RunArgs, config: StartConfig) -> anyhow::Result<Vm> {
     let serial_out: Box<dyn Write + Send> = if args.serial_out == "-" {
         Box::new(std::io::stdout())
     } else {
@@ -304,7 +389,7 @@ fn start_vm(args: RunArgs, devices: StartConfig) -> anyhow::Result<Vm> {
                 .with_context(|| format!("cannot create serial output {}", args.serial_out))?,
         )
     };
-    let (kernel, default_announce) = match args.kernel {
+    let (kernel, default_announce) = match config.kernel {
         Some(path) => (KernelImage::File(path), Announce::Acpi),
         None => (KernelImage::Embedded(TINY_GUEST), Announce::Cmdline),
     };
@@ -315,15 +400,15 @@ fn start_vm(args: RunArgs, devices: StartConfig) -> anyhow::Result<Vm> {
     };
     let cfg = VmConfig {
         kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        mem_size: args.mem.0,
-        vcpus: args.vcpus,
+        initrd: config.initrd,
+        cmdline: config.cmdline,
+        mem_size: config.mem_size,
+        vcpus: config.vcpus,
         cpuid: CpuidPolicy::new(&args.cpuid_keep, &args.cpuid_hide)?,
         serial_out,
-        balloon: devices.balloon,
-        vsock: devices.vsock,
-        drives: devices.drives,
+        balloon: config.balloon,
+        vsock: config.vsock,
+        drives: config.drives,
         announce,
         dump_acpi: args.dump_acpi,
         numa_nodes: args.numa_nodes,

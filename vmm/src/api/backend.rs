@@ -1,9 +1,13 @@
 //! What the API asks of the VM: the [`VmBackend`] trait.
 
 use super::error::ApiError;
+use super::instance::{InstanceInfo, VmStateUpdate};
 use super::types::{
     BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, MemoryReleased,
     VmInfo, VsockConfig, VsockInfo,
+};
+use super::vm_config::{
+    BootSource, FullVmConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
 };
 
 /// The VM behind the API. The server calls it only with requests that
@@ -17,16 +21,43 @@ use super::types::{
 /// - [`ApiError::Conflict`] (409): not allowed in the VM's current state,
 ///   e.g. `put_balloon` after `start`, `start` twice, or statistics calls
 ///   while statistics are disabled (`stats_polling_interval_s` is 0).
+///   The Firecracker resources added later (`/boot-source`,
+///   `/machine-config`, `/logger`, `/metrics`, `PATCH /vm`) answer such
+///   conflicts with a 400 instead, as Firecracker does.
 /// - [`ApiError::BalloonNotConfigured`] (404): a balloon call on a VM
 ///   without a balloon device.
 /// - [`ApiError::BadRequest`] (400): a value the VM cannot take, e.g.
 ///   `amount_mib` larger than guest RAM.
 /// - [`ApiError::Internal`] (500): the VMM failed.
 pub trait VmBackend: Send + Sync + 'static {
+    /// `GET /`.
+    fn instance_info(&self) -> InstanceInfo;
     /// `GET /vm`.
     fn vm_info(&self) -> VmInfo;
-    /// `PUT /actions {"action_type": "InstanceStart"}`: boot the VM.
+    /// `PATCH /vm`: pause or resume the vCPUs.
+    fn patch_vm(&self, update: VmStateUpdate) -> Result<(), ApiError>;
+    /// `GET /vm/config`: the configuration the VM boots (booted) with.
+    fn vm_config(&self) -> FullVmConfig;
+    /// `PUT /boot-source`; before boot only.
+    fn put_boot_source(&self, source: BootSource) -> Result<(), ApiError>;
+    /// `GET /machine-config`.
+    fn machine_config(&self) -> MachineConfig;
+    /// `PUT /machine-config`; before boot only.
+    fn put_machine_config(&self, config: MachineConfig) -> Result<(), ApiError>;
+    /// `PATCH /machine-config` (at least one field set); before boot only.
+    fn patch_machine_config(&self, update: MachineConfigUpdate) -> Result<(), ApiError>;
+    /// `PUT /logger`.
+    fn put_logger(&self, config: LoggerConfig) -> Result<(), ApiError>;
+    /// `PUT /metrics`; once.
+    fn put_metrics(&self, config: MetricsConfig) -> Result<(), ApiError>;
+    /// `PUT /actions {"action_type": "FlushMetrics"}`.
+    fn flush_metrics(&self) -> Result<(), ApiError>;
+    /// `PUT /actions {"action_type": "InstanceStart"}`: boot the VM and
+    /// return once it runs, or with the reason it could not boot (400).
     fn start(&self) -> Result<(), ApiError>;
+    /// The answer to a `start` that did not conflict has been written: a
+    /// VMM that is ending may go.
+    fn start_answered(&self);
     /// `PUT /balloon`: add the balloon device; before boot only.
     fn put_balloon(&self, config: BalloonConfig) -> Result<(), ApiError>;
     /// `PATCH /balloon`: set a new target size; before or after boot.

@@ -23,11 +23,57 @@ const CASES: u64 = 30_000;
 /// The routes, with a valid body for those that take one.
 fn routes(rng: &mut Rng) -> Vec<(&'static str, &'static str, Option<Value>)> {
     vec![
+        ("GET", "/", None),
+        ("GET", "/version", None),
         ("GET", "/vm", None),
+        (
+            "PATCH",
+            "/vm",
+            Some(json!({"state": rng.pick(&["Paused", "Resumed"])})),
+        ),
+        ("GET", "/vm/config", None),
+        (
+            "PUT",
+            "/boot-source",
+            Some(json!({
+                "kernel_image_path": "/k",
+                "initrd_path": "/i",
+                "boot_args": "console=ttyS0",
+            })),
+        ),
+        ("GET", "/machine-config", None),
+        (
+            "PUT",
+            "/machine-config",
+            Some(json!({
+                "vcpu_count": 1 + rng.below(32),
+                "mem_size_mib": 8 + rng.below(4096),
+                "smt": rng.bool(),
+                "track_dirty_pages": rng.bool(),
+                "cpu_template": "None",
+                "huge_pages": rng.pick(&["None", "2M", "Transparent"]),
+            })),
+        ),
+        (
+            "PATCH",
+            "/machine-config",
+            Some(json!({"mem_size_mib": 8 + rng.below(4096)})),
+        ),
+        (
+            "PUT",
+            "/logger",
+            Some(json!({"log_path": "/tmp/l", "level": "Info", "show_level": true})),
+        ),
+        ("PUT", "/metrics", Some(json!({"metrics_path": "/tmp/m"}))),
         (
             "PUT",
             "/actions",
-            Some(json!({"action_type": rng.pick(&["InstanceStart", "ReleaseMemory"])})),
+            Some(json!({"action_type": rng.pick(&[
+                "InstanceStart",
+                "ReleaseMemory",
+                "FlushMetrics",
+                "SendCtrlAltDel",
+            ])})),
         ),
         (
             "PUT",
@@ -69,8 +115,18 @@ fn route_of(call: &Call) -> (&'static str, String) {
         return ("GET", format!("/drives/{id}/metrics"));
     }
     let (method, path) = match call {
+        Call::InstanceInfo => ("GET", "/"),
+        Call::Version => ("GET", "/version"),
         Call::VmInfo => ("GET", "/vm"),
-        Call::Start | Call::ReleaseMemory => ("PUT", "/actions"),
+        Call::PatchVm(_) => ("PATCH", "/vm"),
+        Call::VmConfig => ("GET", "/vm/config"),
+        Call::PutBootSource(_) => ("PUT", "/boot-source"),
+        Call::MachineConfig => ("GET", "/machine-config"),
+        Call::PutMachineConfig(_) => ("PUT", "/machine-config"),
+        Call::PatchMachineConfig(_) => ("PATCH", "/machine-config"),
+        Call::PutLogger(_) => ("PUT", "/logger"),
+        Call::PutMetrics(_) => ("PUT", "/metrics"),
+        Call::Start | Call::ReleaseMemory | Call::FlushMetrics => ("PUT", "/actions"),
         Call::PutBalloon(_) => ("PUT", "/balloon"),
         Call::PatchBalloon(_) => ("PATCH", "/balloon"),
         Call::Balloon => ("GET", "/balloon"),
@@ -90,6 +146,13 @@ fn body_of(call: &Call) -> Vec<u8> {
     let v = match call {
         Call::Start => json!({"action_type": ActionType::InstanceStart}),
         Call::ReleaseMemory => json!({"action_type": ActionType::ReleaseMemory}),
+        Call::FlushMetrics => json!({"action_type": ActionType::FlushMetrics}),
+        Call::PatchVm(u) => json!(u),
+        Call::PutBootSource(b) => json!(b),
+        Call::PutMachineConfig(c) => json!(c),
+        Call::PatchMachineConfig(u) => json!(u),
+        Call::PutLogger(c) => json!(c),
+        Call::PutMetrics(c) => json!(c),
         Call::PutBalloon(c) => json!(c),
         Call::PatchBalloon(u) => json!(u),
         Call::PatchBalloonStats(u) => json!(u),

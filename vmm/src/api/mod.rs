@@ -4,8 +4,19 @@
 //!
 //! | method | path | body | success |
 //! |---|---|---|---|
-//! | `GET` | `/vm` | – | 200 [`VmInfo`] |
-//! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"InstanceStart"}` | 204 |
+//! | `GET` | `/` | – | 200 [`InstanceInfo`] |
+//! | `GET` | `/version` | – | 200 [`VersionInfo`] |
+//! | `GET` | `/vm` | – | 200 [`VmInfo`] (ours) |
+//! | `PATCH` | `/vm` | [`VmStateUpdate`] `{"state":"Paused"}` | 204 |
+//! | `GET` | `/vm/config` | – | 200 [`FullVmConfig`] |
+//! | `PUT` | `/boot-source` | [`BootSource`] (before boot) | 204 |
+//! | `GET` | `/machine-config` | – | 200 [`MachineConfig`] |
+//! | `PUT` | `/machine-config` | [`MachineConfig`] (before boot) | 204 |
+//! | `PATCH` | `/machine-config` | [`MachineConfigUpdate`] (before boot) | 204 |
+//! | `PUT` | `/logger` | [`LoggerConfig`] | 204 |
+//! | `PUT` | `/metrics` | [`MetricsConfig`] | 204 |
+//! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"InstanceStart"}` | 204 once booted |
+//! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"FlushMetrics"}` | 204 |
 //! | `PUT` | `/actions` | [`ActionBody`] `{"action_type":"ReleaseMemory"}` (ours) | 200 [`MemoryReleased`], then the VMM exits |
 //! | `PUT` | `/balloon` | [`BalloonConfig`] (before boot) | 204 |
 //! | `PATCH` | `/balloon` | [`BalloonUpdate`] | 204 |
@@ -17,6 +28,10 @@
 //! | `GET` | `/vsock` | – | 200 [`VsockInfo`] |
 //! | `GET` | `/vsock/metrics` | – | 200 counters (JSON object) |
 //! | `GET` | `/drives/{drive_id}/metrics` (ours) | – | 200 counters (JSON object) |
+//!
+//! Firecracker's other resources (`/drives`, `/network-interfaces`,
+//! `/snapshot/*`, `/mmds*`, `/entropy`, ...) answer 400 naming what is not
+//! supported (`unsupported`).
 //!
 //! Every error is a 4xx or 5xx status with `{"fault_message": "..."}`
 //! ([`ApiError`]). Requests that are not HTTP, too large, too slow, for an
@@ -54,9 +69,12 @@
 
 pub mod backend;
 pub mod error;
+pub mod instance;
 mod routes;
 pub mod server;
 pub mod types;
+mod unsupported;
+pub mod vm_config;
 
 #[cfg(test)]
 pub(crate) mod fuzz;
@@ -66,8 +84,12 @@ mod tests;
 pub use crate::http::{Limits as ApiLimits, MAX_HEADER_FIELDS};
 pub use backend::VmBackend;
 pub use error::{ApiError, ApiServerError};
+pub use instance::{InstanceInfo, InstanceState, RequestedState, VersionInfo, VmStateUpdate};
 pub use server::ApiServer;
 pub use types::{
     ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,
     BalloonUpdate, DriveConfig, MemoryReleased, VmInfo, VmState, VsockConfig, VsockInfo,
+};
+pub use vm_config::{
+    BootSource, FullVmConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
 };

@@ -10,23 +10,51 @@ use serde::Serialize;
 
 use super::backend::VmBackend;
 use super::error::ApiError;
+use super::instance::{VersionInfo, VmStateUpdate, VMM_VERSION};
 use super::types::{
     ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, VsockConfig,
+};
+use super::unsupported;
+use super::vm_config::{
+    BootSource, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, DRIVES_UNSUPPORTED,
 };
 use crate::http::route::{json_body, method_not_allowed, no_body};
 use crate::http::{Request, Response};
 
 /// The resources, for the 404 message.
-const RESOURCES: &str =
-    "/vm, /actions, /balloon, /balloon/statistics, /balloon/metrics, /vsock, /vsock/metrics, /drives/{drive_id}/metrics";
+const RESOURCES: &str = "/, /version, /vm, /vm/config, /actions, /boot-source, \
+     /machine-config, /logger, /metrics, /balloon, /balloon/statistics, /balloon/metrics, \
+     /vsock, /vsock/metrics, /drives/{drive_id}/metrics";
 
 /// A request that parsed: one backend call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Call {
+    /// `GET /`
+    InstanceInfo,
+    /// `GET /version`
+    Version,
     /// `GET /vm`
     VmInfo,
+    /// `PATCH /vm`
+    PatchVm(VmStateUpdate),
+    /// `GET /vm/config`
+    VmConfig,
+    /// `PUT /boot-source`
+    PutBootSource(BootSource),
+    /// `GET /machine-config`
+    MachineConfig,
+    /// `PUT /machine-config`
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`
+    PatchMachineConfig(MachineConfigUpdate),
+    /// `PUT /logger`
+    PutLogger(LoggerConfig),
+    /// `PUT /metrics`
+    PutMetrics(MetricsConfig),
     /// `PUT /actions {"action_type": "InstanceStart"}`
     Start,
+    /// `PUT /actions {"action_type": "FlushMetrics"}`
+    FlushMetrics,
     /// `PUT /actions {"action_type": "ReleaseMemory"}`
     ReleaseMemory,
     /// `PUT /balloon`
@@ -63,7 +91,10 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         return parse_drive_route(req, rest);
     }
     let allowed = match path {
-        "/vm" => "GET",
+        "/" | "/version" | "/vm/config" => "GET",
+        "/vm" => "GET, PATCH",
+        "/machine-config" => "GET, PUT, PATCH",
+        "/boot-source" | "/logger" | "/metrics" => "PUT",
         "/actions" => "PUT",
         "/balloon" => "GET, PUT, PATCH",
         "/balloon/statistics" => "GET, PATCH",
@@ -71,20 +102,45 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
         "/vsock" => "GET, PUT",
         "/vsock/metrics" => "GET",
         _ => {
+            if let Some(err) = unsupported::refuse(path) {
+                return Err(err);
+            }
             return Err(ApiError::NoSuchResource {
                 path: path.to_string(),
                 resources: RESOURCES,
-            })
+            });
         }
     };
     match (req.method.as_str(), path) {
+        ("GET", "/") => no_body(req).map(|()| Call::InstanceInfo),
+        ("GET", "/version") => no_body(req).map(|()| Call::Version),
         ("GET", "/vm") => no_body(req).map(|()| Call::VmInfo),
-        ("PUT", "/actions") => {
-            json_body::<ActionBody>(req).map(|action| match action.action_type {
-                ActionType::InstanceStart => Call::Start,
-                ActionType::ReleaseMemory => Call::ReleaseMemory,
-            })
+        ("PATCH", "/vm") => json_body(req).map(Call::PatchVm),
+        ("GET", "/vm/config") => no_body(req).map(|()| Call::VmConfig),
+        ("PUT", "/boot-source") => json_body(req).map(Call::PutBootSource),
+        ("GET", "/machine-config") => no_body(req).map(|()| Call::MachineConfig),
+        ("PUT", "/machine-config") => json_body(req).map(Call::PutMachineConfig),
+        ("PATCH", "/machine-config") => {
+            let update: MachineConfigUpdate = json_body(req)?;
+            if update.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "PATCH /machine-config needs at least one field to change".into(),
+                ));
+            }
+            Ok(Call::PatchMachineConfig(update))
         }
+        ("PUT", "/logger") => json_body(req).map(Call::PutLogger),
+        ("PUT", "/metrics") => json_body(req).map(Call::PutMetrics),
+        ("PUT", "/actions") => match json_body::<ActionBody>(req)?.action_type {
+            ActionType::InstanceStart => Ok(Call::Start),
+            ActionType::FlushMetrics => Ok(Call::FlushMetrics),
+            ActionType::ReleaseMemory => Ok(Call::ReleaseMemory),
+            ActionType::SendCtrlAltDel => Err(ApiError::BadRequest(
+                "action_type: SendCtrlAltDel is not supported by this VMM \
+                 (its i8042 has no keyboard)"
+                    .into(),
+            )),
+        },
         ("PUT", "/balloon") => json_body(req).map(Call::PutBalloon),
         ("PATCH", "/balloon") => json_body(req).map(Call::PatchBalloon),
         ("GET", "/balloon") => no_body(req).map(|()| Call::Balloon),
@@ -99,13 +155,16 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
 }
 
 /// `/drives/{drive_id}/...`. The id is checked by the backend (an unknown
-/// one is a 404 there).
+/// one is a 404 there). `/drives/{drive_id}` itself is not configurable
+/// over the API yet.
 fn parse_drive_route(req: &Request, rest: &str) -> Result<Call, ApiError> {
     match rest.split_once('/') {
         Some((id, "metrics")) if !id.is_empty() => match req.method.as_str() {
             "GET" => no_body(req).map(|()| Call::DriveMetrics(id.to_string())),
             _ => Err(method_not_allowed(req, "GET")),
         },
+        None if !rest.is_empty() => Err(unsupported::refuse(req.path())
+            .unwrap_or_else(|| ApiError::BadRequest(DRIVES_UNSUPPORTED.into()))),
         _ => Err(ApiError::NoSuchResource {
             path: req.target.clone(),
             resources: RESOURCES,
@@ -116,8 +175,38 @@ fn parse_drive_route(req: &Request, rest: &str) -> Result<Call, ApiError> {
 /// Makes the backend call and builds the response.
 pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Response, ApiError> {
     match call {
+        Call::InstanceInfo => json(&backend.instance_info()),
+        Call::Version => json(&VersionInfo {
+            firecracker_version: VMM_VERSION.into(),
+        }),
         Call::VmInfo => json(&backend.vm_info()),
-        Call::Start => backend.start().map(|()| Response::no_content()),
+        Call::PatchVm(update) => backend.patch_vm(update).map(|()| Response::no_content()),
+        Call::VmConfig => json(&backend.vm_config()),
+        Call::PutBootSource(source) => backend
+            .put_boot_source(source)
+            .map(|()| Response::no_content()),
+        Call::MachineConfig => json(&backend.machine_config()),
+        Call::PutMachineConfig(config) => backend
+            .put_machine_config(config)
+            .map(|()| Response::no_content()),
+        Call::PatchMachineConfig(update) => backend
+            .patch_machine_config(update)
+            .map(|()| Response::no_content()),
+        Call::PutLogger(config) => backend.put_logger(config).map(|()| Response::no_content()),
+        Call::PutMetrics(config) => backend.put_metrics(config).map(|()| Response::no_content()),
+        Call::FlushMetrics => backend.flush_metrics().map(|()| Response::no_content()),
+        Call::Start => {
+            // The answer waits for the boot; the VMM must not end (a guest
+            // that exits at once) before the client has it.
+            let response = match backend.start() {
+                Ok(()) => Response::no_content(),
+                // Nothing started: no answer is awaited.
+                Err(err @ ApiError::Conflict(_)) => return Err(err),
+                Err(err) => Response::error(&err),
+            };
+            let backend = Arc::clone(backend);
+            Ok(response.after_sent(move || backend.start_answered()))
+        }
         Call::ReleaseMemory => {
             let response = match backend.release_memory() {
                 // Nothing was done: the VM goes on.
@@ -289,14 +378,15 @@ mod tests {
             msg.starts_with("stats_polling_interval_s: invalid value"),
             "{msg}"
         );
-        let (status, msg) = fault("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#);
+        let (status, msg) = fault("PUT", "/actions", r#"{"action_type":"Reboot"}"#);
         assert_eq!(status, 400);
         assert!(
-            msg.starts_with(
-                "action_type: unknown variant `FlushMetrics`, expected `InstanceStart` or `ReleaseMemory`"
-            ),
+            msg.starts_with("action_type: unknown variant `Reboot`, expected one of"),
             "{msg}"
         );
+        let (status, msg) = fault("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
+        assert_eq!(status, 400);
+        assert!(msg.contains("SendCtrlAltDel is not supported"), "{msg}");
         let (status, msg) = fault("PUT", "/vsock", r#"{"guest_cid":-3,"uds_path":"v"}"#);
         assert_eq!(status, 400);
         assert!(msg.starts_with("guest_cid: invalid value"), "{msg}");

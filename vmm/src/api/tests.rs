@@ -40,6 +40,65 @@ impl FakeVm {
 }
 
 impl VmBackend for FakeVm {
+    fn instance_info(&self) -> InstanceInfo {
+        self.record("instance_info".into());
+        InstanceInfo {
+            id: "fake".into(),
+            state: InstanceState::NotStarted,
+            vmm_version: "0".into(),
+            app_name: "fake".into(),
+        }
+    }
+
+    fn patch_vm(&self, update: VmStateUpdate) -> Result<(), ApiError> {
+        self.record(format!("patch_vm {update:?}"));
+        Ok(())
+    }
+
+    fn vm_config(&self) -> FullVmConfig {
+        self.record("vm_config".into());
+        FullVmConfig::default()
+    }
+
+    fn put_boot_source(&self, source: BootSource) -> Result<(), ApiError> {
+        self.record(format!("put_boot_source {source:?}"));
+        Ok(())
+    }
+
+    fn machine_config(&self) -> MachineConfig {
+        self.record("machine_config".into());
+        MachineConfig::default()
+    }
+
+    fn put_machine_config(&self, config: MachineConfig) -> Result<(), ApiError> {
+        self.record(format!("put_machine_config {config:?}"));
+        Ok(())
+    }
+
+    fn patch_machine_config(&self, update: MachineConfigUpdate) -> Result<(), ApiError> {
+        self.record(format!("patch_machine_config {update:?}"));
+        Ok(())
+    }
+
+    fn put_logger(&self, config: LoggerConfig) -> Result<(), ApiError> {
+        self.record(format!("put_logger {config:?}"));
+        Ok(())
+    }
+
+    fn put_metrics(&self, config: MetricsConfig) -> Result<(), ApiError> {
+        self.record(format!("put_metrics {config:?}"));
+        Ok(())
+    }
+
+    fn flush_metrics(&self) -> Result<(), ApiError> {
+        self.record("flush_metrics".into());
+        Ok(())
+    }
+
+    fn start_answered(&self) {
+        self.record("start_answered".into());
+    }
+
     fn release_memory(&self) -> Result<MemoryReleased, ApiError> {
         self.record("release_memory".into());
         if !*self.started.lock().unwrap() {
@@ -208,6 +267,37 @@ impl VmBackend for FakeVm {
 struct PanickyVm;
 
 impl VmBackend for PanickyVm {
+    fn instance_info(&self) -> InstanceInfo {
+        unreachable!()
+    }
+    fn patch_vm(&self, _: VmStateUpdate) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn vm_config(&self) -> FullVmConfig {
+        unreachable!()
+    }
+    fn put_boot_source(&self, _: BootSource) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn machine_config(&self) -> MachineConfig {
+        unreachable!()
+    }
+    fn put_machine_config(&self, _: MachineConfig) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn patch_machine_config(&self, _: MachineConfigUpdate) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn put_logger(&self, _: LoggerConfig) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn put_metrics(&self, _: MetricsConfig) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn flush_metrics(&self) -> Result<(), ApiError> {
+        unreachable!()
+    }
+    fn start_answered(&self) {}
     fn vm_info(&self) -> VmInfo {
         panic!("vm_info exploded")
     }
@@ -461,6 +551,7 @@ fn every_route_works() {
             "vm_info",
             "put_balloon BalloonConfig { amount_mib: 64, deflate_on_oom: true, stats_polling_interval_s: 1, free_page_reporting: true }",
             "start",
+            "start_answered",
             "vm_info",
             "patch_balloon BalloonUpdate { amount_mib: 32 }",
             "balloon",
@@ -533,6 +624,7 @@ fn vsock_routes_work() {
             "vsock",
             "vsock_metrics",
             "start",
+            "start_answered",
             "put_vsock 4 w",
         ]
     );
@@ -622,8 +714,18 @@ fn bad_requests_never_reach_the_backend() {
         (request_bytes("PATCH", "/balloon", Some("null")), 400, "the request body must be a JSON object"),
         (request_bytes("PUT", "/actions", Some(r#"{"action_type":"Reboot"}"#)), 400, "action_type: unknown variant `Reboot`"),
         (request_bytes("GET", "/vm", Some("{}")), 400, "GET /vm takes no request body"),
-        (request_bytes("GET", "/", None), 404, "no such resource: /"),
-        (request_bytes("GET", "/machine-config", None), 404, "no such resource: /machine-config"),
+        (request_bytes("GET", "/nope", None), 404, "no such resource: /nope"),
+        (request_bytes("GET", "/machine-config/", None), 404, "no such resource: /machine-config/"),
+        (request_bytes("PUT", "/snapshot/create", Some("{}")), 400, "/snapshot/create: snapshots are not supported"),
+        (request_bytes("PUT", "/drives/rootfs", Some("{}")), 400, "/drives/rootfs: drives are not supported over the API yet: use `vmm run --drive`"),
+        (request_bytes("PATCH", "/machine-config", Some("{}")), 400, "PATCH /machine-config needs at least one field"),
+        (request_bytes("PUT", "/machine-config", Some(r#"{"vcpu_count":1}"#)), 400, "missing field `mem_size_mib`"),
+        (request_bytes("PUT", "/machine-config", Some(r#"{"vcpu_count":1,"mem_size_mib":64,"huge_pages":"1G"}"#)), 400, "huge_pages: unknown variant `1G`"),
+        (request_bytes("PATCH", "/vm", Some(r#"{"state":"Stopped"}"#)), 400, "state: unknown variant `Stopped`, expected `Paused` or `Resumed`"),
+        (request_bytes("PUT", "/actions", Some(r#"{"action_type":"SendCtrlAltDel"}"#)), 400, "SendCtrlAltDel is not supported"),
+        (request_bytes("PUT", "/boot-source", Some(r#"{"kernel_image_path":"/k","bootargs":""}"#)), 400, "bootargs: unknown field `bootargs`"),
+        (request_bytes("PUT", "/metrics", Some("{}")), 400, "missing field `metrics_path`"),
+        (request_bytes("DELETE", "/vm", None), 405, "method DELETE is not allowed on /vm (allowed: GET, PATCH)"),
         (request_bytes("DELETE", "/balloon", None), 405, "method DELETE is not allowed on /balloon (allowed: GET, PUT, PATCH)"),
         (request_bytes("POST", "/actions", Some("{}")), 405, "method POST is not allowed on /actions (allowed: PUT)"),
         (request_bytes("PUT", "/balloon", Some(&big_body)), 413, "larger than the limit of 16384 bytes"),
@@ -680,7 +782,7 @@ fn release_memory_answers_first_then_ends_the_vmm() {
     assert_eq!(body.released_bytes, 250 << 20);
     assert_eq!(r.json()["madvise_us"], 20_000);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while h.vm.calls().len() < 4 {
+    while h.vm.calls().len() < 5 {
         assert!(Instant::now() < deadline, "{:?}", h.vm.calls());
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -689,6 +791,7 @@ fn release_memory_answers_first_then_ends_the_vmm() {
         [
             "release_memory",
             "start",
+            "start_answered",
             "release_memory",
             "end_after_release"
         ]
@@ -993,5 +1096,376 @@ fn openapi_document_covers_every_route_field_and_status() {
     }
     for status in [400, 404, 405, 408, 409, 411, 413, 415, 417, 431, 500, 503] {
         assert!(spec.contains(&format!("\"{status}\":")), "{status}");
+    }
+}
+
+/// The real backend of `vmm run` ([`crate::control::VmControl`]) behind
+/// the server, before boot: nothing here needs a VM.
+struct ControlHarness {
+    _server: ApiServer,
+    control: Arc<crate::control::VmControl>,
+    path: PathBuf,
+    dir: TempDir,
+}
+
+fn control_harness() -> ControlHarness {
+    use crate::control::{Boot, StartConfig, VmControl};
+    let dir = TempDir::new();
+    let path = dir.sock();
+    let control = VmControl::new("vm-7".into(), StartConfig::default(), Boot::OnInstanceStart);
+    let server = ApiServer::start_with_limits(&path, control.clone(), short_limits()).unwrap();
+    ControlHarness {
+        _server: server,
+        control,
+        path,
+        dir,
+    }
+}
+
+const JSON_204: (u16, &str) = (204, "");
+
+fn status_body(r: &Reply) -> (u16, &str) {
+    (r.status, r.body.as_str())
+}
+
+#[test]
+fn firecracker_configuration_routes_before_boot() {
+    let h = control_harness();
+    let p = &h.path;
+
+    let r = send(p, "GET", "/", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"id": "vm-7", "state": "Not started",
+            "vmm_version": env!("CARGO_PKG_VERSION"), "app_name": "vmm"})
+    );
+    let r = send(p, "GET", "/version", None);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"firecracker_version": env!("CARGO_PKG_VERSION")})
+    );
+
+    // Firecracker's defaults, in its shape.
+    let r = send(p, "GET", "/machine-config", None);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false,
+            "track_dirty_pages": false, "huge_pages": "None"})
+    );
+    let put = |body: &str| send(p, "PUT", "/machine-config", Some(body));
+    let r = put(r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "cpu_template": "None"}"#);
+    assert_eq!(status_body(&r), JSON_204);
+    let r = send(
+        p,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"mem_size_mib": 64}"#),
+    );
+    assert_eq!(status_body(&r), JSON_204);
+    let r = send(p, "GET", "/machine-config", None);
+    assert_eq!(
+        (
+            r.json()["vcpu_count"].clone(),
+            r.json()["mem_size_mib"].clone()
+        ),
+        (2.into(), 64.into())
+    );
+
+    // What we cannot do is refused whole, naming the field.
+    for (body, fault) in [
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "smt": true}"#,
+            "smt: simultaneous multithreading is not supported",
+        ),
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "track_dirty_pages": true}"#,
+            "track_dirty_pages: dirty page tracking (for diff snapshots) is not supported",
+        ),
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "cpu_template": "T2"}"#,
+            "cpu_template: CPU templates are not supported (got \"T2\")",
+        ),
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}"#,
+            "huge_pages: Hugetlbfs2M is not supported",
+        ),
+        (
+            r#"{"vcpu_count": 0, "mem_size_mib": 64}"#,
+            "vcpu_count: 0 is out of range (1 to 254)",
+        ),
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 4}"#,
+            "mem_size_mib: 4 is out of range (8 to 1048576)",
+        ),
+        (
+            r#"{"vcpu_count": 300, "mem_size_mib": 64}"#,
+            "vcpu_count: invalid value: integer `300`",
+        ),
+    ] {
+        let r = put(body);
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert!(r.fault().starts_with(fault), "{body}: {}", r.fault());
+    }
+    let r = send(p, "GET", "/machine-config", None);
+    assert_eq!(
+        r.json()["mem_size_mib"],
+        64,
+        "a refused PUT changed nothing"
+    );
+
+    // The balloon must fit the memory, whichever comes first.
+    let r = send(
+        p,
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib": 48, "deflate_on_oom": false}"#),
+    );
+    assert_eq!(r.status, 204);
+    let r = send(
+        p,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"mem_size_mib": 32}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.fault(),
+        "mem_size_mib: 32 is smaller than the balloon's amount_mib (48)"
+    );
+
+    // Boot source: the files must open.
+    let r = send(
+        p,
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.fault()
+            .starts_with("kernel_image_path: cannot open /nonexistent/vmlinux: No such file"),
+        "{}",
+        r.fault()
+    );
+    let kernel = h.dir.0.join("vmlinux");
+    fs::write(&kernel, b"not checked until boot").unwrap();
+    let body = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}}"#,
+        kernel.display()
+    );
+    assert_eq!(
+        status_body(&send(p, "PUT", "/boot-source", Some(&body))),
+        JSON_204
+    );
+
+    let r = send(p, "GET", "/vm/config", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel.display().to_string(),
+                "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"},
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 64, "smt": false,
+                "track_dirty_pages": false, "huge_pages": "None"},
+            "balloon": {"amount_mib": 48, "deflate_on_oom": false,
+                "stats_polling_interval_s": 0, "free_page_reporting": false},
+            "drives": [],
+            "network-interfaces": [],
+        })
+    );
+    // What GET /vm/config gives, a configuration file takes.
+    let full = crate::config_file::parse(r.body.as_bytes()).unwrap();
+    let again = crate::control::StartConfig::from_file(&full).unwrap();
+    assert_eq!(again.full(), full);
+
+    // Only a running VM pauses.
+    let r = send(p, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(
+        (r.status, r.fault()),
+        (
+            400,
+            "the VM can only be paused or resumed while it runs".into()
+        )
+    );
+}
+
+#[test]
+fn logger_and_metrics_take_firecrackers_shapes() {
+    let h = control_harness();
+    let p = &h.path;
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let r = send(p, "PUT", "/actions", Some(flush));
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("no metrics file"), "{}", r.fault());
+
+    let metrics = h.dir.0.join("metrics.json");
+    let body = format!(r#"{{"metrics_path": "{}"}}"#, metrics.display());
+    assert_eq!(
+        status_body(&send(p, "PUT", "/metrics", Some(&body))),
+        JSON_204
+    );
+    let r = send(p, "PUT", "/metrics", Some(&body));
+    assert_eq!(
+        (r.status, r.fault()),
+        (
+            400,
+            "metrics are already configured (PUT /metrics works once)".into()
+        )
+    );
+    assert_eq!(
+        status_body(&send(p, "PUT", "/actions", Some(flush))),
+        JSON_204
+    );
+    assert_eq!(
+        status_body(&send(p, "PUT", "/actions", Some(flush))),
+        JSON_204
+    );
+    let text = fs::read_to_string(&metrics).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["id"], "vm-7");
+    assert_eq!(lines[0]["vm"]["state"], "NotStarted");
+    assert_eq!(lines[0]["vm"]["mem_size_mib"], 128);
+    assert!(lines[1]["utc_timestamp_ms"].as_u64() >= lines[0]["utc_timestamp_ms"].as_u64());
+
+    for (body, fault) in [
+        (r#"{"level": "Chatty"}"#, "level: unknown level \"Chatty\""),
+        (
+            r#"{"module": "api_server"}"#,
+            "module: filtering the log by module is not supported",
+        ),
+        (
+            r#"{"log_path": "/nonexistent/dir/log"}"#,
+            "log_path: cannot open /nonexistent/dir/log",
+        ),
+    ] {
+        let r = send(p, "PUT", "/logger", Some(body));
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.fault().starts_with(fault), "{body}: {}", r.fault());
+    }
+    // Firecracker's fields without a path change nothing and are accepted.
+    let r = send(
+        p,
+        "PUT",
+        "/logger",
+        Some(r#"{"level": "debug", "show_level": true, "show_log_origin": false}"#),
+    );
+    assert_eq!(status_body(&r), JSON_204);
+}
+
+/// `InstanceStart` is answered once the boot is over: with its failure as
+/// a 400; afterwards the configuration is closed (400, as Firecracker).
+#[test]
+fn instance_start_waits_for_the_boot_and_reports_its_failure() {
+    let h = control_harness();
+    let p = &h.path;
+    let r = send(
+        p,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 3, "mem_size_mib": 96}"#),
+    );
+    assert_eq!(r.status, 204);
+    let control = h.control.clone();
+    let main_thread = std::thread::spawn(move || {
+        let config = control.wait_for_start(|| None::<()>).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        control.set_failed("the kernel is not an ELF".into());
+        control.settle(Duration::from_secs(5));
+        config
+    });
+    let t0 = Instant::now();
+    let r = send(
+        p,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(100),
+        "answered before the boot ended"
+    );
+    assert_eq!(
+        (r.status, r.fault()),
+        (400, "cannot start the VM: the kernel is not an ELF".into())
+    );
+    let config = main_thread.join().unwrap();
+    assert_eq!((config.vcpus, config.mem_size), (3, 96 << 20));
+
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+        ),
+        ("PATCH", "/machine-config", r#"{"vcpu_count": 1}"#),
+        ("PUT", "/boot-source", r#"{"boot_args": "x"}"#),
+    ] {
+        let r = send(p, method, path, Some(body));
+        assert_eq!(r.status, 400, "{method} {path}");
+        assert!(
+            r.fault()
+                .ends_with("can only be configured before InstanceStart"),
+            "{}",
+            r.fault()
+        );
+    }
+    let r = send(
+        p,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        send(p, "GET", "/machine-config", None).json()["vcpu_count"],
+        3
+    );
+}
+
+#[test]
+fn a_configuration_file_is_checked_like_the_api() {
+    use crate::control::StartConfig;
+    let from = |text: &str| {
+        StartConfig::from_file(&crate::config_file::parse(text.as_bytes()).unwrap())
+            .map_err(|e| e.to_string())
+    };
+    let c = from(r#"{"boot-source": {"boot_args": "tiny.exit=3"}, "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}}"#).unwrap();
+    assert_eq!(
+        (c.kernel, c.cmdline.as_str(), c.vcpus, c.mem_size),
+        (None, "tiny.exit=3", 2, 64 << 20)
+    );
+    // Drives as `--drive`: checked when the device is made.
+    let c = from(r#"{"drives": [{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false}]}"#).unwrap();
+    assert_eq!(c.drives.len(), 1);
+    assert!(c.drives[0].is_root_device);
+    for (text, err) in [
+        (
+            r#"{"network-interfaces": [{"iface_id": "eth0"}]}"#,
+            "network-interfaces: network interfaces are not supported yet",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": true}}"#,
+            "machine-config: smt: simultaneous",
+        ),
+        (
+            r#"{"balloon": {"amount_mib": 200, "deflate_on_oom": false}}"#,
+            "balloon: amount_mib 200 is larger than guest RAM (128 MiB)",
+        ),
+        (
+            r#"{"vsock": {"guest_cid": 2, "uds_path": "/tmp/v"}}"#,
+            "vsock: ",
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/nonexistent"}}"#,
+            "boot-source: kernel_image_path: cannot open /nonexistent",
+        ),
+    ] {
+        let e = from(text).unwrap_err();
+        assert!(e.starts_with(err), "{text}: {e}");
     }
 }

@@ -15,12 +15,17 @@ pub struct ActionBody {
     pub action_type: ActionType,
 }
 
-/// The actions of `PUT /actions`. Firecracker also has `SendCtrlAltDel`
-/// and `FlushMetrics`, which we do not have; `ReleaseMemory` is ours.
+/// The actions of `PUT /actions`: Firecracker's, and `ReleaseMemory`,
+/// which is ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionType {
-    /// Boot the VM.
+    /// Boot the VM; answered once it booted (or failed to).
     InstanceStart,
+    /// Write a line of metrics now (after `PUT /metrics`).
+    FlushMetrics,
+    /// Firecracker's Ctrl+Alt+Del: refused (400), our i8042 has no
+    /// keyboard.
+    SendCtrlAltDel,
     /// Our extension: stop the vCPUs for good, give all guest RAM back to
     /// the host (`madvise(MADV_DONTNEED)`), answer with
     /// [`MemoryReleased`], then exit (status 253). For a VM that is to die
@@ -239,6 +244,8 @@ pub enum VmState {
     NotStarted,
     /// vCPUs are running.
     Running,
+    /// `PATCH /vm {"state": "Paused"}` stopped the vCPUs.
+    Paused,
     /// The guest has shut down, reset or crashed; the process is ending.
     Exited,
 }

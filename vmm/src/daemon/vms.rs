@@ -139,6 +139,8 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
         spec.vcpus.to_string(),
         "--api-sock".into(),
         api_sock.display().to_string(),
+        // Boot at once, also the embedded tiny guest (no --kernel).
+        "--boot-now".into(),
         "--serial-out".into(),
         console.display().to_string(),
     ];

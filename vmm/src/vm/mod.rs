@@ -15,6 +15,7 @@ pub mod image_file;
 pub mod layout;
 pub mod memory;
 pub mod numa;
+pub mod pause;
 pub mod regs;
 pub mod release;
 pub mod stop_signals;
@@ -308,10 +309,11 @@ impl Vm {
             source,
         })?;
         let park = Arc::new(Park::default());
+        let pause = Arc::new(pause::Pause::default());
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             let handle = vcpu
-                .spawn(buses.clone(), exit.clone(), park.clone())
+                .spawn(buses.clone(), exit.clone(), park.clone(), pause.clone())
                 .map_err(|source| VmError::Io {
                     what: "start a vCPU thread",
                     source,
@@ -326,7 +328,7 @@ impl Vm {
             vsock,
             drives,
             vsock_socket,
-            vcpus: Arc::new(VcpuThreads::new(handles, park)),
+            vcpus: Arc::new(VcpuThreads::new(handles, park, pause)),
             _vm_fd: vm_fd,
             mem,
             _kvm: kvm,
@@ -380,6 +382,11 @@ impl Vm {
     /// RAM on up to `threads` threads (see [`release`]).
     pub fn releaser(&self, threads: usize) -> Releaser {
         Releaser::new(self.mem.clone(), self.vcpus.clone(), threads)
+    }
+
+    /// The vCPU threads, to pause and resume them.
+    pub fn vcpu_threads(&self) -> Arc<VcpuThreads> {
+        self.vcpus.clone()
     }
 
     /// The signal that ends [`Vm::wait`].

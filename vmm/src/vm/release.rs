@@ -338,7 +338,7 @@ mod tests {
             let park = Arc::clone(&park);
             std::thread::spawn(move || park.serve())
         };
-        let vcpus = VcpuThreads::new(Vec::new(), park);
+        let vcpus = VcpuThreads::new(Vec::new(), park, Default::default());
         while vcpus.parked() == 0 {
             std::thread::yield_now();
         }

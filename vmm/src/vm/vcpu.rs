@@ -17,6 +17,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use super::boot::BootSetup;
 use super::exit::{ExitSignal, VmExit};
 use super::memory::GuestRam;
+use super::pause::Pause;
 use super::regs::{self, RegsError};
 use crate::devices::IoBuses;
 
@@ -64,17 +65,19 @@ impl Vcpu {
     /// Runs the vCPU on its own thread until the VM ends, or until `park`
     /// is requested: then the thread leaves `KVM_RUN` for good and serves
     /// `park`'s jobs instead (see [`VcpuThreads::park_all`]).
+    /// While `pause` is requested the thread waits outside `KVM_RUN`.
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
         exit: Arc<ExitSignal>,
         park: Arc<Park>,
+        pause: Arc<Pause>,
     ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
                 let mut vcpu = self;
-                match vcpu.run_loop(&buses, &exit, &park) {
+                match vcpu.run_loop(&buses, &exit, &park, &pause) {
                     Some(end) => exit.request(end),
                     None => park.serve(),
                 }
@@ -82,7 +85,13 @@ impl Vcpu {
     }
 
     /// `None` when parked.
-    fn run_loop(&mut self, buses: &IoBuses, exit: &ExitSignal, park: &Park) -> Option<VmExit> {
+    fn run_loop(
+        &mut self,
+        buses: &IoBuses,
+        exit: &ExitSignal,
+        park: &Park,
+        pause: &Pause,
+    ) -> Option<VmExit> {
         // In a full memory cgroup, KVM_RUN fails instead of waiting for
         // memory; this waits and runs again (see its documentation).
         let mut charge = crate::vm::charge_wait::ChargeWait::for_this_process();
@@ -94,6 +103,10 @@ impl Vcpu {
             if exit.is_requested() {
                 // Another vCPU ended the VM; its reason is the one reported.
                 return Some(VmExit::Reset);
+            }
+            if pause.is_requested() {
+                pause.hold(|| exit.is_requested() || park.is_requested());
+                continue;
             }
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -282,12 +295,63 @@ pub enum ParkError {
 pub struct VcpuThreads {
     handles: Vec<JoinHandle<()>>,
     park: Arc<Park>,
+    pause: Arc<Pause>,
 }
 
 impl VcpuThreads {
-    /// The threads `spawn` started with `park`.
-    pub fn new(handles: Vec<JoinHandle<()>>, park: Arc<Park>) -> Self {
-        VcpuThreads { handles, park }
+    /// The threads `spawn` started with `park` and `pause`.
+    pub fn new(handles: Vec<JoinHandle<()>>, park: Arc<Park>, pause: Arc<Pause>) -> Self {
+        VcpuThreads {
+            handles,
+            park,
+            pause,
+        }
+    }
+
+    /// Pauses every vCPU: asks them to stop, then kicks each thread out
+    /// of `KVM_RUN` (again every 200 µs, as [`park_all`](Self::park_all)
+    /// does) until every thread is held or ended. Undo with
+    /// [`resume_all`](Self::resume_all), also after an error.
+    pub fn pause_all(&self, timeout: Duration) -> Result<Duration, ParkError> {
+        let t0 = Instant::now();
+        self.pause.request();
+        loop {
+            let ended = self.handles.iter().filter(|h| h.is_finished()).count();
+            let running = self.handles.len().saturating_sub(self.pause.held() + ended);
+            if running == 0 {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() >= timeout {
+                return Err(ParkError::Timeout {
+                    running,
+                    total: self.handles.len(),
+                    waited: t0.elapsed(),
+                });
+            }
+            self.kick()?;
+            self.pause.wait_change(Duration::from_micros(200));
+        }
+    }
+
+    /// Ends a pause.
+    pub fn resume_all(&self) {
+        self.pause.resume();
+    }
+
+    /// Sends [`kick_signal`] to every thread that has not ended.
+    fn kick(&self) -> Result<(), ParkError> {
+        use vmm_sys_util::signal::Killable;
+        for (index, handle) in self.handles.iter().enumerate() {
+            // The handles are never joined or detached, so their pthread
+            // ids stay valid even after the threads end.
+            if !handle.is_finished() {
+                handle.kill(kick_signal()).map_err(|e| ParkError::Kick {
+                    index,
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops every vCPU for good: asks them to park, then kicks each
@@ -296,7 +360,6 @@ impl VcpuThreads {
     /// lost) until every thread has parked or ended. Afterwards no vCPU
     /// touches guest memory. Returns the time it took.
     pub fn park_all(&self, timeout: Duration) -> Result<Duration, ParkError> {
-        use vmm_sys_util::signal::Killable;
         let t0 = Instant::now();
         self.park.requested.store(true, Ordering::Release);
         loop {
@@ -313,16 +376,7 @@ impl VcpuThreads {
                     waited: t0.elapsed(),
                 });
             }
-            for (index, handle) in self.handles.iter().enumerate() {
-                // The handles are never joined or detached, so their
-                // pthread ids stay valid even after the threads end.
-                if !handle.is_finished() {
-                    handle.kill(kick_signal()).map_err(|e| ParkError::Kick {
-                        index,
-                        source: std::io::Error::from_raw_os_error(e.errno()),
-                    })?;
-                }
-            }
+            self.kick()?;
             let state = self.park.state();
             let _ = self
                 .park
