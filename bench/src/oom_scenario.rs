@@ -1596,13 +1596,13 @@ mod tests {
         );
         assert_eq!(
             s.run_args(&defs[0], "a.sock", "c.log").join(" "),
-            "run --mem 160M --vcpus 1 --api-sock a.sock --serial-out c.log --cmdline \
+            "run --mem 160M --vcpus 1 --api-sock a.sock --boot-now --serial-out c.log --cmdline \
              tiny.alloc=128M tiny.free=112M tiny.balloon=on tiny.report-every=2s --balloon \
              amount_mib=0,deflate_on_oom=true,stats_polling_interval_s=1,free_page_reporting=true"
         );
         assert_eq!(
             s.run_args(&defs[2], "a.sock", "c.log").join(" "),
-            "run --mem 192M --vcpus 1 --api-sock a.sock --serial-out c.log --cmdline \
+            "run --mem 192M --vcpus 1 --api-sock a.sock --boot-now --serial-out c.log --cmdline \
              tiny.touch=128M tiny.hold=forever"
         );
         let body: Value = serde_json::from_str(&s.daemon_json(&defs[0], "p")).unwrap();

@@ -742,7 +742,7 @@ mod tests {
     fn the_documented_command() {
         assert_eq!(
             vmm_command("vmm", 2, "a.sock").shell(),
-            "vmm run --mem 1040M --api-sock a.sock --release-threads 2 --cmdline 'tiny.touch=1G tiny.hold=forever'"
+            "vmm run --mem 1040M --api-sock a.sock --boot-now --release-threads 2 --cmdline 'tiny.touch=1G tiny.hold=forever'"
         );
     }
 

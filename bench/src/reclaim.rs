@@ -1053,7 +1053,7 @@ mod tests {
         let c = Commands::new("vmm", "qemu-system-x86_64", "g.elf", "a.sock", "q.sock");
         assert_eq!(
             c.vmm.shell(),
-            "vmm run --mem 1G --api-sock a.sock --balloon free_page_reporting=false --cmdline \
+            "vmm run --mem 1G --api-sock a.sock --boot-now --balloon free_page_reporting=false --cmdline \
              'tiny.alloc=1000M tiny.free=1000M tiny.balloon=on tiny.report-every=0 \
              tiny.balloon-log=settled'"
         );

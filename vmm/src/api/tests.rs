@@ -1017,6 +1017,13 @@ fn stale_socket_is_replaced_live_one_and_other_files_refused() {
 fn openapi_document_covers_every_route_field_and_status() {
     let spec = include_str!("../../api/openapi.yaml");
     for path in [
+        "/",
+        "/version",
+        "/vm/config",
+        "/boot-source",
+        "/machine-config",
+        "/logger",
+        "/metrics",
         "/vm",
         "/actions",
         "/balloon",
@@ -1062,6 +1069,48 @@ fn openapi_document_covers_every_route_field_and_status() {
         })
         .unwrap(),
         serde_json::json!({"action_type": "InstanceStart"}),
+        serde_json::to_value(FakeVm::default().instance_info()).unwrap(),
+        serde_json::to_value(VersionInfo {
+            firecracker_version: "0".into(),
+        })
+        .unwrap(),
+        serde_json::to_value(BootSource {
+            kernel_image_path: Some("k".into()),
+            initrd_path: Some("i".into()),
+            boot_args: Some("a".into()),
+        })
+        .unwrap(),
+        serde_json::to_value(MachineConfig {
+            cpu_template: Some("None".into()),
+            ..MachineConfig::default()
+        })
+        .unwrap(),
+        serde_json::to_value(LoggerConfig {
+            log_path: Some("l".into()),
+            level: Some("Info".into()),
+            show_level: Some(true),
+            show_log_origin: Some(true),
+            module: Some("m".into()),
+        })
+        .unwrap(),
+        serde_json::to_value(MetricsConfig {
+            metrics_path: "m".into(),
+        })
+        .unwrap(),
+        serde_json::to_value(VmStateUpdate {
+            state: RequestedState::Paused,
+        })
+        .unwrap(),
+        serde_json::to_value(FullVmConfig {
+            boot_source: Some(BootSource::default()),
+            machine_config: Some(MachineConfig::default()),
+            logger: Some(LoggerConfig::default()),
+            metrics: Some(MetricsConfig {
+                metrics_path: "m".into(),
+            }),
+            ..FullVmConfig::default()
+        })
+        .unwrap(),
         serde_json::to_value(VsockConfig {
             guest_cid: 3,
             uds_path: "v".into(),
