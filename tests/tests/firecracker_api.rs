@@ -137,9 +137,44 @@ fn firecrackers_getting_started_curl_flow_boots_the_guest() {
         (status.as_str(), body.as_str()),
         ("HTTP/1.1 204 No Content", "")
     );
+    // The guide's root file system, a raw image (the tiny guest boots
+    // without reading it; the VMM attaches it as vda).
+    let rootfs = scratch.0.join("rootfs.ext4");
+    std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+    let drive = format!(
+        "{{
+        \"drive_id\": \"rootfs\",
+        \"path_on_host\": \"{}\",
+        \"is_root_device\": true,
+        \"is_read_only\": false
+    }}",
+        rootfs.display()
+    );
+    let (status, body) = curl(
+        &sock,
+        &[
+            "-X",
+            "PUT",
+            "http://localhost/drives/rootfs",
+            "-H",
+            "Accept: application/json",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &drive,
+        ],
+    );
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 204 No Content", "")
+    );
     let (_, config) = curl(&sock, &["http://localhost/vm/config"]);
     assert!(
         config.contains(r#""machine-config":{"vcpu_count":2,"mem_size_mib":1024"#),
+        "{config}"
+    );
+    assert!(
+        config.contains(r#""drives":[{"drive_id":"rootfs","path_on_host":"#),
         "{config}"
     );
     let (status, body) = curl(
@@ -167,7 +202,9 @@ fn firecrackers_getting_started_curl_flow_boots_the_guest() {
     let out = vm.output();
     assert_eq!(exit.code(), Some(0), "{err}{out}");
     assert!(
-        out.contains(r#"tiny-guest: cmdline "console=ttyS0 reboot=k panic=1 pci=off""#),
+        out.contains(
+            r#"tiny-guest: cmdline "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw""#
+        ),
         "the guest did not get the boot arguments:\n{out}"
     );
     assert!(

@@ -373,7 +373,13 @@ impl StartConfig {
         if let Some(v) = &full.vsock {
             config.vsock = Some(VsockConfig::try_from(v.clone()).map_err(in_section("vsock"))?);
         }
-        // Checked when the devices are made, as `--drive` is.
+        // Firecracker's fields we do not do refused here; the rest is
+        // checked when the devices are made, as `--drive` is.
+        for d in &full.drives {
+            d.check_supported()
+                .map_err(ApiError::BadRequest)
+                .map_err(in_section("drives"))?;
+        }
         config.drives = full.drives.iter().cloned().map(Into::into).collect();
         Ok(config)
     }
@@ -403,7 +409,8 @@ fn vsock_not_configured() -> ApiError {
 
 fn drive_not_configured(drive_id: &str) -> ApiError {
     ApiError::NotFound(format!(
-        "the VM has no drive {drive_id:?} (add one with --drive before it boots)"
+        "the VM has no drive {drive_id:?} (add one with --drive or PUT /drives/{drive_id} \
+         before it boots)"
     ))
 }
 
@@ -426,6 +433,7 @@ fn drive_config(c: &BlockConfig) -> api::DriveConfig {
         path_on_host: c.path.to_string_lossy().into_owned(),
         is_root_device: c.is_root_device,
         is_read_only: c.read_only,
+        ..Default::default()
     }
 }
 
@@ -828,6 +836,51 @@ impl VmBackend for VmControl {
         let v = self.live_vsock()?;
         let metrics = lock(&v).metrics();
         serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn put_drive(&self, drive_id: &str, config: api::DriveConfig) -> Result<(), ApiError> {
+        if config.drive_id != drive_id {
+            return Err(ApiError::BadRequest(format!(
+                "the drive_id in the path ({drive_id:?}) and in the body ({:?}) differ",
+                config.drive_id
+            )));
+        }
+        config.check_supported().map_err(ApiError::BadRequest)?;
+        let drive = BlockConfig::from(config);
+        drive
+            .validate()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        // The early answer; the device opens the image again when it is
+        // made, and a start that fails there says so.
+        if !drive.path.is_file() {
+            return Err(ApiError::BadRequest(format!(
+                "path_on_host {}: not a regular file that can be read",
+                drive.path.display()
+            )));
+        }
+        let mut state = self.state();
+        if !matches!(state.phase, Phase::NotStarted) {
+            return Err(ApiError::BadRequest(
+                "drives can only be configured before InstanceStart".into(),
+            ));
+        }
+        let drives = &mut state.config.drives;
+        if drive.is_root_device
+            && drives
+                .iter()
+                .any(|d| d.is_root_device && d.drive_id != drive.drive_id)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "drive {:?} cannot be the root device: another drive is",
+                drive.drive_id
+            )));
+        }
+        // A PUT of an existing id replaces it, as in Firecracker.
+        match drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+            Some(d) => *d = drive,
+            None => drives.push(drive),
+        }
+        Ok(())
     }
 
     fn drive_metrics(&self, drive_id: &str) -> Result<serde_json::Value, ApiError> {

@@ -540,6 +540,7 @@ pub fn parse_drive(spec: &str) -> Result<crate::api::DriveConfig, String> {
         path_on_host: path.ok_or("a drive needs path=<image file>")?,
         is_root_device: root,
         is_read_only: ro,
+        ..Default::default()
     };
     block::BlockConfig::from(config.clone())
         .validate()
@@ -1631,6 +1632,7 @@ victim  b
                 path_on_host: "/img/root.ext4".into(),
                 is_root_device: true,
                 is_read_only: true,
+                ..Default::default()
             }
         );
         let d = parse_drive("drive_id=d1, path_on_host=x").unwrap();

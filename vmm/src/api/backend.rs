@@ -3,8 +3,8 @@
 use super::error::ApiError;
 use super::instance::{InstanceInfo, VmStateUpdate};
 use super::types::{
-    BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, MemoryReleased,
-    VmInfo, VsockConfig, VsockInfo,
+    BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, DriveConfig,
+    MemoryReleased, VmInfo, VsockConfig, VsockInfo,
 };
 use super::vm_config::{
     BootSource, FullVmConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
@@ -79,6 +79,15 @@ pub trait VmBackend: Send + Sync + 'static {
     /// `GET /vsock/metrics`: what the device did and what it refused from
     /// the guest, as counters (a JSON object).
     fn vsock_metrics(&self) -> Result<serde_json::Value, ApiError>;
+    /// `PUT /drives/{drive_id}`: adds (or replaces) a drive, before boot
+    /// only.
+    fn put_drive(&self, drive_id: &str, config: DriveConfig) -> Result<(), ApiError> {
+        let _ = (drive_id, config);
+        Err(ApiError::BadRequest(
+            "drives cannot be configured on this VM".into(),
+        ))
+    }
+
     /// `GET /drives/{drive_id}/metrics`: what the drive's device did and
     /// what it refused from the guest, as counters (a JSON object). Not
     /// found (404) for a drive the VM does not have.

@@ -106,13 +106,21 @@ fn routes(rng: &mut Rng) -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/vsock", None),
         ("GET", "/vsock/metrics", None),
         ("GET", "/drives/rootfs/metrics", None),
+        (
+            "PUT",
+            "/drives/rootfs",
+            Some(json!({"drive_id": "rootfs", "path_on_host": "/img",
+                "is_root_device": rng.bool(), "is_read_only": rng.bool()})),
+        ),
     ]
 }
 
 /// The route a call answers.
 fn route_of(call: &Call) -> (&'static str, String) {
-    if let Call::DriveMetrics(id) = call {
-        return ("GET", format!("/drives/{id}/metrics"));
+    match call {
+        Call::DriveMetrics(id) => return ("GET", format!("/drives/{id}/metrics")),
+        Call::PutDrive(id, _) => return ("PUT", format!("/drives/{id}")),
+        _ => {}
     }
     let (method, path) = match call {
         Call::InstanceInfo => ("GET", "/"),
@@ -136,7 +144,7 @@ fn route_of(call: &Call) -> (&'static str, String) {
         Call::PutVsock(_) => ("PUT", "/vsock"),
         Call::Vsock => ("GET", "/vsock"),
         Call::VsockMetrics => ("GET", "/vsock/metrics"),
-        Call::DriveMetrics(_) => unreachable!("answered above"),
+        Call::DriveMetrics(_) | Call::PutDrive(..) => unreachable!("answered above"),
     };
     (method, path.to_string())
 }
@@ -157,6 +165,7 @@ fn body_of(call: &Call) -> Vec<u8> {
         Call::PatchBalloon(u) => json!(u),
         Call::PatchBalloonStats(u) => json!(u),
         Call::PutVsock(c) => json!(c),
+        Call::PutDrive(_, c) => json!(c),
         _ => return Vec::new(),
     };
     serde_json::to_vec(&v).unwrap()

@@ -12,11 +12,12 @@ use super::backend::VmBackend;
 use super::error::ApiError;
 use super::instance::{VersionInfo, VmStateUpdate, VMM_VERSION};
 use super::types::{
-    ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, VsockConfig,
+    ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, DriveConfig,
+    VsockConfig,
 };
 use super::unsupported;
 use super::vm_config::{
-    BootSource, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, DRIVES_UNSUPPORTED,
+    BootSource, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
 };
 use crate::http::route::{json_body, method_not_allowed, no_body};
 use crate::http::{Request, Response};
@@ -75,6 +76,8 @@ pub(crate) enum Call {
     Vsock,
     /// `GET /vsock/metrics`
     VsockMetrics,
+    /// `PUT /drives/{drive_id}`
+    PutDrive(String, DriveConfig),
     /// `GET /drives/{drive_id}/metrics`
     DriveMetrics(String),
 }
@@ -154,17 +157,22 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
     }
 }
 
-/// `/drives/{drive_id}/...`. The id is checked by the backend (an unknown
-/// one is a 404 there). `/drives/{drive_id}` itself is not configurable
-/// over the API yet.
+/// `/drives/{drive_id}` and `/drives/{drive_id}/metrics`. The id is
+/// checked by the backend (an unknown one is a 404 there).
 fn parse_drive_route(req: &Request, rest: &str) -> Result<Call, ApiError> {
     match rest.split_once('/') {
         Some((id, "metrics")) if !id.is_empty() => match req.method.as_str() {
             "GET" => no_body(req).map(|()| Call::DriveMetrics(id.to_string())),
             _ => Err(method_not_allowed(req, "GET")),
         },
-        None if !rest.is_empty() => Err(unsupported::refuse(req.path())
-            .unwrap_or_else(|| ApiError::BadRequest(DRIVES_UNSUPPORTED.into()))),
+        None if !rest.is_empty() => match req.method.as_str() {
+            "PUT" => json_body(req).map(|c| Call::PutDrive(rest.to_string(), c)),
+            "PATCH" => Err(ApiError::BadRequest(format!(
+                "{}: updating a drive after boot is not supported by this VMM",
+                req.path()
+            ))),
+            _ => Err(method_not_allowed(req, "PUT")),
+        },
         _ => Err(ApiError::NoSuchResource {
             path: req.target.clone(),
             resources: RESOURCES,
@@ -230,6 +238,9 @@ pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Respo
         Call::PutVsock(config) => backend.put_vsock(config).map(|()| Response::no_content()),
         Call::Vsock => json(&backend.vsock()?),
         Call::VsockMetrics => json(&backend.vsock_metrics()?),
+        Call::PutDrive(id, config) => backend
+            .put_drive(&id, config)
+            .map(|()| Response::no_content()),
         Call::DriveMetrics(id) => json(&backend.drive_metrics(&id)?),
     }
 }

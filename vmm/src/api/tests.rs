@@ -717,7 +717,7 @@ fn bad_requests_never_reach_the_backend() {
         (request_bytes("GET", "/nope", None), 404, "no such resource: /nope"),
         (request_bytes("GET", "/machine-config/", None), 404, "no such resource: /machine-config/"),
         (request_bytes("PUT", "/snapshot/create", Some("{}")), 400, "/snapshot/create: snapshots are not supported"),
-        (request_bytes("PUT", "/drives/rootfs", Some("{}")), 400, "/drives/rootfs: drives are not supported over the API yet: use `vmm run --drive`"),
+        (request_bytes("PUT", "/drives/rootfs", Some("{}")), 400, "missing field `drive_id`"),
         (request_bytes("PATCH", "/machine-config", Some("{}")), 400, "PATCH /machine-config needs at least one field"),
         (request_bytes("PUT", "/machine-config", Some(r#"{"vcpu_count":1}"#)), 400, "missing field `mem_size_mib`"),
         (request_bytes("PUT", "/machine-config", Some(r#"{"vcpu_count":1,"mem_size_mib":64,"huge_pages":"1G"}"#)), 400, "huge_pages: unknown variant `1G`"),
@@ -1453,6 +1453,11 @@ fn instance_start_waits_for_the_boot_and_reports_its_failure() {
         ),
         ("PATCH", "/machine-config", r#"{"vcpu_count": 1}"#),
         ("PUT", "/boot-source", r#"{"boot_args": "x"}"#),
+        (
+            "PUT",
+            "/drives/d",
+            r#"{"drive_id": "d", "path_on_host": "/proc/self/exe"}"#,
+        ),
     ] {
         let r = send(p, method, path, Some(body));
         assert_eq!(r.status, 400, "{method} {path}");
@@ -1474,6 +1479,110 @@ fn instance_start_waits_for_the_boot_and_reports_its_failure() {
         send(p, "GET", "/machine-config", None).json()["vcpu_count"],
         3
     );
+}
+
+/// `PUT /drives/{drive_id}` as Firecracker's clients send it (with its
+/// optional fields), before boot: added, replaced by id, shown in
+/// `GET /vm/config`; what this device does not do is refused naming the
+/// field.
+#[test]
+fn drives_are_put_before_boot_in_firecrackers_shape() {
+    let h = control_harness();
+    let p = &h.path;
+    let image = h.dir.0.join("root.img");
+    fs::write(&image, vec![0u8; 4096]).unwrap();
+    let other = h.dir.0.join("data.img");
+    fs::write(&other, vec![0u8; 4096]).unwrap();
+    let body = |id: &str, path: &Path, extra: &str| {
+        format!(
+            r#"{{"drive_id": "{id}", "path_on_host": "{}", "is_root_device": true,
+                "is_read_only": false{extra}}}"#,
+            path.display()
+        )
+    };
+    let put = |id: &str, body: &str| send(p, "PUT", &format!("/drives/{id}"), Some(body));
+    // firecracker-python and the getting-started guide send these too.
+    let fc =
+        r#", "partuuid": null, "cache_type": "Unsafe", "io_engine": "Sync", "rate_limiter": null"#;
+    assert_eq!(
+        status_body(&put("rootfs", &body("rootfs", &image, fc))),
+        JSON_204
+    );
+    // The same id again replaces it.
+    assert_eq!(
+        status_body(&put("rootfs", &body("rootfs", &other, ""))),
+        JSON_204
+    );
+    let drives = send(p, "GET", "/vm/config", None).json()["drives"].clone();
+    assert_eq!(drives.as_array().unwrap().len(), 1, "{drives}");
+    assert_eq!(drives[0]["path_on_host"], other.display().to_string());
+    assert_eq!(drives[0]["is_root_device"], true);
+    for (id, body, fault) in [
+        (
+            "a",
+            body("b", &image, ""),
+            "in the path (\"a\") and in the body (\"b\") differ",
+        ),
+        (
+            "d2",
+            body("d2", &image, ""),
+            "cannot be the root device: another drive is",
+        ),
+        (
+            "d3",
+            body("d3", Path::new("/nonexistent.img"), ""),
+            "/nonexistent.img: not a regular file",
+        ),
+        (
+            "d4",
+            body("d4", &image, r#", "partuuid": "0eaa91a0-01""#),
+            "partuuid:",
+        ),
+        (
+            "d5",
+            body("d5", &image, r#", "io_engine": "Async""#),
+            "io_engine: \"Async\"",
+        ),
+        (
+            "d6",
+            body("d6", &image, r#", "cache_type": "Fast""#),
+            "cache_type: \"Fast\"",
+        ),
+        (
+            "d7",
+            body(
+                "d7",
+                &image,
+                r#", "rate_limiter": {"bandwidth": {"size": 1}}"#,
+            ),
+            "rate_limiter:",
+        ),
+        (
+            "d8",
+            body("d8", &image, r#", "colour": "red""#),
+            "unknown field `colour`",
+        ),
+    ] {
+        let r = put(id, &body);
+        assert_eq!(r.status, 400, "{id}: {}", r.body);
+        assert!(r.fault().contains(fault), "{id}: {}", r.fault());
+    }
+    let r = send(
+        p,
+        "PATCH",
+        "/drives/rootfs",
+        Some(r#"{"drive_id": "rootfs"}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.fault().contains("not supported"), "{}", r.fault());
+    // A second, non-root drive is fine.
+    let data = format!(
+        r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+        image.display()
+    );
+    assert_eq!(status_body(&put("data", &data)), JSON_204);
+    let drives = send(p, "GET", "/vm/config", None).json()["drives"].clone();
+    assert_eq!(drives.as_array().unwrap().len(), 2, "{drives}");
 }
 
 #[test]

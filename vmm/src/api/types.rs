@@ -203,10 +203,12 @@ pub struct VsockConfig {
 
 /// Body of `PUT /drives/{drive_id}` and the fields of `vmm run --drive`:
 /// a virtio-blk device over a raw image file (before boot only), with
-/// Firecracker's fields. Firecracker's `partuuid`, `cache_type`,
-/// `io_engine` and `rate_limiter` are not supported (unknown fields are
-/// refused).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Firecracker's fields. Of Firecracker's others, the values that mean
+/// what this device does are accepted (`cache_type` `Unsafe` or
+/// `Writeback`: flushes are always honoured; `io_engine` `Sync`;
+/// `partuuid` and `rate_limiter` null), any other is refused naming the
+/// field ([`DriveConfig::check_supported`]); unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     /// 1 to 64 ASCII letters, digits, `_` or `-`; the guest's `GET_ID`
@@ -222,6 +224,51 @@ pub struct DriveConfig {
     /// Open the image read-only; the guest sees a read-only disk.
     #[serde(default)]
     pub is_read_only: bool,
+    /// Firecracker: a partition of the root device by UUID. Not supported:
+    /// null or absent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// Firecracker: `Unsafe` (flushes ignored) or `Writeback` (honoured).
+    /// Both accepted; this device always honours flushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<String>,
+    /// Firecracker: `Sync` or `Async` (io_uring). `Sync` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+    /// Firecracker: a token-bucket rate limiter. Not supported: null or
+    /// absent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
+impl DriveConfig {
+    /// Refuses, naming the field, what Firecracker accepts and this device
+    /// does not do.
+    pub fn check_supported(&self) -> Result<(), String> {
+        if self.partuuid.is_some() {
+            return Err(
+                "partuuid: booting from a partition is not supported (give the \
+                        partition's image as the drive)"
+                    .into(),
+            );
+        }
+        if let Some(c) = self
+            .cache_type
+            .as_deref()
+            .filter(|c| !matches!(*c, "Unsafe" | "Writeback"))
+        {
+            return Err(format!(
+                "cache_type: {c:?} is not one of \"Unsafe\", \"Writeback\""
+            ));
+        }
+        if let Some(e) = self.io_engine.as_deref().filter(|e| *e != "Sync") {
+            return Err(format!("io_engine: {e:?} is not supported (only \"Sync\")"));
+        }
+        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err("rate_limiter: drive rate limiting is not supported".into());
+        }
+        Ok(())
+    }
 }
 
 /// Response of `GET /vsock`.

@@ -1,16 +1,15 @@
 //! Firecracker resources this VMM does not have: each gets a 400 that
 //! names what is missing, rather than a 404 that reads like a typo.
 //!
-//! Block and network devices are here until their devices exist; replace
-//! their entries with real routes then.
+//! Network interfaces are here until virtio-net exists; replace their
+//! entries with real routes then.
 
 use super::error::ApiError;
-use super::vm_config::{DRIVES_UNSUPPORTED, NET_UNSUPPORTED};
+use super::vm_config::NET_UNSUPPORTED;
 
 /// Firecracker's resources we refuse, by path prefix, with the reason.
 /// A prefix ending in `/` covers the resources under it.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("/drives/", DRIVES_UNSUPPORTED),
     ("/network-interfaces/", NET_UNSUPPORTED),
     ("/snapshot/", "snapshots are not supported by this VMM"),
     ("/mmds", "MMDS (the microVM metadata service) is not supported by this VMM"),
@@ -41,8 +40,6 @@ mod tests {
     #[test]
     fn firecracker_resources_we_lack_get_a_400_naming_them() {
         for path in [
-            "/drives/rootfs",
-            "/drives",
             "/network-interfaces/eth0",
             "/snapshot/create",
             "/snapshot/load",

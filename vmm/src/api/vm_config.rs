@@ -267,9 +267,6 @@ pub struct FullVmConfig {
     pub metrics: Option<MetricsConfig>,
 }
 
-/// The answer to `PUT /drives/{drive_id}`, until the API configures drives.
-pub const DRIVES_UNSUPPORTED: &str =
-    "drives are not supported over the API yet: use `vmm run --drive` or `--config-file`";
 /// The answer to a network interface request, until virtio-net exists.
 pub const NET_UNSUPPORTED: &str =
     "network interfaces are not supported yet: this VMM has no virtio-net device";
