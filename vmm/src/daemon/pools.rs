@@ -49,7 +49,9 @@ use std::time::Duration;
 use super::{lock, Daemon, DaemonError};
 use crate::daemon_api::events::{CgroupVersionName, DomainFigures, KernelOomKiller, MemcgFigures};
 use crate::daemon_api::{ConstraintKind, Event, PoolView};
-use crate::host::cgroup::{CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup};
+use crate::host::cgroup::{
+    host_swap_free, CgroupError, CgroupVersion, MemcgStats, MemoryHierarchy, PoolCgroup, SWAP_ROOM,
+};
 use crate::host::memcg_events::MemcgEvents;
 use crate::host::procfs::ProcFs;
 use crate::oom::constraint::Constraint;
@@ -95,6 +97,9 @@ struct Tick {
     refused_while_full: bool,
     /// Since when the pool has had [`RESERVE`] lent.
     lent_since: Option<std::time::Instant>,
+    /// Since when the kernel has had a task of the pool waiting for
+    /// memory (v1 `under_oom`).
+    under_oom_since: Option<std::time::Instant>,
 }
 
 /// How long a pool must be full, with charges refused, before the daemon
@@ -322,12 +327,32 @@ impl Daemon {
             tick.full_since = None;
             tick.refused_while_full = false;
         }
+        if s.under_oom {
+            tick.under_oom_since.get_or_insert(now);
+        } else {
+            tick.under_oom_since = None;
+        }
+        // A pool that may still swap is not out of memory at its limit:
+        // the kernel makes room by swapping out, a refused charge counts
+        // no more than a page fault does, and a vCPU whose charge was
+        // refused retries instead of waiting (ChargeWait). Only a task the
+        // kernel keeps waiting tick after tick is short there (issue 9).
+        let can_swap = cg
+            .swap_room(host_swap_free())
+            .is_ok_and(|room| room >= SWAP_ROOM);
         // Tasks wait: in the kernel (v1 under_oom) or vCPUs in ChargeWait.
-        let waiting = s.under_oom || (full && tick.refused_while_full);
-        let lend = waiting
-            && tick
-                .full_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= LEND_AFTER);
+        let lasted = |since: Option<std::time::Instant>| {
+            since.is_some_and(|t| now.saturating_duration_since(t) >= LEND_AFTER)
+        };
+        let waiting = if can_swap {
+            lasted(tick.under_oom_since)
+        } else {
+            s.under_oom || (full && tick.refused_while_full)
+        };
+        let lend = waiting && lasted(tick.full_since);
+        // With swap, v1 takes a loan back by reclaiming down to the
+        // limit (what the pool took of it goes out to swap).
+        let reclaim_back = can_swap && cg.version() == CgroupVersion::V1;
         match tick.lent_since {
             None if lend => match cg.set_limit(limit + RESERVE) {
                 Ok(()) => {
@@ -348,7 +373,10 @@ impl Daemon {
             },
             // Not returned if the kernel refuses (usage rose again): next
             // tick.
-            Some(since) if s.usage_bytes <= high && cg.set_limit(limit).is_ok() => {
+            Some(since)
+                if (s.usage_bytes <= high && cg.set_limit(limit).is_ok())
+                    || (reclaim_back && !lend && cg.reclaim_to_limit(limit).is_ok()) =>
+            {
                 tick.lent_since = None;
                 self.events.push(Event::MemcgReserveReturned {
                     pool: pool.into(),
@@ -360,7 +388,11 @@ impl Daemon {
         }
         // Under v1, pressure starts with the loan, so that the VMMs are
         // only ever asked for memory while they have room to answer.
+        // A pool that may swap is not short: the loan only wakes a task
+        // the kernel put to sleep at the limit, and is taken back by
+        // swapping out.
         let pressure = match cg.version() {
+            CgroupVersion::V1 if can_swap => false,
             CgroupVersion::V1 if !reclaim_first => waiting || tick.lent_since.is_some(),
             CgroupVersion::V1 => lend || tick.lent_since.is_some(),
             CgroupVersion::V2 => waiting || s.usage_bytes > high,

@@ -54,6 +54,67 @@ pub(crate) fn nominal_file(version: CgroupVersion) -> &'static str {
 /// `PAGE_COUNTER_MAX` in bytes, rounded down to a 64 KiB page).
 pub(crate) const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_0000;
 
+/// Swap a memory cgroup must still be able to use for reclaim there to
+/// count as a way out of its limit: below this, a refused charge is a
+/// wait for memory, as on a host without swap.
+pub const SWAP_ROOM: u64 = 4 << 20;
+
+/// The files that say how much more a memory cgroup may swap: its
+/// swappiness (v1 `memory.swappiness`; v2 has none and uses
+/// `vm.swappiness`), and its swap usage and limit (v1
+/// `memory.memsw.{usage,limit}_in_bytes`, memory + swap; v2
+/// `memory.swap.{current,max}`, swap alone). Missing swap files mean swap
+/// accounting is off: no limit.
+pub(crate) fn swap_files(dir: &Path, version: CgroupVersion) -> [PathBuf; 3] {
+    match version {
+        CgroupVersion::V1 => [
+            dir.join("memory.swappiness"),
+            dir.join("memory.memsw.usage_in_bytes"),
+            dir.join("memory.memsw.limit_in_bytes"),
+        ],
+        CgroupVersion::V2 => [
+            PathBuf::from("/proc/sys/vm/swappiness"),
+            dir.join("memory.swap.current"),
+            dir.join("memory.swap.max"),
+        ],
+    }
+}
+
+/// Bytes reclaim in a memory cgroup could still push out to swap: 0 at
+/// swappiness 0, else the host's free swap (`host_swap_free`), capped by
+/// what the cgroup's own swap limit leaves (`swap_usage`, `swap_limit` as
+/// [`swap_files`] holds them). Under v1 those count memory + swap, so what
+/// they leave is the room for new charges that reclaim can make by
+/// swapping (moving a page to swap does not change them). The one rule of
+/// both the daemon ([`PoolCgroup::swap_room`]) and the VMM's vCPUs
+/// ([`crate::vm::charge_wait`]).
+pub(crate) fn swap_room_of(
+    swappiness: u64,
+    host_swap_free: u64,
+    swap_usage: Option<u64>,
+    swap_limit: Option<u64>,
+) -> u64 {
+    if swappiness == 0 {
+        return 0;
+    }
+    let own = match (swap_usage, swap_limit) {
+        (Some(u), Some(l)) => l.saturating_sub(u),
+        _ => u64::MAX,
+    };
+    host_swap_free.min(own)
+}
+
+/// The host's free swap in bytes (`sysinfo(2)`: no file, no allocation).
+pub fn host_swap_free() -> u64 {
+    // SAFETY: sysinfo(2) fills the zeroed struct it is given.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to that struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return 0;
+    }
+    (info.freeswap as u64).saturating_mul(u64::from(info.mem_unit.max(1)))
+}
+
 /// The leaf the daemon moves itself into under cgroup v2 (see the module
 /// documentation).
 pub const V2_DAEMON_LEAF: &str = "vmm-daemon";
@@ -600,6 +661,51 @@ impl PoolCgroup {
         }
     }
 
+    /// Bytes reclaim in the pool could still push out to swap now
+    /// ([`swap_room_of`]), given the host's free swap.
+    pub fn swap_room(&self, host_swap_free: u64) -> Result<u64, CgroupError> {
+        let [swappiness, usage, limit] = swap_files(&self.dir, self.version);
+        let optional = |p: &Path| -> Result<Option<u64>, CgroupError> {
+            if p.exists() {
+                read_u64(p).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let swap_limit = if limit.exists() {
+            read_limit(&limit)?
+        } else {
+            None
+        };
+        Ok(swap_room_of(
+            read_u64(&swappiness)?,
+            host_swap_free,
+            optional(&usage)?,
+            swap_limit,
+        ))
+    }
+
+    /// Lowers the limit to `limit` bytes even below what is charged now:
+    /// the kernel reclaims first, which, with swap room, pushes the excess
+    /// out to swap. Cgroup v1 only, where a limit the kernel cannot reclaim
+    /// down to is refused with `EBUSY` (v2 would OOM-kill in the cgroup
+    /// instead): then it is [`CgroupError::LimitBelowUsage`].
+    pub fn reclaim_to_limit(&self, limit: u64) -> Result<(), CgroupError> {
+        if self.version != CgroupVersion::V1 {
+            return self.set_limit(limit);
+        }
+        match write(&self.limit_file(), &limit.to_string()) {
+            Err(CgroupError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                Err(CgroupError::LimitBelowUsage {
+                    dir: self.dir.clone(),
+                    limit,
+                    usage: read_u64(&self.usage_file()).unwrap_or(0),
+                })
+            }
+            r => r,
+        }
+    }
+
     /// `cgroup.procs`, open for writing, close-on-exec: a child writes `0`
     /// to it between fork and exec to join the pool before it allocates
     /// anything (see `CommandExt::pre_exec`).
@@ -782,6 +888,31 @@ pub(crate) mod tests {
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
+
+    /// Issue 9: what reclaim could still push out to swap decides whether
+    /// a full pool is short of memory at all.
+    #[test]
+    fn swap_room_is_the_hosts_free_swap_within_the_cgroups_own_limit() {
+        const MIB: u64 = 1 << 20;
+        // No swap limit (v1 memsw unlimited, or accounting off).
+        assert_eq!(swap_room_of(60, 192 * MIB, Some(50 * MIB), None), 192 * MIB);
+        assert_eq!(swap_room_of(60, 192 * MIB, None, None), 192 * MIB);
+        // Swappiness 0: the cgroup swaps nothing.
+        assert_eq!(swap_room_of(0, 192 * MIB, None, None), 0);
+        // Its own limit leaves less than the host has.
+        assert_eq!(
+            swap_room_of(60, 192 * MIB, Some(90 * MIB), Some(96 * MIB)),
+            6 * MIB
+        );
+        assert_eq!(
+            swap_room_of(60, 192 * MIB, Some(97 * MIB), Some(96 * MIB)),
+            0
+        );
+        // No swap on the host: none.
+        assert!(swap_room_of(60, 0, None, None) < SWAP_ROOM);
+        // This host, now: whatever it has, without failing.
+        let _ = host_swap_free();
+    }
 
     #[test]
     fn finds_our_memory_cgroup_in_v1_and_v2() {

@@ -12,7 +12,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::host::cgroup::{keyed, nominal_file, CgroupVersion, MemoryHierarchy, V1_UNLIMITED};
+use crate::host::cgroup::{
+    host_swap_free, keyed, nominal_file, swap_files, swap_room_of, CgroupVersion, MemoryHierarchy,
+    SWAP_ROOM, V1_UNLIMITED,
+};
 
 /// Lets a vCPU thread wait out a full memory cgroup.
 ///
@@ -42,6 +45,15 @@ use crate::host::cgroup::{keyed, nominal_file, CgroupVersion, MemoryHierarchy, V
 /// to the pool's limit and leaves alone) and [`HEADROOM`] bytes are free
 /// under it. Without a nominal limit (a cgroup the daemon did not make),
 /// the hard limit alone counts.
+///
+/// With swap, nothing frees room while everyone waits: the kernel makes
+/// room by swapping out only when a charge asks for it. A charge refused
+/// although the cgroup may swap (reclaim fell behind swap writeback;
+/// measured here, issue 9: a tiny guest touching 96 MiB in a 48 MiB pool
+/// waited for room until the daemon killed it) is retried after
+/// [`SWAP_RETRY`], so that the retried fault reclaims, as long as
+/// [`SWAP_ROOM`] of swap is left (the rule of
+/// [`crate::host::cgroup::swap_room_of`]) and no reserve is lent.
 pub struct ChargeWait {
     /// This process's memory cgroup files, kept open and read once
     /// already: at the limit, opening a cgroup file or giving it its first
@@ -55,6 +67,9 @@ pub struct ChargeWait {
 
 /// Free bytes under the limit a waiting vCPU leaves to everyone else.
 pub const HEADROOM: u64 = 4 << 20;
+/// How long a vCPU whose charge was refused in a cgroup that may swap
+/// waits before its fault is retried: time for swap writeback to finish.
+pub const SWAP_RETRY: Duration = Duration::from_millis(5);
 /// Longest sleep between two looks.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// A vCPU that ran this long without a refused charge starts a new
@@ -69,6 +84,11 @@ struct WaitFiles {
     usage: File,
     limit: File,
     nominal: Option<File>,
+    /// Swappiness, swap usage and swap limit ([`swap_files`]); the last
+    /// two absent where swap is not accounted.
+    swappiness: Option<File>,
+    swap_usage: Option<File>,
+    swap_limit: Option<File>,
 }
 
 /// Reads a small cgroup file from offset 0 into a stack buffer: no
@@ -103,6 +123,7 @@ impl WaitFiles {
             CgroupVersion::V2 => ["memory.events", "memory.current", "memory.max"],
         };
         let open = |n: &str| File::open(dir.join(n)).ok();
+        let [swappiness, swap_usage, swap_limit] = swap_files(dir, version);
         let files = WaitFiles {
             dir: dir.to_path_buf(),
             version,
@@ -110,11 +131,15 @@ impl WaitFiles {
             usage: open(names[1])?,
             limit: open(names[2])?,
             nominal: open(nominal_file(version)),
+            swappiness: File::open(swappiness).ok(),
+            swap_usage: File::open(swap_usage).ok(),
+            swap_limit: File::open(swap_limit).ok(),
         };
         // The first read gives each file its kernel buffer, now.
         files.refused()?;
         files.usage()?;
         files.room_limit()?;
+        files.swap_room();
         Some(files)
     }
 
@@ -127,6 +152,27 @@ impl WaitFiles {
 
     fn usage(&self) -> Option<u64> {
         read_small(&self.usage, |t| t.parse().ok())
+    }
+
+    /// Bytes reclaim could still push out to swap (0 when unknown).
+    fn swap_room(&self) -> u64 {
+        let Some(swappiness) = self
+            .swappiness
+            .as_ref()
+            .and_then(|f| read_small(f, |t| t.parse().ok()))
+        else {
+            return 0;
+        };
+        let swap_usage = self
+            .swap_usage
+            .as_ref()
+            .and_then(|f| read_small(f, |t| t.parse().ok()));
+        let swap_limit = self
+            .swap_limit
+            .as_ref()
+            .and_then(small_limit)
+            .filter(|l| *l != u64::MAX);
+        swap_room_of(swappiness, host_swap_free(), swap_usage, swap_limit)
     }
 
     /// The limit a waiting vCPU may grow to again: the hard limit, but
@@ -210,6 +256,10 @@ impl ChargeWait {
                 break;
             };
             if room.is_some_and(|limit| usage.saturating_add(HEADROOM) <= limit) {
+                break;
+            }
+            // No loan, and swap left: the retried fault makes room.
+            if room.is_some() && started.elapsed() >= SWAP_RETRY && files.swap_room() >= SWAP_ROOM {
                 break;
             }
             std::thread::sleep(backoff);
