@@ -373,11 +373,20 @@ impl Daemon {
             },
             // Not returned if the kernel refuses (usage rose again): next
             // tick.
+            // With swap, a loan is taken back after LEND_AFTER whatever
+            // happens meanwhile: a task that sleeps at the limit again
+            // (the loan spent) would otherwise keep it lent for good,
+            // with the pool stuck above its limit (seen in the swap test
+            // with 10 ms ticks). The sleepers' clocks start again.
             Some(since)
                 if (s.usage_bytes <= high && cg.set_limit(limit).is_ok())
-                    || (reclaim_back && !lend && cg.reclaim_to_limit(limit).is_ok()) =>
+                    || (reclaim_back
+                        && (!lend || lasted(Some(since)))
+                        && cg.reclaim_to_limit(limit).is_ok()) =>
             {
                 tick.lent_since = None;
+                tick.under_oom_since = None;
+                tick.full_since = None;
                 self.events.push(Event::MemcgReserveReturned {
                     pool: pool.into(),
                     usage_bytes: s.usage_bytes,
