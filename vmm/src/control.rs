@@ -278,7 +278,7 @@ fn metrics_thread(control: Weak<VmControl>) {
             return;
         };
         if let Err(e) = control.write_metrics() {
-            eprintln!("vmm: {e}");
+            log::warn!("{e}");
         }
     }
 }

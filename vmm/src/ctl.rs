@@ -266,7 +266,7 @@ pub fn run(args: CtlArgs) -> ExitCode {
         // `vmm ctl events --follow | head`: the reader left; not an error.
         Err(CtlError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmm ctl: {e}");
+            log::error!("{e}");
             ExitCode::FAILURE
         }
     }

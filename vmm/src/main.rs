@@ -190,20 +190,25 @@ fn main() -> ExitCode {
             };
         }
     };
+    vmm::logger::init(match cli.command {
+        Command::Daemon(_) => "vmm daemon",
+        Command::Ctl(_) => "vmm ctl",
+        _ => "vmm",
+    });
     match cli.command {
         Command::Run(args) => run(args),
         Command::Ctl(args) => vmm::ctl::run(args),
         Command::Daemon(args) => match daemon(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("vmm daemon: {e:#}");
+                log::error!("{e:#}");
                 ExitCode::FAILURE
             }
         },
         Command::TinyGuest { out } => match write_tiny_guest(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("vmm: {e:#}");
+                log::error!("{e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -212,12 +217,12 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     if let Err(e) = vmm::vm::stop_signals::block_stop_signals() {
-        eprintln!("vmm: cannot block SIGTERM/SIGINT: {e}");
+        log::error!("cannot block SIGTERM/SIGINT: {e}");
         return ExitCode::from(status::START_FAILED);
     }
     if let Some(path) = &args.log_path {
         if let Err(e) = vmm::logger::redirect_stderr(path) {
-            eprintln!("vmm: --log-path: {e}");
+            log::error!("--log-path: {e}");
             return ExitCode::from(status::START_FAILED);
         }
     }
@@ -229,7 +234,7 @@ fn run(args: RunArgs) -> ExitCode {
     {
         Ok(file) => file,
         Err(e) => {
-            eprintln!("vmm: {e}");
+            log::error!("{e}");
             return ExitCode::from(status::START_FAILED);
         }
     };
@@ -237,10 +242,7 @@ fn run(args: RunArgs) -> ExitCode {
         Some(full) => match StartConfig::from_file(full) {
             Ok(config) => config,
             Err(e) => {
-                eprintln!(
-                    "vmm: {}: {e}",
-                    args.config_file.unwrap_or_default().display()
-                );
+                log::error!("{}: {e}", args.config_file.unwrap_or_default().display());
                 return ExitCode::from(status::START_FAILED);
             }
         },
@@ -261,10 +263,7 @@ fn run(args: RunArgs) -> ExitCode {
         let logger = full.logger.clone().map(|l| control.put_logger(l));
         let metrics = full.metrics.clone().map(|m| control.put_metrics(m));
         if let Some(Err(e)) = logger.into_iter().chain(metrics).find(Result::is_err) {
-            eprintln!(
-                "vmm: {}: {e}",
-                args.config_file.unwrap_or_default().display()
-            );
+            log::error!("{}: {e}", args.config_file.unwrap_or_default().display());
             return ExitCode::from(status::START_FAILED);
         }
     }
@@ -272,7 +271,7 @@ fn run(args: RunArgs) -> ExitCode {
         Some(path) => match ApiServer::start(path, control.clone()) {
             Ok(server) => Some(server),
             Err(e) => {
-                eprintln!("vmm: cannot serve the API on {}: {e:#}", path.display());
+                log::error!("cannot serve the API on {}: {e:#}", path.display());
                 return ExitCode::from(status::START_FAILED);
             }
         },
@@ -303,10 +302,10 @@ fn run(args: RunArgs) -> ExitCode {
             // A stop signal taken while loading ends the VMM as the signal
             // would have once the VM ran.
             if let Some(VmError::Boot(BootError::Stopped(signal))) = e.downcast_ref() {
-                eprintln!("vmm: stopped by signal {signal} while loading the guest");
+                log::error!("stopped by signal {signal} while loading the guest");
                 quit(api, VmExit::Signal(*signal).exit_status());
             }
-            eprintln!("vmm: cannot start the VM: {e:#}");
+            log::error!("cannot start the VM: {e:#}");
             quit(api, status::START_FAILED);
         }
     };

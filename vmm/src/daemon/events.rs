@@ -342,8 +342,8 @@ impl LogFile {
             file.write_all_at(b"\n", len)?;
             len += 1;
         } else if end < len {
-            eprintln!(
-                "vmm daemon: {}: cutting off a torn last line ({} bytes; the daemon \
+            log::warn!(
+                "{}: cutting off a torn last line ({} bytes; the daemon \
                  stopped while writing it)",
                 path.display(),
                 len - end
@@ -417,8 +417,8 @@ impl LogFile {
         self.failing = false;
         self.last_error = None;
         let (written_late, lost) = (self.streak_written_late, self.streak_lost);
-        eprintln!(
-            "vmm daemon: {} is written again: {written_late} events written late{}",
+        log::warn!(
+            "{} is written again: {written_late} events written late{}",
             self.path.display(),
             if lost > 0 {
                 format!(", {lost} lost (more than {UNWRITTEN_MAX_BYTES} bytes were waiting)")
@@ -446,8 +446,8 @@ impl LogFile {
         self.failing = true;
         self.streak_written_late = 0;
         self.streak_lost = 0;
-        eprintln!(
-            "vmm daemon: cannot write {}: {error}; keeping events in memory (up to \
+        log::warn!(
+            "cannot write {}: {error}; keeping events in memory (up to \
              {UNWRITTEN_MAX_BYTES} bytes) until it can be written again",
             self.path.display()
         );
@@ -514,8 +514,8 @@ impl LogFile {
             }
             Err(e) if !self.rotation_failed => {
                 self.rotation_failed = true;
-                eprintln!(
-                    "vmm daemon: cannot rotate {} to {}: {e}; it grows on",
+                log::warn!(
+                    "cannot rotate {} to {}: {e}; it grows on",
                     self.path.display(),
                     old.display()
                 );

@@ -216,8 +216,8 @@ fn prepare_state_dir(dir: &Path) -> std::io::Result<()> {
         if narrow && mode & 0o1000 == 0 {
             std::fs::set_permissions(path, Permissions::from_mode(0o700))?;
         } else {
-            eprintln!(
-                "vmm daemon: the state directory {} is not private (mode {:o}); its \
+            log::warn!(
+                "the state directory {} is not private (mode {:o}); its \
                  files are, but prefer a directory of the daemon's own",
                 path.display(),
                 mode & 0o7777
@@ -344,7 +344,7 @@ impl Daemon {
                     record.observe();
                     if record.spec.agent {
                         if let Err(e) = self.agents.listen(&record.id, &record.dir) {
-                            eprintln!("vmm daemon: VM '{}': its agent's listener: {e}", record.id);
+                            log::warn!("VM '{}': its agent's listener: {e}", record.id);
                         }
                     }
                     if let Some(pid) = record.pid() {

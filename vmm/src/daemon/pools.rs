@@ -189,7 +189,7 @@ impl Drop for MemcgPools {
         // Already gone after a normal stop; this covers the other ends.
         for (pool, r) in self.remove_all() {
             if let Err(e) = r {
-                eprintln!("vmm daemon: memcg pool {pool}: {e}");
+                log::warn!("memcg pool {pool}: {e}");
             }
         }
     }

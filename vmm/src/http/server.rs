@@ -20,8 +20,7 @@
 //! signal stack cannot be mapped), and the old thread-per-connection server
 //! took the whole VMM down that way. Likewise error reports here never
 //! panic: they are written straight to fd 2 from a stack buffer, and a
-//! failed write is ignored (`eprintln!` panics when stderr fails, e.g. with
-//! ENOMEM on a tmpfs in the same cgroup). An `accept` that fails (EMFILE,
+//! failed write is ignored ([`crate::logger`]). An `accept` that fails (EMFILE,
 //! ENFILE, ENOMEM) takes the listening socket out of the poll set for a
 //! back-off that doubles up to [`MAX_ACCEPT_BACKOFF`]; the reactor goes on
 //! serving the connections it has.
@@ -997,7 +996,7 @@ impl Reactor {
 /// allocating and without ever failing: a full or broken stderr loses the
 /// line.
 fn report(thread: &str, what: &str, count: u64, errno: Option<i32>) {
-    let mut line = LineBuf::new();
+    let mut line = crate::logger::LineBuf::new();
     let errno = errno.unwrap_or(0);
     let _ = std::fmt::Write::write_fmt(
         &mut line,
@@ -1006,50 +1005,12 @@ fn report(thread: &str, what: &str, count: u64, errno: Option<i32>) {
     line.emit();
 }
 
-/// A line of at most 256 bytes on the stack; longer text is cut.
-struct LineBuf {
-    bytes: [u8; 256],
-    len: usize,
-}
-
-impl LineBuf {
-    fn new() -> Self {
-        LineBuf {
-            bytes: [0; 256],
-            len: 0,
-        }
-    }
-
-    /// One `write(2)` to fd 2; the result is ignored on purpose.
-    fn emit(&self) {
-        // SAFETY: writes `len` initialised bytes of our own buffer.
-        let _ = unsafe { libc::write(2, self.bytes.as_ptr().cast(), self.len) };
-    }
-}
-
-impl std::fmt::Write for LineBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let n = s.len().min(self.bytes.len() - self.len);
-        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::Client;
     use std::io::{Read, Write};
     use std::sync::atomic::AtomicUsize;
-
-    #[test]
-    fn report_lines_are_cut_not_grown() {
-        let mut line = LineBuf::new();
-        let long = "x".repeat(1000);
-        std::fmt::Write::write_str(&mut line, &long).unwrap();
-        assert_eq!(line.len, 256);
-    }
 
     /// Answers every request after a short pause, so that calls overlap.
     struct Slow;
