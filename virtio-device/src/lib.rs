@@ -28,6 +28,7 @@ pub type GuestRam = vm_memory::GuestMemoryMmap<()>;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device IDs (virtio 1.2, section 5).
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;

@@ -1,0 +1,437 @@
+//! The net device: host-side state, configuration space, features, the
+//! processing of the receive and transmit queues, and the
+//! [`VirtioDevice`] implementation the transport drives.
+
+use std::io;
+use std::sync::Arc;
+
+use virtio_device::{
+    ActivateError, Activation, GuestRam, VirtioDevice, VirtioInterrupt, TYPE_NET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_queue::DescriptorChain;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::backend::Backend;
+use crate::config::{
+    read_config, NetConfig, MAX_BUFFER_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_NET_F_MAC,
+    VNET_HDR_LEN,
+};
+use crate::header::{check_rx_from_tap, check_tx, VnetHeader};
+use crate::metrics::{bump, NetMetrics, RejectReason};
+use crate::queues::{walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
+use crate::tap::Tap;
+use crate::NetError;
+
+/// Features offered: `VIRTIO_F_VERSION_1` (our transport is modern-only,
+/// and it fixes the 12-byte header) and, with a configured MAC,
+/// `VIRTIO_NET_F_MAC`. No checksum or segmentation offloads, no mergeable
+/// receive buffers, no control queue, no `STATUS`, no event index: each
+/// frame is one chain, at most [`MAX_BUFFER_LEN`] bytes, checksummed by
+/// its sender.
+pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC;
+
+/// Everything that exists only between activation and reset.
+pub(crate) struct Active {
+    pub mem: GuestRam,
+    pub acked_features: u64,
+    pub rx: ActiveQueue,
+    pub tx: ActiveQueue,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The queue eventfds are registered with the event manager.
+    pub events_registered: bool,
+}
+
+/// A virtio-net device whose frames go to and come from `B` (the TAP).
+///
+/// Invariants: the configuration, the backend (opened once, at creation),
+/// the features and queue sizes are fixed at creation; the queues exist
+/// only while the device is active; host memory is two buffers of
+/// [`MAX_BUFFER_LEN`] bytes, whatever the guest does; at most one frame
+/// read from the backend waits for a receive chain (`rx_pending`), and
+/// while it waits the backend is not read.
+pub struct Net<B: Backend = Tap> {
+    config: NetConfig,
+    pub(crate) backend: B,
+    features: u64,
+    queue_sizes: [u16; 2],
+    pub(crate) active: Option<Active>,
+    /// Written on activation and reset, so the event loop (un)registers the
+    /// queue eventfds.
+    pub(crate) activate_evt: EventFd,
+    /// Eventfds of a reset activation, still registered with the event
+    /// manager: kept open until the event loop removes them.
+    pub(crate) retired_events: Vec<EventFd>,
+    pub(crate) metrics: NetMetrics,
+    /// A frame from the backend, vnet header first.
+    rx_buf: Vec<u8>,
+    /// Bytes of `rx_buf` that hold a frame not yet delivered.
+    rx_pending: Option<usize>,
+    /// A frame from the guest on its way to the backend.
+    tx_buf: Vec<u8>,
+}
+
+impl<B: Backend> std::fmt::Debug for Net<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("config", &self.config)
+            .field("activated", &self.active.is_some())
+            .field("rx_pending", &self.rx_pending)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net<Tap> {
+    /// A device for `config`: checks it and attaches to its TAP.
+    pub fn new(config: NetConfig) -> Result<Self, NetError> {
+        config.validate()?;
+        let tap = Tap::open(&config.host_dev_name)?;
+        Net::with_backend(config, tap)
+    }
+}
+
+impl<B: Backend> Net<B> {
+    /// A device for `config` over an open backend.
+    pub fn with_backend(config: NetConfig, backend: B) -> Result<Self, NetError> {
+        config.validate()?;
+        let mut features = OFFERED_FEATURES;
+        if config.guest_mac.is_none() {
+            features &= !VIRTIO_NET_F_MAC;
+        }
+        Ok(Net {
+            config,
+            backend,
+            features,
+            queue_sizes: [QUEUE_SIZE; 2],
+            active: None,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd)?,
+            retired_events: Vec::new(),
+            metrics: NetMetrics::default(),
+            rx_buf: vec![0u8; MAX_BUFFER_LEN],
+            rx_pending: None,
+            tx_buf: vec![0u8; MAX_BUFFER_LEN],
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// Counters, including one per rejection reason.
+    pub fn metrics(&self) -> NetMetrics {
+        self.metrics.clone()
+    }
+
+    /// Whether the driver activated the device (and has not reset it).
+    pub fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Features the driver acked, while active.
+    pub fn acked_features(&self) -> Option<u64> {
+        self.active.as_ref().map(|a| a.acked_features)
+    }
+
+    /// Moves frames from the backend into receive chains until the
+    /// backend has none, the guest has no chain left, or
+    /// [`MAX_CHAINS_PER_ROUND`] chains were used (then the receive queue
+    /// is signalled, so the event loop comes back after serving others).
+    pub fn process_rx(&mut self) {
+        let Net {
+            active,
+            backend,
+            metrics,
+            rx_buf,
+            rx_pending,
+            ..
+        } = self;
+        let Some(a) = active.as_mut() else {
+            return;
+        };
+        let mut more = false;
+        for round in 0..MAX_CHAINS_PER_ROUND {
+            let len = match *rx_pending {
+                Some(len) => len,
+                None => match read_frame(backend, rx_buf, metrics) {
+                    Some(len) => len,
+                    None => break,
+                },
+            };
+            *rx_pending = Some(len);
+            let chain = match a.rx.next_chain(&a.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    // Back when the driver posts buffers and notifies.
+                    bump(&mut metrics.rx_no_buffer);
+                    break;
+                }
+                Err(reason) => {
+                    metrics.reject(reason);
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let used_len = match deliver(chain, a.rx.queue_size(), &rx_buf[..len]) {
+                Ok(used) => {
+                    bump(&mut metrics.rx_packets);
+                    metrics.rx_bytes = metrics.rx_bytes.saturating_add((len - VNET_HDR_LEN) as u64);
+                    *rx_pending = None;
+                    used
+                }
+                Err(reason) => {
+                    metrics.reject(reason);
+                    if reason == RejectReason::RxChainTooSmall {
+                        *rx_pending = None;
+                    }
+                    0
+                }
+            };
+            if !return_chain(&mut a.rx, &a.mem, head, used_len, metrics) {
+                break;
+            }
+            more = round + 1 == MAX_CHAINS_PER_ROUND;
+        }
+        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+    }
+
+    /// Sends the transmit chains' frames to the backend, at most
+    /// [`MAX_CHAINS_PER_ROUND`] before the event loop serves others (the
+    /// transmit queue is signalled again if more may wait).
+    pub fn process_tx(&mut self) {
+        let Net {
+            active,
+            backend,
+            metrics,
+            tx_buf,
+            ..
+        } = self;
+        let Some(a) = active.as_mut() else {
+            return;
+        };
+        let mut more = false;
+        for round in 0..MAX_CHAINS_PER_ROUND {
+            let chain = match a.tx.next_chain(&a.mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(reason) => {
+                    metrics.reject(reason);
+                    break;
+                }
+            };
+            bump(&mut metrics.tx_chains);
+            let head = chain.head_index();
+            match gather(chain, a.tx.queue_size(), tx_buf) {
+                Ok(len) => match backend.write_frame(&tx_buf[..len]) {
+                    Ok(_) => {
+                        bump(&mut metrics.tx_packets);
+                        metrics.tx_bytes =
+                            metrics.tx_bytes.saturating_add((len - VNET_HDR_LEN) as u64);
+                    }
+                    Err(_) => bump(&mut metrics.tx_tap_errors),
+                },
+                Err(reason) => metrics.reject(reason),
+            }
+            // The device writes nothing into a transmit chain.
+            if !return_chain(&mut a.tx, &a.mem, head, 0, metrics) {
+                break;
+            }
+            more = round + 1 == MAX_CHAINS_PER_ROUND;
+        }
+        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+    }
+}
+
+/// Reads one usable frame from the backend into `buf`; `None` when there
+/// is none now (or the read failed, counted). Frames the kernel marked
+/// for offloads we did not negotiate are dropped and counted.
+fn read_frame<B: Backend>(backend: &B, buf: &mut [u8], metrics: &mut NetMetrics) -> Option<usize> {
+    loop {
+        match backend.read_frame(buf) {
+            Ok(n) => match check_rx_from_tap(&buf[..n]) {
+                Some(_) => return Some(n),
+                None => bump(&mut metrics.rx_bad_frames),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                bump(&mut metrics.rx_tap_errors);
+                return None;
+            }
+        }
+    }
+}
+
+/// Puts chain `head` in the used ring; false when the queue cannot be
+/// processed further (counted).
+fn return_chain(
+    q: &mut ActiveQueue,
+    mem: &GuestRam,
+    head: u16,
+    len: u32,
+    metrics: &mut NetMetrics,
+) -> bool {
+    match q.return_chain(mem, head, len) {
+        Ok(()) => true,
+        Err(RejectReason::BadHeadIndex) => {
+            metrics.reject(RejectReason::BadHeadIndex);
+            true
+        }
+        Err(reason) => {
+            metrics.reject(reason);
+            false
+        }
+    }
+}
+
+/// Writes `frame` (whose vnet header is replaced by ours) into a receive
+/// chain; returns the used length. The chain must be wholly
+/// device-writable and hold the whole frame.
+fn deliver(
+    chain: DescriptorChain<&GuestRam>,
+    size: u16,
+    frame: &[u8],
+) -> Result<u32, RejectReason> {
+    let mem = chain.memory();
+    let c = walk_chain(chain.clone(), size)?;
+    if c.buffers.iter().any(|b| !b.device_writes) {
+        return Err(RejectReason::RxReadableDescriptor);
+    }
+    if c.total() < frame.len() as u64 {
+        return Err(RejectReason::RxChainTooSmall);
+    }
+    let written = c
+        .write_at(mem, 0, &VnetHeader::rx_plain().to_bytes())
+        .and_then(|()| c.write_at(mem, VNET_HDR_LEN as u64, &frame[VNET_HDR_LEN..]));
+    // Not reachable: the chain is validated and large enough.
+    written.map_err(|()| RejectReason::DescriptorOutsideMemory)?;
+    // At most MAX_BUFFER_LEN: fits in u32.
+    Ok(frame.len() as u32)
+}
+
+/// Copies a transmit chain's frame into `buf` behind our own plain vnet
+/// header; returns its length, header included.
+fn gather(
+    chain: DescriptorChain<&GuestRam>,
+    size: u16,
+    buf: &mut [u8],
+) -> Result<usize, RejectReason> {
+    let mem = chain.memory();
+    let c: Chain = walk_chain(chain.clone(), size)?;
+    if c.buffers.iter().any(|b| b.device_writes) {
+        return Err(RejectReason::TxWritableDescriptor);
+    }
+    let total = c.total();
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let hdr = (total >= VNET_HDR_LEN as u64 && c.read_at(mem, 0, &mut hdr).is_ok())
+        .then(|| VnetHeader::from_bytes(&hdr));
+    check_tx(total, hdr.as_ref())?;
+    // check_tx bounds total by MAX_BUFFER_LEN = buf.len().
+    let len = total as usize;
+    buf[..VNET_HDR_LEN].copy_from_slice(&VnetHeader::default().to_bytes());
+    c.read_at(mem, VNET_HDR_LEN as u64, &mut buf[VNET_HDR_LEN..len])
+        // Not reachable: the chain is validated and holds `len` bytes.
+        .map_err(|()| RejectReason::DescriptorOutsideMemory)?;
+    Ok(len)
+}
+
+impl<B: Backend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn device_features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config(self.config.guest_mac, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, data: &[u8]) {
+        // `mac` is writable only with VIRTIO_NET_F_CTRL_MAC_ADDR's legacy
+        // path, which we do not offer.
+        self.metrics.config_writes_ignored = self
+            .metrics
+            .config_writes_ignored
+            .saturating_add(data.len() as u64);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError("the net device is already active".into()));
+        }
+        let Activation {
+            mem,
+            acked_features,
+            queues,
+            queue_events,
+            interrupt,
+        } = activation;
+        let unknown = acked_features & !self.features;
+        if unknown != 0 {
+            return Err(ActivateError(format!(
+                "the driver acked features {unknown:#x} the net device did not offer"
+            )));
+        }
+        let mut pairs = queues.into_iter().zip(queue_events);
+        let (Some((rx, rx_event)), Some((tx, tx_event))) = (pairs.next(), pairs.next()) else {
+            return Err(ActivateError("the net device needs two queues".into()));
+        };
+        if !virtio_device::QueueT::ready(&rx) || !virtio_device::QueueT::ready(&tx) {
+            return Err(ActivateError(
+                "the driver did not enable both the receive and transmit queues".into(),
+            ));
+        }
+        self.active = Some(Active {
+            mem,
+            acked_features,
+            rx: ActiveQueue {
+                queue: rx,
+                index: RX_QUEUE as u16,
+                event: rx_event,
+                needs_interrupt: false,
+            },
+            tx: ActiveQueue {
+                queue: tx,
+                index: TX_QUEUE as u16,
+                event: tx_event,
+                needs_interrupt: false,
+            },
+            interrupt,
+            events_registered: false,
+        });
+        if let Err(e) = self.activate_evt.write(1) {
+            self.active = None;
+            return Err(ActivateError(format!(
+                "cannot signal the net device's event loop: {e}"
+            )));
+        }
+        bump(&mut self.metrics.activations);
+        Ok(())
+    }
+
+    /// Drops the queues and a frame waiting for a receive chain; the TAP
+    /// stays open (frames queue in the kernel until the next activation).
+    fn reset(&mut self) {
+        if let Some(active) = self.active.take() {
+            if active.events_registered {
+                self.retired_events.push(active.rx.event);
+                self.retired_events.push(active.tx.event);
+            }
+            bump(&mut self.metrics.resets);
+        }
+        self.rx_pending = None;
+        if self.activate_evt.write(1).is_err() {
+            bump(&mut self.metrics.event_errors);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
