@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use balloon::{pages_to_mib, Balloon, BalloonConfig};
 use block::{Block, BlockConfig};
+use net::{Net, NetConfig};
 use vsock::{Vsock, VsockConfig};
 
 use crate::api::instance::{APP_NAME, VMM_VERSION};
@@ -87,6 +88,8 @@ pub struct StartConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-blk devices, in the order they were given.
     pub drives: Vec<BlockConfig>,
+    /// virtio-net devices, in the order they were given (`vmm run --net`).
+    pub nets: Vec<NetConfig>,
 }
 
 impl Default for StartConfig {
@@ -101,6 +104,7 @@ impl Default for StartConfig {
             balloon: None,
             vsock: None,
             drives: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct LiveVm {
     pub balloon: Option<Arc<Mutex<Balloon>>>,
     pub vsock: Option<Arc<Mutex<Vsock>>>,
     pub drives: Vec<Arc<Mutex<Block>>>,
+    pub nets: Vec<Arc<Mutex<Net>>>,
     /// Host addresses where guest RAM regions start, for residency.
     pub guest_ram_starts: Vec<u64>,
     /// Stops the VM and releases its RAM (`ReleaseMemory`).
@@ -232,6 +237,17 @@ impl VmControl {
                 .find(|d| lock(d).config().drive_id == drive_id)
                 .cloned()
                 .ok_or_else(|| drive_not_configured(drive_id))
+        })
+    }
+
+    /// The live network interface `iface_id`, or the right error.
+    fn live_net(&self, iface_id: &str) -> Result<Arc<Mutex<Net>>, ApiError> {
+        self.live(|vm| {
+            vm.nets
+                .iter()
+                .find(|n| lock(n).config().iface_id == iface_id)
+                .cloned()
+                .ok_or_else(|| net_not_configured(iface_id))
         })
     }
 
@@ -412,6 +428,25 @@ fn drive_not_configured(drive_id: &str) -> ApiError {
         "the VM has no drive {drive_id:?} (add one with --drive or PUT /drives/{drive_id} \
          before it boots)"
     ))
+}
+
+fn net_not_configured(iface_id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "the VM has no network interface {iface_id:?} (add one with --net before it boots)"
+    ))
+}
+
+impl TryFrom<api::NetworkInterfaceConfig> for NetConfig {
+    type Error = net::ConfigError;
+    /// The API's body as the device's configuration: parses the MAC; the
+    /// device checks the rest ([`NetConfig::validate`]) when it is created.
+    fn try_from(c: api::NetworkInterfaceConfig) -> Result<Self, Self::Error> {
+        Ok(NetConfig {
+            iface_id: c.iface_id,
+            host_dev_name: c.host_dev_name,
+            guest_mac: c.guest_mac.as_deref().map(str::parse).transpose()?,
+        })
+    }
 }
 
 impl From<api::DriveConfig> for BlockConfig {
@@ -886,6 +921,12 @@ impl VmBackend for VmControl {
     fn drive_metrics(&self, drive_id: &str) -> Result<serde_json::Value, ApiError> {
         let d = self.live_drive(drive_id)?;
         let metrics = lock(&d).metrics();
+        serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn net_metrics(&self, iface_id: &str) -> Result<serde_json::Value, ApiError> {
+        let n = self.live_net(iface_id)?;
+        let metrics = lock(&n).metrics();
         serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
     }
 

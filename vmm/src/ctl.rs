@@ -548,6 +548,33 @@ pub fn parse_drive(spec: &str) -> Result<crate::api::DriveConfig, String> {
     Ok(config)
 }
 
+/// Parses `vmm run --net`: `id=NAME,tap=TAPNAME[,mac=aa:bb:cc:dd:ee:ff]`
+/// (or the API's field names `iface_id`, `host_dev_name`, `guest_mac`),
+/// checked as the device will check it.
+pub fn parse_net(spec: &str) -> Result<crate::api::NetworkInterfaceConfig, String> {
+    let (mut id, mut tap, mut mac) = (None, None, None);
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not key=value"))?;
+        match key {
+            "id" | "iface_id" => id = Some(value.to_string()),
+            "tap" | "host_dev_name" => tap = Some(value.to_string()),
+            "mac" | "guest_mac" => mac = Some(value.to_string()),
+            _ => return Err(format!("unknown net option '{key}' (id, tap, mac)")),
+        }
+    }
+    let config = crate::api::NetworkInterfaceConfig {
+        iface_id: id.ok_or("a network interface needs id=<iface id>")?,
+        host_dev_name: tap.ok_or("a network interface needs tap=<TAP device>")?,
+        guest_mac: mac,
+    };
+    net::NetConfig::try_from(config.clone())
+        .and_then(|c| c.validate())
+        .map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 /// The daemon's API, as this client uses it.
 struct Api {
     client: Client,
@@ -1648,6 +1675,35 @@ victim  b
         assert!(parse_drive("id=a,path=x,cache=none")
             .unwrap_err()
             .starts_with("unknown drive option"));
+    }
+
+    #[test]
+    fn net_option() {
+        let n = parse_net("id=eth0,tap=nettest0,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(
+            n,
+            crate::api::NetworkInterfaceConfig {
+                iface_id: "eth0".into(),
+                host_dev_name: "nettest0".into(),
+                guest_mac: Some("02:00:00:00:00:01".into()),
+            }
+        );
+        let n = parse_net("iface_id=e, host_dev_name=t").unwrap();
+        assert_eq!(n.guest_mac, None);
+        assert!(parse_net("tap=t").unwrap_err().contains("id="));
+        assert!(parse_net("id=e").unwrap_err().contains("tap="));
+        assert!(parse_net("id=e,tap=t,mac=02:00")
+            .unwrap_err()
+            .contains("guest_mac"));
+        assert!(parse_net("id=e,tap=t,mac=01:00:00:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_net("id=e,tap=a/b")
+            .unwrap_err()
+            .contains("host_dev_name"));
+        assert!(parse_net("id=e,tap=t,mtu=9000")
+            .unwrap_err()
+            .starts_with("unknown net option"));
     }
 
     #[test]

@@ -38,7 +38,7 @@ enum Command {
     /// Exit status: the guest's debug-exit code (0 for a clean reset or
     /// poweroff); 250 the VM could not start; 251 the guest crashed;
     /// 252 the VMM failed while the VM ran.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the embedded tiny test guest (a PVH ELF) to a file, e.g. to boot
     /// it under QEMU: `qemu-system-x86_64 -M microvm -kernel FILE ...`.
     TinyGuest {
@@ -69,8 +69,8 @@ struct DaemonArgs {
 }
 
 /// Options a configuration file replaces.
-const CONFIG_FILE_CONFLICTS: [&str; 8] = [
-    "kernel", "initrd", "cmdline", "mem", "vcpus", "balloon", "vsock", "drives",
+const CONFIG_FILE_CONFLICTS: [&str; 9] = [
+    "kernel", "initrd", "cmdline", "mem", "vcpus", "balloon", "vsock", "drives", "nets",
 ];
 
 #[derive(Args)]
@@ -128,6 +128,13 @@ struct RunArgs {
     /// ro|rw` to the kernel command line.
     #[arg(long = "drive", value_parser = vmm::ctl::parse_drive, value_name = "id=NAME,path=FILE,ro=BOOL,root=BOOL")]
     drives: Vec<vmm::api::DriveConfig>,
+    /// Add a virtio-net device over an existing TAP device (repeatable):
+    /// `id=NAME,tap=TAPNAME[,mac=02:..]` (the fields of Firecracker's
+    /// `PUT /network-interfaces/{iface_id}`). The TAP must exist in the
+    /// VMM's network namespace (`ip tuntap add TAPNAME mode tap`); no
+    /// offloads are offered.
+    #[arg(long = "net", value_parser = vmm::ctl::parse_net, value_name = "id=NAME,tap=TAPNAME,mac=MAC")]
+    nets: Vec<vmm::api::NetworkInterfaceConfig>,
     /// How virtio-mmio devices are announced: `acpi` (DSDT devices, what
     /// stock kernels need) or `cmdline` (`virtio_mmio.device=`, what the
     /// tiny guest reads). Default: cmdline for the embedded tiny guest,
@@ -196,7 +203,7 @@ fn main() -> ExitCode {
         _ => "vmm",
     });
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Ctl(args) => vmm::ctl::run(args),
         Command::Daemon(args) => match daemon(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -256,6 +263,13 @@ fn run(args: RunArgs) -> ExitCode {
             // Checked by the argument parser.
             vsock: args.vsock.clone().and_then(|v| v.try_into().ok()),
             drives: args.drives.iter().cloned().map(Into::into).collect(),
+            // Checked by the argument parser.
+            nets: args
+                .nets
+                .iter()
+                .cloned()
+                .filter_map(|n| n.try_into().ok())
+                .collect(),
         },
     };
     let control = VmControl::new(args.id.clone(), config, boot_mode(&args));
@@ -317,6 +331,7 @@ fn run(args: RunArgs) -> ExitCode {
         balloon: vm.balloon().cloned(),
         vsock: vm.vsock().cloned(),
         drives: vm.drives().to_vec(),
+        nets: vm.nets().to_vec(),
         guest_ram_starts: starts,
         releaser: vm.releaser(release_threads),
         vcpus: vm.vcpu_threads(),
@@ -408,6 +423,7 @@ fn start_vm(args: RunArgs, config: StartConfig) -> anyhow::Result<Vm> {
         balloon: config.balloon,
         vsock: config.vsock,
         drives: config.drives,
+        nets: config.nets,
         announce,
         dump_acpi: args.dump_acpi,
         numa_nodes: args.numa_nodes,

@@ -96,6 +96,14 @@ pub trait VmBackend: Send + Sync + 'static {
             "the VM has no drive {drive_id:?}"
         )))
     }
+    /// `GET /network-interfaces/{iface_id}/metrics`: what the interface's
+    /// device did, dropped and refused from the guest, as counters (a
+    /// JSON object). Not found (404) for an interface the VM does not have.
+    fn net_metrics(&self, iface_id: &str) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::NotFound(format!(
+            "the VM has no network interface {iface_id:?}"
+        )))
+    }
     /// `PUT /actions {"action_type": "ReleaseMemory"}`: stop the vCPUs
     /// for good and give all guest RAM back to the host. Conflict (409)
     /// when the VM is not running, and then nothing changes; any other

@@ -106,6 +106,7 @@ fn routes(rng: &mut Rng) -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("GET", "/vsock", None),
         ("GET", "/vsock/metrics", None),
         ("GET", "/drives/rootfs/metrics", None),
+        ("GET", "/network-interfaces/eth0/metrics", None),
         (
             "PUT",
             "/drives/rootfs",
@@ -120,6 +121,7 @@ fn route_of(call: &Call) -> (&'static str, String) {
     match call {
         Call::DriveMetrics(id) => return ("GET", format!("/drives/{id}/metrics")),
         Call::PutDrive(id, _) => return ("PUT", format!("/drives/{id}")),
+        Call::NetMetrics(id) => return ("GET", format!("/network-interfaces/{id}/metrics")),
         _ => {}
     }
     let (method, path) = match call {
@@ -144,7 +146,9 @@ fn route_of(call: &Call) -> (&'static str, String) {
         Call::PutVsock(_) => ("PUT", "/vsock"),
         Call::Vsock => ("GET", "/vsock"),
         Call::VsockMetrics => ("GET", "/vsock/metrics"),
-        Call::DriveMetrics(_) | Call::PutDrive(..) => unreachable!("answered above"),
+        Call::DriveMetrics(_) | Call::PutDrive(..) | Call::NetMetrics(_) => {
+            unreachable!("answered above")
+        }
     };
     (method, path.to_string())
 }
@@ -220,6 +224,8 @@ fn fuzz_vm_api_requests_parse_or_fail_with_a_4xx() {
                         "/drives/",
                         "/drives//metrics",
                         "/drives/a/b/metrics",
+                        "/network-interfaces//metrics",
+                        "/network-interfaces/a/b/metrics",
                     ])
                     .into()
             }

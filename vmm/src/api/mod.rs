@@ -28,6 +28,7 @@
 //! | `GET` | `/vsock` | – | 200 [`VsockInfo`] |
 //! | `GET` | `/vsock/metrics` | – | 200 counters (JSON object) |
 //! | `GET` | `/drives/{drive_id}/metrics` (ours) | – | 200 counters (JSON object) |
+//! | `GET` | `/network-interfaces/{iface_id}/metrics` (ours) | – | 200 counters (JSON object) |
 //!
 //! Firecracker's other resources (`/drives`, `/network-interfaces`,
 //! `/snapshot/*`, `/mmds*`, `/entropy`, ...) answer 400 naming what is not
@@ -88,7 +89,8 @@ pub use instance::{InstanceInfo, InstanceState, RequestedState, VersionInfo, VmS
 pub use server::ApiServer;
 pub use types::{
     ActionBody, ActionType, BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate,
-    BalloonUpdate, DriveConfig, MemoryReleased, VmInfo, VmState, VsockConfig, VsockInfo,
+    BalloonUpdate, DriveConfig, MemoryReleased, NetworkInterfaceConfig, VmInfo, VmState,
+    VsockConfig, VsockInfo,
 };
 pub use vm_config::{
     BootSource, FullVmConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,

@@ -25,7 +25,7 @@ use crate::http::{Request, Response};
 /// The resources, for the 404 message.
 const RESOURCES: &str = "/, /version, /vm, /vm/config, /actions, /boot-source, \
      /machine-config, /logger, /metrics, /balloon, /balloon/statistics, /balloon/metrics, \
-     /vsock, /vsock/metrics, /drives/{drive_id}/metrics";
+     /vsock, /vsock/metrics, /drives/{drive_id}/metrics, /network-interfaces/{iface_id}/metrics";
 
 /// A request that parsed: one backend call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,8 @@ pub(crate) enum Call {
     PutDrive(String, DriveConfig),
     /// `GET /drives/{drive_id}/metrics`
     DriveMetrics(String),
+    /// `GET /network-interfaces/{iface_id}/metrics`
+    NetMetrics(String),
 }
 
 /// Resolves a request to a call, or the error to answer instead.
@@ -92,6 +94,9 @@ pub(crate) fn parse(req: &Request) -> Result<Call, ApiError> {
     }
     if let Some(rest) = path.strip_prefix("/drives/") {
         return parse_drive_route(req, rest);
+    }
+    if let Some(call) = parse_net_route(req, path) {
+        return call;
     }
     let allowed = match path {
         "/" | "/version" | "/vm/config" => "GET",
@@ -180,6 +185,20 @@ fn parse_drive_route(req: &Request, rest: &str) -> Result<Call, ApiError> {
     }
 }
 
+/// `/network-interfaces/{iface_id}/metrics`, or `None` for any other path
+/// (the rest of `/network-interfaces/` is refused as not supported yet).
+/// The id is checked by the backend (an unknown one is a 404 there).
+fn parse_net_route(req: &Request, path: &str) -> Option<Result<Call, ApiError>> {
+    let id = path
+        .strip_prefix("/network-interfaces/")?
+        .strip_suffix("/metrics")
+        .filter(|id| !id.is_empty() && !id.contains('/'))?;
+    Some(match req.method.as_str() {
+        "GET" => no_body(req).map(|()| Call::NetMetrics(id.to_string())),
+        _ => Err(method_not_allowed(req, "GET")),
+    })
+}
+
 /// Makes the backend call and builds the response.
 pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Response, ApiError> {
     match call {
@@ -242,6 +261,7 @@ pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Respo
             .put_drive(&id, config)
             .map(|()| Response::no_content()),
         Call::DriveMetrics(id) => json(&backend.drive_metrics(&id)?),
+        Call::NetMetrics(id) => json(&backend.net_metrics(&id)?),
     }
 }
 
@@ -336,6 +356,12 @@ mod tests {
                 "/drives/rootfs/metrics",
                 "",
                 Call::DriveMetrics("rootfs".into()),
+            ),
+            (
+                "GET",
+                "/network-interfaces/eth0/metrics",
+                "",
+                Call::NetMetrics("eth0".into()),
             ),
         ];
         for (method, target, body, call) in cases {

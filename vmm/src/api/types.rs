@@ -271,6 +271,24 @@ impl DriveConfig {
     }
 }
 
+/// Body of `PUT /network-interfaces/{iface_id}` and the fields of
+/// `vmm run --net`: a virtio-net device over a TAP the operator created
+/// (before boot only), with Firecracker's fields. Firecracker's
+/// `rx_rate_limiter` and `tx_rate_limiter` are not supported (unknown
+/// fields are refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceConfig {
+    /// 1 to 64 ASCII letters, digits, `_` or `-`.
+    pub iface_id: String,
+    /// The TAP device, in the VMM's network namespace.
+    pub host_dev_name: String,
+    /// The guest's MAC (`aa:bb:cc:dd:ee:ff`, not multicast); without one
+    /// the guest picks its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+}
+
 /// Response of `GET /vsock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockInfo {

@@ -267,6 +267,7 @@ pub struct FullVmConfig {
     pub metrics: Option<MetricsConfig>,
 }
 
-/// The answer to a network interface request, until virtio-net exists.
-pub const NET_UNSUPPORTED: &str =
-    "network interfaces are not supported yet: this VMM has no virtio-net device";
+/// The answer to a network interface request, until they can be
+/// configured over the API.
+pub const NET_UNSUPPORTED: &str = "network interfaces are not supported yet over the API or in a \
+     configuration file: add them with `vmm run --net` (GET /network-interfaces/{iface_id}/metrics works)";

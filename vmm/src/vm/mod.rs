@@ -31,6 +31,7 @@ use block::{Block, BlockConfig};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use net::{Net, NetConfig};
 use vmm_sys_util::eventfd::EventFd;
 use vsock::{Vsock, VsockConfig};
 
@@ -66,6 +67,8 @@ pub struct VmConfig {
     /// virtio-blk devices; the root device, if any, becomes the first
     /// (`vda`), the others keep their order.
     pub drives: Vec<BlockConfig>,
+    /// virtio-net devices, in order, after the drives.
+    pub nets: Vec<NetConfig>,
     /// How virtio-mmio devices are announced to the guest.
     pub announce: Announce,
     /// Also write the ACPI tables, one `<SIG>.dat` file each, here.
@@ -126,6 +129,14 @@ pub enum VmError {
     TwoRootDrives(String, String),
     #[error("two drives have the id {0:?}")]
     DuplicateDriveId(String),
+    #[error("network interface {id:?}: {source}")]
+    Net {
+        id: String,
+        #[source]
+        source: net::NetError,
+    },
+    #[error("two network interfaces have the id {0:?}")]
+    DuplicateNetId(String),
     #[error("vsock: cannot serve its host socket: {0}")]
     VsockSocket(#[source] crate::http::ServerError),
     #[error("cannot {what}")]
@@ -144,6 +155,7 @@ pub struct Vm {
     balloon: Option<Arc<Mutex<Balloon>>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
     drives: Vec<Arc<Mutex<Block>>>,
+    nets: Vec<Arc<Mutex<Net>>>,
     /// The vsock device's host socket file, removed with the VM.
     vsock_socket: Option<HostSocket>,
     vcpus: Arc<VcpuThreads>,
@@ -256,6 +268,24 @@ impl Vm {
             })
             .collect::<Result<Vec<_>, VmError>>()?;
 
+        let mut net_ids = std::collections::HashSet::new();
+        let nets = cfg
+            .nets
+            .into_iter()
+            .map(|config| {
+                let id = config.iface_id.clone();
+                if !net_ids.insert(id.clone()) {
+                    return Err(VmError::DuplicateNetId(id));
+                }
+                let dev = Arc::new(Mutex::new(
+                    Net::new(config).map_err(|source| VmError::Net { id, source })?,
+                ));
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                event_loop.add_subscriber(dev.clone());
+                Ok(dev)
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
+
         let cmdline = slots.announce_on_cmdline(cfg.announce, &cmdline);
         let acpi = AcpiTables::build(&AcpiConfig {
             vcpus: cfg.vcpus,
@@ -327,6 +357,7 @@ impl Vm {
             balloon,
             vsock,
             drives,
+            nets,
             vsock_socket,
             vcpus: Arc::new(VcpuThreads::new(handles, park, pause)),
             _vm_fd: vm_fd,
@@ -365,6 +396,11 @@ impl Vm {
     /// The virtio-blk devices, root first.
     pub fn drives(&self) -> &[Arc<Mutex<Block>>] {
         &self.drives
+    }
+
+    /// The virtio-net devices, in order.
+    pub fn nets(&self) -> &[Arc<Mutex<Net>>] {
+        &self.nets
     }
 
     /// Removes the host socket files the VM's devices made (the VMM exits
