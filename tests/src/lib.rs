@@ -85,9 +85,22 @@ pub struct VmProcess {
 impl VmProcess {
     /// Starts `vmm` with `args` (e.g. `["run", "--mem", "64M"]`).
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> VmProcess {
+        let mut cmd = Command::new(vmm_bin());
+        cmd.args(args);
+        VmProcess::spawn(cmd)
+    }
+
+    /// Starts `vmm` with `args` inside the network namespace `netns`
+    /// (`ip netns exec`, which execs `vmm`: the pid is the VMM's).
+    pub fn start_in_netns<S: AsRef<std::ffi::OsStr>>(netns: &str, args: &[S]) -> VmProcess {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(vmm_bin()).args(args);
+        VmProcess::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> VmProcess {
         let started = Instant::now();
-        let mut child = Command::new(vmm_bin())
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -26,6 +26,8 @@
 //!   running the actions in order (see [`VsockAction`]).
 //! * `tiny.blk=<action>[,<action>...]`: drive the first virtio-blk device,
 //!   running the actions in order (see [`BlkAction`]).
+//! * `tiny.net=<action>[,<action>...]`: drive the first virtio-net device,
+//!   running the actions in order (see [`NetAction`]).
 //!
 //! Numbers are decimal or `0x` hexadecimal. A later order overrides an
 //! earlier one with the same key.
@@ -372,6 +374,93 @@ pub fn parse_blk_plan(s: &[u8]) -> Option<BlkPlan> {
     Some(plan)
 }
 
+/// One action of `tiny.net=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetAction {
+    /// `ip:<a.b.c.d>`: the guest's IPv4 address from now on.
+    Ip([u8; 4]),
+    /// `serve:<time>`: answer ARP requests for the address, ICMP echo
+    /// requests and UDP datagrams to it for that long, then print what
+    /// was received and sent.
+    Serve { millis: u64 },
+    /// `evil-long`: a transmit chain of more than 65562 bytes (the same
+    /// buffer 43 times), which the device must refuse.
+    EvilLong,
+    /// `evil-bad-desc`: a transmit chain with a descriptor outside RAM.
+    EvilBadDesc,
+}
+
+/// Most actions in one `tiny.net=` list.
+pub const MAX_NET_ACTIONS: usize = 8;
+
+/// The `tiny.net=` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetPlan {
+    pub actions: [NetAction; MAX_NET_ACTIONS],
+    pub len: usize,
+}
+
+impl Default for NetPlan {
+    fn default() -> Self {
+        NetPlan {
+            actions: [NetAction::EvilLong; MAX_NET_ACTIONS],
+            len: 0,
+        }
+    }
+}
+
+impl NetPlan {
+    /// The actions, in order.
+    pub fn actions(&self) -> &[NetAction] {
+        &self.actions[..self.len]
+    }
+}
+
+/// Parses a dotted-quad IPv4 address (decimal, each part 0..=255).
+pub fn parse_ipv4(s: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        *o = u8::try_from(parse_number(p)?).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+/// Parses one action of `tiny.net=`.
+pub fn parse_net_action(s: &[u8]) -> Option<NetAction> {
+    if let Some(ip) = s.strip_prefix(b"ip:") {
+        return parse_ipv4(ip).map(NetAction::Ip);
+    }
+    if let Some(t) = s.strip_prefix(b"serve:") {
+        return parse_millis(t).map(|millis| NetAction::Serve { millis });
+    }
+    match s {
+        b"evil-long" => Some(NetAction::EvilLong),
+        b"evil-bad-desc" => Some(NetAction::EvilBadDesc),
+        _ => None,
+    }
+}
+
+/// Parses `tiny.net=`'s comma-separated list.
+pub fn parse_net_plan(s: &[u8]) -> Option<NetPlan> {
+    let mut plan = NetPlan::default();
+    for item in s.split(|&b| b == b',') {
+        if plan.len == MAX_NET_ACTIONS {
+            return None;
+        }
+        plan.actions[plan.len] = parse_net_action(item)?;
+        plan.len += 1;
+    }
+    Some(plan)
+}
+
 /// Free page reporting period when `tiny.report-every` is not given (ms).
 pub const DEFAULT_REPORT_EVERY_MS: u64 = 1000;
 
@@ -402,6 +491,8 @@ pub struct Orders {
     pub vsock: VsockPlan,
     /// What to do with the virtio-blk device.
     pub blk: BlkPlan,
+    /// What to do with the virtio-net device.
+    pub net: NetPlan,
 }
 
 impl Orders {
@@ -491,6 +582,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Orders, &[u8]> {
             }
             b"vsock" => orders.vsock = parse_vsock_plan(value).ok_or(token)?,
             b"blk" => orders.blk = parse_blk_plan(value).ok_or(token)?,
+            b"net" => orders.net = parse_net_plan(value).ok_or(token)?,
             b"evil" => {
                 let (case, _) = Evil::ALL
                     .iter()
@@ -773,6 +865,32 @@ mod tests {
             b"tiny.blk=flush:1",
             b"tiny.blk=read:1:1,,flush",
             b"tiny.blk=erase:1",
+        ] {
+            assert_eq!(parse(bad), Err(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn net_plans() {
+        let o = parse(b"tiny.net=ip:10.0.0.2,evil-long,evil-bad-desc,serve:5s").unwrap();
+        assert_eq!(
+            o.net.actions(),
+            [
+                NetAction::Ip([10, 0, 0, 2]),
+                NetAction::EvilLong,
+                NetAction::EvilBadDesc,
+                NetAction::Serve { millis: 5000 },
+            ]
+        );
+        for bad in [
+            &b"tiny.net="[..],
+            b"tiny.net=ip:10.0.0",
+            b"tiny.net=ip:10.0.0.256",
+            b"tiny.net=ip:10.0.0.2.1",
+            b"tiny.net=ip:10.0.0.0x2",
+            b"tiny.net=serve",
+            b"tiny.net=serve:x",
+            b"tiny.net=evil",
         ] {
             assert_eq!(parse(bad), Err(bad), "{}", String::from_utf8_lossy(bad));
         }

@@ -11,7 +11,8 @@
 //! for `tiny.touch` or `tiny.alloc`, 4 bad order, 5 no usable virtio-balloon
 //! device, 6 unusable `hvm_start_info`, 7 no usable virtio-vsock device, 8 a
 //! vsock check failed, 9 no usable virtio-blk device, 10 the virtio-blk
-//! device did not answer in time, 0x7f panic.
+//! device did not answer in time, 11 no usable virtio-net device, 12 the
+//! virtio-net device did not return a transmit chain in time, 0x7f panic.
 //!
 //! Modules: [`boot`] (PVH entry, page tables), [`start_info`], [`cmdline`]
 //! (orders), [`memtest`] (`tiny.touch`), [`serial`], [`tsc`], [`mem`]
@@ -19,7 +20,8 @@
 //! [`pages`] (the pool in memory, `tiny.alloc`/`tiny.free`), [`virtqueue`]
 //! (split rings), [`virtio_mmio`] (transport) and [`balloon`] (the driver);
 //! for `tiny.vsock` [`vsock`] (the driver) and [`vsock_orders`] (the
-//! actions); for `tiny.blk` [`blk`] (driver and actions).
+//! actions); for `tiny.blk` [`blk`] (driver and actions); for `tiny.net`
+//! [`net`] (driver and actions) and [`netproto`] (ARP, ICMP, UDP answers).
 
 #![no_std]
 #![no_main]
@@ -30,6 +32,8 @@ mod boot;
 mod cmdline;
 mod mem;
 mod memtest;
+mod net;
+mod netproto;
 mod pages;
 mod pool;
 mod serial;
@@ -139,6 +143,9 @@ fn run(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_bytes: u64) 
     if !orders.blk.actions().is_empty() {
         blk_orders(orders, cmdline);
     }
+    if !orders.net.actions().is_empty() {
+        net_orders(orders, cmdline);
+    }
     if !orders.vsock.actions().is_empty() {
         vsock_orders(orders, memmap, cmdline);
     }
@@ -235,6 +242,22 @@ fn blk_orders(orders: &Orders, cmdline: &[u8]) {
         }
     };
     blk::run(&mut dev, &orders.blk);
+}
+
+/// `tiny.net`: sets the first virtio-net device up and runs the actions.
+fn net_orders(orders: &Orders, cmdline: &[u8]) {
+    let Some(mmio) = virtio_mmio::find(cmdline, net::DEVICE_ID, net::CONFIG_BYTES) else {
+        say!("no virtio-net device (virtio_mmio.device= on the command line)");
+        exit(net::EXIT_DEVICE)
+    };
+    let mut dev = match net::Net::init(mmio) {
+        Ok(dev) => dev,
+        Err(e) => {
+            say!("virtio-net set-up failed: {}", e);
+            exit(net::EXIT_DEVICE)
+        }
+    };
+    net::run(&mut dev, &orders.net);
 }
 
 /// `tiny.vsock`: sets the vsock device up and runs the actions.
