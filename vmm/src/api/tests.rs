@@ -1031,6 +1031,7 @@ fn openapi_document_covers_every_route_field_and_status() {
         "/balloon/metrics",
         "/vsock",
         "/vsock/metrics",
+        "/network-interfaces/{iface_id}/metrics",
     ] {
         assert!(spec.contains(&format!("\n  {path}:\n")), "{path}");
     }

@@ -1,8 +1,9 @@
 //! Firecracker resources this VMM does not have: each gets a 400 that
 //! names what is missing, rather than a 404 that reads like a typo.
 //!
-//! Network interfaces are here until virtio-net exists; replace their
-//! entries with real routes then.
+//! Network interfaces are here (but for `GET .../metrics`, which
+//! `routes` answers first) until `PUT /network-interfaces/{iface_id}`
+//! exists; replace their entry with real routes then.
 
 use super::error::ApiError;
 use super::vm_config::NET_UNSUPPORTED;

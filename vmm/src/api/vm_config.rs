@@ -253,7 +253,7 @@ pub struct FullVmConfig {
     /// virtio-blk devices, as `vmm run --drive`.
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
-    /// Network interfaces: there is no virtio-net yet, so only `[]` is
+    /// Network interfaces: they come from `vmm run --net` for now, so only `[]` is
     /// accepted. Untyped until the device exists.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<serde_json::Value>,
