@@ -6,6 +6,7 @@
 //! skipping: a CI machine without /dev/kvm must not go green.
 
 pub mod daemon;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

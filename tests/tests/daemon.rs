@@ -705,6 +705,58 @@ fn a_pool_of_minus_1000_vms_reports_its_decision_once_then_counts() {
     assert!(oom.get("stuck").is_none(), "{oom}");
 }
 
+/// Issue 12: `POST /vms` takes drives (and network interfaces) as the
+/// per-VM API does; the guest's write reaches the host's image, and what
+/// the VMM could not take is a 400 before anything starts.
+#[test]
+fn a_vm_created_with_a_drive_writes_to_its_image() {
+    let d = Daemon::start("drives");
+    let image = d.state.parent().unwrap().join("data.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let vm = d.create(&format!(
+        r#"{{"id": "disk", "mem_mib": 64, "cmdline": "tiny.blk=write:4:1:0x5a,flush",
+            "drives": [{{"drive_id": "data", "path_on_host": "{}", "is_read_only": false}}]}}"#,
+        image.display()
+    ));
+    assert_eq!(vm["state"], "running", "{vm}");
+    d.wait_console("disk", "blk flush: status=0");
+    let bytes = std::fs::read(&image).unwrap();
+    assert!(
+        bytes[4 * 512..5 * 512].iter().all(|&b| b == 0x5a),
+        "the write is not in the image"
+    );
+    assert!(
+        bytes[..4 * 512].iter().all(|&b| b == 0),
+        "nothing else changed"
+    );
+
+    for (body, fault) in [
+        (
+            r#"{"mem_mib": 64, "drives": [{"drive_id": "d", "path_on_host": "rel.img"}]}"#,
+            "drives[0].path_on_host: \"rel.img\" is not an absolute path",
+        ),
+        (
+            r#"{"mem_mib": 64, "drives": [{"drive_id": "d", "path_on_host": "/a,b.img"}]}"#,
+            "cannot hold ','",
+        ),
+        (
+            r#"{"mem_mib": 64, "drives": [{"drive_id": "d", "path_on_host": "/x", "io_engine": "Async"}]}"#,
+            "drives[0]: io_engine",
+        ),
+        (
+            r#"{"mem_mib": 64, "network_interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "ff:ff:ff:ff:ff:ff"}]}"#,
+            "network_interfaces[0]:",
+        ),
+    ] {
+        let (status, err) = d.call("POST", "/vms", Some(body));
+        assert_eq!(status, 400, "{body}: {err}");
+        let message = err["fault_message"].as_str().unwrap_or_default();
+        assert!(message.contains(fault), "{body}: {message}");
+    }
+    let (_, vms) = d.call("GET", "/vms", None);
+    assert_eq!(vms.as_array().unwrap().len(), 1, "only the good VM: {vms}");
+}
+
 /// `action: pause`: the chosen VM is stopped, not killed; it is no
 /// candidate again while paused (the next decision picks another VM), and
 /// the operator resumes it.

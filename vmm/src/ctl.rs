@@ -118,6 +118,15 @@ pub struct CreateArgs {
     /// listen for the agent's reports (in-guest OOM kills, memory, PSI).
     #[arg(long)]
     pub agent: bool,
+    /// A virtio-blk drive, as `vmm run --drive`: `id=NAME,path=FILE,ro=BOOL,
+    /// root=BOOL` (repeatable; the path is made absolute).
+    #[arg(long, value_parser = parse_drive, value_name = "id=NAME,path=FILE,...")]
+    pub drive: Vec<crate::api::DriveConfig>,
+    /// A virtio-net interface over a TAP in the daemon's network
+    /// namespace, as `vmm run --net`: `id=NAME,tap=TAP[,mac=MAC]`
+    /// (repeatable).
+    #[arg(long, value_parser = parse_net, value_name = "id=NAME,tap=TAP,...")]
+    pub net: Vec<crate::api::NetworkInterfaceConfig>,
     /// The VM's id [default: one the daemon makes up].
     #[arg(long)]
     pub id: Option<String>,
@@ -428,6 +437,18 @@ fn create_spec(args: &CreateArgs) -> Result<VmSpec, CtlError> {
         pool: args.pool.clone(),
         numa_nodes: args.numa_nodes.clone(),
         agent: args.agent,
+        drives: args
+            .drive
+            .iter()
+            .map(|d| {
+                let path = absolute(&Some(PathBuf::from(&d.path_on_host)))?.unwrap_or_default();
+                Ok(crate::api::DriveConfig {
+                    path_on_host: path,
+                    ..d.clone()
+                })
+            })
+            .collect::<Result<_, CtlError>>()?,
+        network_interfaces: args.net.clone(),
     })
 }
 

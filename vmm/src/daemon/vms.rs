@@ -165,6 +165,22 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
         let uds = super::agents::vsock_uds(api_sock.parent().unwrap_or(Path::new(".")));
         args.push(format!("--vsock=cid={GUEST_CID},uds={}", uds.display()));
     }
+    for d in &spec.drives {
+        args.push(format!(
+            "--drive=id={},path={},ro={},root={}",
+            d.drive_id, d.path_on_host, d.is_read_only, d.is_root_device
+        ));
+    }
+    for n in &spec.network_interfaces {
+        let mac = n
+            .guest_mac
+            .as_ref()
+            .map_or(String::new(), |m| format!(",mac={m}"));
+        args.push(format!(
+            "--net=id={},tap={}{mac}",
+            n.iface_id, n.host_dev_name
+        ));
+    }
     if let Some(b) = &spec.balloon {
         args.push("--balloon".into());
         args.push(format!(

@@ -169,8 +169,8 @@ fn every_route_works() {
     assert_eq!(
         h.daemon.calls(),
         [
-            "create_vm VmSpec { id: Some(\"web-1\"), kernel: None, initrd: None, cmdline: None, mem_mib: 128, vcpus: 1, balloon: Some(BalloonConfig { amount_mib: 0, deflate_on_oom: true, stats_polling_interval_s: 0, free_page_reporting: false }), oom_score_adj: 100, pool: None, numa_nodes: None, agent: false }",
-            "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None, numa_nodes: None, agent: false }",
+            "create_vm VmSpec { id: Some(\"web-1\"), kernel: None, initrd: None, cmdline: None, mem_mib: 128, vcpus: 1, balloon: Some(BalloonConfig { amount_mib: 0, deflate_on_oom: true, stats_polling_interval_s: 0, free_page_reporting: false }), oom_score_adj: 100, pool: None, numa_nodes: None, agent: false, drives: [], network_interfaces: [] }",
+            "create_vm VmSpec { id: None, kernel: None, initrd: None, cmdline: None, mem_mib: 64, vcpus: 1, balloon: None, oom_score_adj: 0, pool: None, numa_nodes: None, agent: false, drives: [], network_interfaces: [] }",
             "list_vms",
             "get_vm web-1",
             "patch_vm web-1 VmPatch { oom_score_adj: Some(-1000), balloon_target_mib: Some(32), state: None }",
@@ -557,6 +557,21 @@ fn openapi_document_covers_every_route_field_and_status() {
         cmdline: Some(String::new()),
         pool: Some("p".into()),
         numa_nodes: Some("0".into()),
+        drives: vec![crate::api::DriveConfig {
+            drive_id: "d".into(),
+            path_on_host: "/d.img".into(),
+            is_root_device: true,
+            is_read_only: true,
+            partuuid: Some("x".into()),
+            cache_type: Some("Unsafe".into()),
+            io_engine: Some("Sync".into()),
+            rate_limiter: Some(serde_json::json!({})),
+        }],
+        network_interfaces: vec![crate::api::NetworkInterfaceConfig {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: Some("02:00:00:00:00:01".into()),
+        }],
         ..VmSpec::with_mem(64)
     };
     let all_knobs = OomPatch {

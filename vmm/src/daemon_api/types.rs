@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::BalloonConfig;
+use crate::api::{BalloonConfig, DriveConfig, NetworkInterfaceConfig};
 use crate::http::ApiError;
 
 /// Smallest guest RAM a VM may have, in MiB.
@@ -118,6 +118,14 @@ pub struct VmSpec {
     /// 1025, so in-guest OOM kills join the daemon's timeline.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent: bool,
+    /// virtio-blk drives, as the per-VM `PUT /drives/{drive_id}` takes
+    /// them (`vmm run --drive`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveConfig>,
+    /// virtio-net interfaces over TAPs in the daemon's network namespace,
+    /// as `vmm run --net` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
 }
 
 impl VmSpec {
@@ -135,6 +143,8 @@ impl VmSpec {
             pool: None,
             numa_nodes: None,
             agent: false,
+            drives: Vec::new(),
+            network_interfaces: Vec::new(),
         }
     }
 
@@ -186,8 +196,42 @@ impl VmSpec {
                 )));
             }
         }
+        for (i, d) in self.drives.iter().enumerate() {
+            validate_drive(&format!("drives[{i}]"), d)?;
+        }
+        if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
+            return Err(bad("drives: more than one is the root device".into()));
+        }
+        for (i, n) in self.network_interfaces.iter().enumerate() {
+            let field = format!("network_interfaces[{i}]");
+            if [&n.iface_id, &n.host_dev_name]
+                .iter()
+                .any(|v| v.contains(','))
+            {
+                return Err(bad(format!("{field}: names cannot hold ','")));
+            }
+            net::NetConfig::try_from(n.clone())
+                .and_then(|c| c.validate())
+                .map_err(|e| bad(format!("{field}: {e}")))?;
+        }
         validate_adj("oom_score_adj", self.oom_score_adj)
     }
+}
+
+/// A drive the VMM will take: Firecracker's fields it supports, a valid
+/// id, and an absolute path without `,` (it travels in `--drive`).
+fn validate_drive(field: &str, d: &DriveConfig) -> Result<(), ApiError> {
+    d.check_supported()
+        .map_err(|e| bad(format!("{field}: {e}")))?;
+    validate_path(&format!("{field}.path_on_host"), &d.path_on_host)?;
+    if d.path_on_host.contains(',') || d.drive_id.contains(',') {
+        return Err(bad(format!(
+            "{field}: drive_id and path_on_host cannot hold ','"
+        )));
+    }
+    block::BlockConfig::from(d.clone())
+        .validate()
+        .map_err(|e| bad(format!("{field}: {e}")))
 }
 
 /// Where a VM is in its life.
