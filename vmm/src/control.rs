@@ -19,7 +19,6 @@ use net::{Net, NetConfig};
 use vsock::{Vsock, VsockConfig};
 
 use crate::api::instance::{APP_NAME, VMM_VERSION};
-use crate::api::vm_config::NET_UNSUPPORTED;
 use crate::api::{
     self, ApiError, BootSource, FullVmConfig, InstanceInfo, InstanceState, LoggerConfig,
     MachineConfig, MachineConfigUpdate, MemoryReleased, MetricsConfig, RequestedState, VmBackend,
@@ -366,11 +365,6 @@ impl StartConfig {
     /// The configuration a `--config-file` describes, checked as the API
     /// checks it. Block and network devices are refused until they exist.
     pub fn from_file(full: &FullVmConfig) -> Result<StartConfig, ApiError> {
-        if !full.network_interfaces.is_empty() {
-            return Err(ApiError::BadRequest(format!(
-                "network-interfaces: {NET_UNSUPPORTED}"
-            )));
-        }
         let mut config = StartConfig::default();
         if let Some(source) = &full.boot_source {
             config
@@ -397,6 +391,15 @@ impl StartConfig {
                 .map_err(in_section("drives"))?;
         }
         config.drives = full.drives.iter().cloned().map(Into::into).collect();
+        for n in &full.network_interfaces {
+            n.check_supported()
+                .map_err(ApiError::BadRequest)
+                .map_err(in_section("network-interfaces"))?;
+            let net = NetConfig::try_from(n.clone())
+                .map_err(|e| ApiError::BadRequest(e.to_string()))
+                .map_err(in_section("network-interfaces"))?;
+            config.nets.push(net);
+        }
         Ok(config)
     }
 
@@ -412,6 +415,7 @@ impl StartConfig {
                 vsock_id: None,
             }),
             drives: self.drives.iter().map(drive_config).collect(),
+            network_interfaces: self.nets.iter().map(net_config).collect(),
             ..FullVmConfig::default()
         }
     }
@@ -446,6 +450,15 @@ impl TryFrom<api::NetworkInterfaceConfig> for NetConfig {
             host_dev_name: c.host_dev_name,
             guest_mac: c.guest_mac.as_deref().map(str::parse).transpose()?,
         })
+    }
+}
+
+fn net_config(c: &NetConfig) -> api::NetworkInterfaceConfig {
+    api::NetworkInterfaceConfig {
+        iface_id: c.iface_id.clone(),
+        host_dev_name: c.host_dev_name.clone(),
+        guest_mac: c.guest_mac.map(|m| m.to_string()),
+        ..Default::default()
     }
 }
 
@@ -922,6 +935,34 @@ impl VmBackend for VmControl {
         let d = self.live_drive(drive_id)?;
         let metrics = lock(&d).metrics();
         serde_json::to_value(metrics).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn put_net(&self, iface_id: &str, config: api::NetworkInterfaceConfig) -> Result<(), ApiError> {
+        if config.iface_id != iface_id {
+            return Err(ApiError::BadRequest(format!(
+                "the iface_id in the path ({iface_id:?}) and in the body ({:?}) differ",
+                config.iface_id
+            )));
+        }
+        config.check_supported().map_err(ApiError::BadRequest)?;
+        let net = NetConfig::try_from(config).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        net.validate()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let mut state = self.state();
+        if !matches!(state.phase, Phase::NotStarted) {
+            return Err(ApiError::BadRequest(
+                "network interfaces can only be configured before InstanceStart".into(),
+            ));
+        }
+        // The TAP is opened (and must exist) when the device is made; a
+        // start that fails there says so. A PUT of an existing id
+        // replaces it, as in Firecracker.
+        let nets = &mut state.config.nets;
+        match nets.iter_mut().find(|n| n.iface_id == net.iface_id) {
+            Some(n) => *n = net,
+            None => nets.push(net),
+        }
+        Ok(())
     }
 
     fn net_metrics(&self, iface_id: &str) -> Result<serde_json::Value, ApiError> {

@@ -589,6 +589,7 @@ pub fn parse_net(spec: &str) -> Result<crate::api::NetworkInterfaceConfig, Strin
         iface_id: id.ok_or("a network interface needs id=<iface id>")?,
         host_dev_name: tap.ok_or("a network interface needs tap=<TAP device>")?,
         guest_mac: mac,
+        ..Default::default()
     };
     net::NetConfig::try_from(config.clone())
         .and_then(|c| c.validate())
@@ -1707,6 +1708,7 @@ victim  b
                 iface_id: "eth0".into(),
                 host_dev_name: "nettest0".into(),
                 guest_mac: Some("02:00:00:00:00:01".into()),
+                ..Default::default()
             }
         );
         let n = parse_net("iface_id=e, host_dev_name=t").unwrap();

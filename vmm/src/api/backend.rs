@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::instance::{InstanceInfo, VmStateUpdate};
 use super::types::{
     BalloonConfig, BalloonInfo, BalloonStats, BalloonStatsUpdate, BalloonUpdate, DriveConfig,
-    MemoryReleased, VmInfo, VsockConfig, VsockInfo,
+    MemoryReleased, NetworkInterfaceConfig, VmInfo, VsockConfig, VsockInfo,
 };
 use super::vm_config::{
     BootSource, FullVmConfig, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
@@ -96,6 +96,15 @@ pub trait VmBackend: Send + Sync + 'static {
             "the VM has no drive {drive_id:?}"
         )))
     }
+    /// `PUT /network-interfaces/{iface_id}`: adds (or replaces) an
+    /// interface, before boot only.
+    fn put_net(&self, iface_id: &str, config: NetworkInterfaceConfig) -> Result<(), ApiError> {
+        let _ = (iface_id, config);
+        Err(ApiError::BadRequest(
+            "network interfaces cannot be configured on this VM".into(),
+        ))
+    }
+
     /// `GET /network-interfaces/{iface_id}/metrics`: what the interface's
     /// device did, dropped and refused from the guest, as counters (a
     /// JSON object). Not found (404) for an interface the VM does not have.

@@ -113,6 +113,12 @@ fn routes(rng: &mut Rng) -> Vec<(&'static str, &'static str, Option<Value>)> {
             Some(json!({"drive_id": "rootfs", "path_on_host": "/img",
                 "is_root_device": rng.bool(), "is_read_only": rng.bool()})),
         ),
+        (
+            "PUT",
+            "/network-interfaces/eth0",
+            Some(json!({"iface_id": "eth0", "host_dev_name": "tap0",
+                "guest_mac": "02:00:00:00:00:01"})),
+        ),
     ]
 }
 
@@ -122,6 +128,7 @@ fn route_of(call: &Call) -> (&'static str, String) {
         Call::DriveMetrics(id) => return ("GET", format!("/drives/{id}/metrics")),
         Call::PutDrive(id, _) => return ("PUT", format!("/drives/{id}")),
         Call::NetMetrics(id) => return ("GET", format!("/network-interfaces/{id}/metrics")),
+        Call::PutNet(id, _) => return ("PUT", format!("/network-interfaces/{id}")),
         _ => {}
     }
     let (method, path) = match call {
@@ -146,7 +153,7 @@ fn route_of(call: &Call) -> (&'static str, String) {
         Call::PutVsock(_) => ("PUT", "/vsock"),
         Call::Vsock => ("GET", "/vsock"),
         Call::VsockMetrics => ("GET", "/vsock/metrics"),
-        Call::DriveMetrics(_) | Call::PutDrive(..) | Call::NetMetrics(_) => {
+        Call::DriveMetrics(_) | Call::PutDrive(..) | Call::NetMetrics(_) | Call::PutNet(..) => {
             unreachable!("answered above")
         }
     };
@@ -170,6 +177,7 @@ fn body_of(call: &Call) -> Vec<u8> {
         Call::PatchBalloonStats(u) => json!(u),
         Call::PutVsock(c) => json!(c),
         Call::PutDrive(_, c) => json!(c),
+        Call::PutNet(_, c) => json!(c),
         _ => return Vec::new(),
     };
     serde_json::to_vec(&v).unwrap()

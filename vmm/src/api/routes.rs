@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::instance::{VersionInfo, VmStateUpdate, VMM_VERSION};
 use super::types::{
     ActionBody, ActionType, BalloonConfig, BalloonStatsUpdate, BalloonUpdate, DriveConfig,
-    VsockConfig,
+    NetworkInterfaceConfig, VsockConfig,
 };
 use super::unsupported;
 use super::vm_config::{
@@ -80,6 +80,8 @@ pub(crate) enum Call {
     PutDrive(String, DriveConfig),
     /// `GET /drives/{drive_id}/metrics`
     DriveMetrics(String),
+    /// `PUT /network-interfaces/{iface_id}`
+    PutNet(String, NetworkInterfaceConfig),
     /// `GET /network-interfaces/{iface_id}/metrics`
     NetMetrics(String),
 }
@@ -185,17 +187,30 @@ fn parse_drive_route(req: &Request, rest: &str) -> Result<Call, ApiError> {
     }
 }
 
-/// `/network-interfaces/{iface_id}/metrics`, or `None` for any other path
-/// (the rest of `/network-interfaces/` is refused as not supported yet).
-/// The id is checked by the backend (an unknown one is a 404 there).
+/// `/network-interfaces/{iface_id}` and its `/metrics`, or `None` for
+/// any other path. The id is checked by the backend (an unknown one is a
+/// 404 there).
 fn parse_net_route(req: &Request, path: &str) -> Option<Result<Call, ApiError>> {
-    let id = path
-        .strip_prefix("/network-interfaces/")?
+    let rest = path.strip_prefix("/network-interfaces/")?;
+    if let Some(id) = rest
         .strip_suffix("/metrics")
-        .filter(|id| !id.is_empty() && !id.contains('/'))?;
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    {
+        return Some(match req.method.as_str() {
+            "GET" => no_body(req).map(|()| Call::NetMetrics(id.to_string())),
+            _ => Err(method_not_allowed(req, "GET")),
+        });
+    }
+    if rest.is_empty() || rest.contains('/') {
+        return None;
+    }
     Some(match req.method.as_str() {
-        "GET" => no_body(req).map(|()| Call::NetMetrics(id.to_string())),
-        _ => Err(method_not_allowed(req, "GET")),
+        "PUT" => json_body(req).map(|c| Call::PutNet(rest.to_string(), c)),
+        "PATCH" => Err(ApiError::BadRequest(format!(
+            "{path}: rate limiters are not supported by this VMM, so an interface has \
+             nothing to update after boot"
+        ))),
+        _ => Err(method_not_allowed(req, "PUT")),
     })
 }
 
@@ -261,6 +276,9 @@ pub(crate) fn dispatch(call: Call, backend: &Arc<dyn VmBackend>) -> Result<Respo
             .put_drive(&id, config)
             .map(|()| Response::no_content()),
         Call::DriveMetrics(id) => json(&backend.drive_metrics(&id)?),
+        Call::PutNet(id, config) => backend
+            .put_net(&id, config)
+            .map(|()| Response::no_content()),
         Call::NetMetrics(id) => json(&backend.net_metrics(&id)?),
     }
 }

@@ -1586,6 +1586,61 @@ fn drives_are_put_before_boot_in_firecrackers_shape() {
     assert_eq!(drives.as_array().unwrap().len(), 2, "{drives}");
 }
 
+/// `PUT /network-interfaces/{iface_id}` as Firecracker's clients send it,
+/// before boot: added, replaced by id, shown in `GET /vm/config`; rate
+/// limiters and bad MACs refused naming the field.
+#[test]
+fn network_interfaces_are_put_before_boot_in_firecrackers_shape() {
+    let h = control_harness();
+    let p = &h.path;
+    let put =
+        |id: &str, body: &str| send(p, "PUT", &format!("/network-interfaces/{id}"), Some(body));
+    let fc = r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02",
+                 "rx_rate_limiter": null, "tx_rate_limiter": null}"#;
+    assert_eq!(status_body(&put("eth0", fc)), JSON_204);
+    let again = r#"{"iface_id": "eth0", "host_dev_name": "tap1"}"#;
+    assert_eq!(status_body(&put("eth0", again)), JSON_204);
+    let nets = send(p, "GET", "/vm/config", None).json()["network-interfaces"].clone();
+    assert_eq!(
+        nets,
+        serde_json::json!([{"iface_id": "eth0", "host_dev_name": "tap1"}]),
+        "replaced by id"
+    );
+    for (id, body, fault) in [
+        (
+            "eth1",
+            r#"{"iface_id": "eth2", "host_dev_name": "t"}"#,
+            "differ",
+        ),
+        (
+            "eth1",
+            r#"{"iface_id": "eth1", "host_dev_name": "t", "rx_rate_limiter": {"ops": {"size": 1}}}"#,
+            "rx_rate_limiter: network rate limiting is not supported",
+        ),
+        (
+            "eth1",
+            r#"{"iface_id": "eth1", "host_dev_name": "t", "guest_mac": "01:00:5e:00:00:01"}"#,
+            "multicast",
+        ),
+        (
+            "eth1",
+            r#"{"iface_id": "eth1", "host_dev_name": "t", "mtu": 9000}"#,
+            "unknown field `mtu`",
+        ),
+    ] {
+        let r = put(id, body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.fault().contains(fault), "{body}: {}", r.fault());
+    }
+    let r = send(
+        p,
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0"}"#),
+    );
+    assert_eq!(r.status, 400);
+}
+
 #[test]
 fn a_configuration_file_is_checked_like_the_api() {
     use crate::control::StartConfig;
@@ -1602,10 +1657,14 @@ fn a_configuration_file_is_checked_like_the_api() {
     let c = from(r#"{"drives": [{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": false}]}"#).unwrap();
     assert_eq!(c.drives.len(), 1);
     assert!(c.drives[0].is_root_device);
+    // Network interfaces as `--net`.
+    let c = from(r#"{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"}]}"#).unwrap();
+    assert_eq!(c.nets.len(), 1);
+    assert_eq!(c.nets[0].host_dev_name, "tap0");
     for (text, err) in [
         (
-            r#"{"network-interfaces": [{"iface_id": "eth0"}]}"#,
-            "network-interfaces: network interfaces are not supported yet",
+            r#"{"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "t", "tx_rate_limiter": {}}]}"#,
+            "network-interfaces: tx_rate_limiter: network rate limiting is not supported",
         ),
         (
             r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": true}}"#,

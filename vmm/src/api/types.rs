@@ -274,9 +274,10 @@ impl DriveConfig {
 /// Body of `PUT /network-interfaces/{iface_id}` and the fields of
 /// `vmm run --net`: a virtio-net device over a TAP the operator created
 /// (before boot only), with Firecracker's fields. Firecracker's
-/// `rx_rate_limiter` and `tx_rate_limiter` are not supported (unknown
-/// fields are refused).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `rx_rate_limiter` and `tx_rate_limiter` must be null or absent
+/// ([`NetworkInterfaceConfig::check_supported`]); unknown fields are
+/// refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceConfig {
     /// 1 to 64 ASCII letters, digits, `_` or `-`.
@@ -287,6 +288,29 @@ pub struct NetworkInterfaceConfig {
     /// the guest picks its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// Firecracker: a token-bucket rate limiter. Not supported: null or
+    /// absent only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    /// As `rx_rate_limiter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+impl NetworkInterfaceConfig {
+    /// Refuses, naming the field, what Firecracker accepts and this device
+    /// does not do.
+    pub fn check_supported(&self) -> Result<(), String> {
+        for (field, limiter) in [
+            ("rx_rate_limiter", &self.rx_rate_limiter),
+            ("tx_rate_limiter", &self.tx_rate_limiter),
+        ] {
+            if limiter.as_ref().is_some_and(|l| !l.is_null()) {
+                return Err(format!("{field}: network rate limiting is not supported"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Response of `GET /vsock`.

@@ -1,17 +1,11 @@
 //! Firecracker resources this VMM does not have: each gets a 400 that
 //! names what is missing, rather than a 404 that reads like a typo.
-//!
-//! Network interfaces are here (but for `GET .../metrics`, which
-//! `routes` answers first) until `PUT /network-interfaces/{iface_id}`
-//! exists; replace their entry with real routes then.
 
 use super::error::ApiError;
-use super::vm_config::NET_UNSUPPORTED;
 
 /// Firecracker's resources we refuse, by path prefix, with the reason.
 /// A prefix ending in `/` covers the resources under it.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("/network-interfaces/", NET_UNSUPPORTED),
     ("/snapshot/", "snapshots are not supported by this VMM"),
     ("/mmds", "MMDS (the microVM metadata service) is not supported by this VMM"),
     ("/mmds/", "MMDS (the microVM metadata service) is not supported by this VMM"),
@@ -41,7 +35,6 @@ mod tests {
     #[test]
     fn firecracker_resources_we_lack_get_a_400_naming_them() {
         for path in [
-            "/network-interfaces/eth0",
             "/snapshot/create",
             "/snapshot/load",
             "/mmds",

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vm::MAX_VCPUS;
 
-use super::types::{BalloonConfig, DriveConfig, VsockConfig};
+use super::types::{BalloonConfig, DriveConfig, NetworkInterfaceConfig, VsockConfig};
 
 /// Body of `PUT /boot-source`, and `boot-source` in `GET /vm/config` and
 /// the configuration file.
@@ -253,10 +253,9 @@ pub struct FullVmConfig {
     /// virtio-blk devices, as `vmm run --drive`.
     #[serde(default)]
     pub drives: Vec<DriveConfig>,
-    /// Network interfaces: they come from `vmm run --net` for now, so only `[]` is
-    /// accepted. Untyped until the device exists.
+    /// virtio-net interfaces, as `vmm run --net`.
     #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<serde_json::Value>,
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     /// As `PUT /logger` (configuration file only; `GET /vm/config` leaves
     /// it out, as Firecracker does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,8 +265,3 @@ pub struct FullVmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
 }
-
-/// The answer to a network interface request, until they can be
-/// configured over the API.
-pub const NET_UNSUPPORTED: &str = "network interfaces are not supported yet over the API or in a \
-     configuration file: add them with `vmm run --net` (GET /network-interfaces/{iface_id}/metrics works)";

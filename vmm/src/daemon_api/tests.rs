@@ -571,6 +571,8 @@ fn openapi_document_covers_every_route_field_and_status() {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("02:00:00:00:00:01".into()),
+            rx_rate_limiter: Some(serde_json::Value::Null),
+            tx_rate_limiter: Some(serde_json::Value::Null),
         }],
         ..VmSpec::with_mem(64)
     };

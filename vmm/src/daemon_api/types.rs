@@ -210,6 +210,8 @@ impl VmSpec {
             {
                 return Err(bad(format!("{field}: names cannot hold ','")));
             }
+            n.check_supported()
+                .map_err(|e| bad(format!("{field}: {e}")))?;
             net::NetConfig::try_from(n.clone())
                 .and_then(|c| c.validate())
                 .map_err(|e| bad(format!("{field}: {e}")))?;
