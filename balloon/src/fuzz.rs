@@ -337,6 +337,8 @@ struct Snapshot {
     queues: Vec<Option<(u16, u16, Vec<u16>)>>,
     metrics: BalloonMetrics,
     interrupts: usize,
+    /// Used-ring updates the driver heard of without an interrupt.
+    quiet: usize,
 }
 
 /// What the consumed chains of one step add up to.
@@ -1134,6 +1136,7 @@ impl World {
             queues,
             metrics: d.metrics(),
             interrupts: self.irq.as_ref().map_or(0, |i| i.used().len()),
+            quiet: self.irq.as_ref().map_or(0, |i| i.quiet().len()),
         }
     }
 
@@ -1351,11 +1354,27 @@ impl World {
                 "interrupt for queue {q} with nothing used"
             );
         }
+        let quiet: BTreeSet<u16> = irq.quiet()[before.quiet..].iter().copied().collect();
+        for q in &quiet {
+            assert!(
+                used_grew.contains(q),
+                "idle wake for queue {q} with nothing used"
+            );
+        }
         for q in &self.queues {
             if used_grew.contains(&(q.index as u16)) && !q.no_interrupt {
                 assert!(
                     new.contains(&(q.index as u16)),
                     "no interrupt for queue {}",
+                    q.index
+                );
+            }
+            // A polling driver that sleeps in the VMM must be woken by
+            // every used-ring update, suppressed or not.
+            if used_grew.contains(&(q.index as u16)) {
+                assert!(
+                    new.contains(&(q.index as u16)) || quiet.contains(&(q.index as u16)),
+                    "neither interrupt nor idle wake for queue {}",
                     q.index
                 );
             }

@@ -137,6 +137,9 @@ impl ActiveQueue {
                 Ok(()) => metrics.used_notifications += 1,
                 Err(_) => metrics.interrupt_errors += 1,
             }
+        } else {
+            // A polling driver may be asleep waiting for these buffers.
+            interrupt.used_without_interrupt(self.index);
         }
     }
 

@@ -148,12 +148,19 @@ impl Releaser for GatedReleaser {
 #[derive(Default)]
 pub struct RecordingInterrupt {
     used: Mutex<Vec<u16>>,
+    quiet: Mutex<Vec<u16>>,
     config: AtomicUsize,
 }
 
 impl RecordingInterrupt {
     pub fn used(&self) -> Vec<u16> {
         self.used.lock().unwrap().clone()
+    }
+
+    /// Queues whose used ring grew while the driver suppressed interrupts
+    /// ([`VirtioInterrupt::used_without_interrupt`]), in order.
+    pub fn quiet(&self) -> Vec<u16> {
+        self.quiet.lock().unwrap().clone()
     }
 
     pub fn config_changes(&self) -> usize {
@@ -170,6 +177,10 @@ impl VirtioInterrupt for RecordingInterrupt {
     fn notify_config(&self) -> std::io::Result<()> {
         self.config.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn used_without_interrupt(&self, queue_index: u16) {
+        self.quiet.lock().unwrap().push(queue_index);
     }
 }
 

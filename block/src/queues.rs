@@ -73,13 +73,16 @@ impl ActiveQueue {
         metrics: &mut BlockMetrics,
         more: bool,
     ) {
-        if std::mem::take(&mut self.needs_interrupt)
+        if std::mem::take(&mut self.needs_interrupt) {
             // A spurious interrupt is harmless, a lost one stalls the driver.
-            && self.queue.needs_notification(mem).unwrap_or(true)
-        {
-            match interrupt.notify_used(self.index) {
-                Ok(()) => bump(&mut metrics.used_notifications),
-                Err(_) => bump(&mut metrics.interrupt_errors),
+            if self.queue.needs_notification(mem).unwrap_or(true) {
+                match interrupt.notify_used(self.index) {
+                    Ok(()) => bump(&mut metrics.used_notifications),
+                    Err(_) => bump(&mut metrics.interrupt_errors),
+                }
+            } else {
+                // A polling driver may be asleep waiting for these buffers.
+                interrupt.used_without_interrupt(self.index);
             }
         }
         if more && self.event.write(1).is_err() {

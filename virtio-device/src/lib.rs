@@ -39,6 +39,11 @@ pub trait VirtioInterrupt: Send + Sync {
     fn notify_used(&self, queue_index: u16) -> std::io::Result<()>;
     /// The device's configuration space changed.
     fn notify_config(&self) -> std::io::Result<()>;
+    /// New buffers were put in the used ring of queue `queue_index`, but
+    /// the driver suppressed the interrupt (`VRING_AVAIL_F_NO_INTERRUPT`):
+    /// it polls. No interrupt is raised; a transport whose polling driver
+    /// may be asleep in the VMM (the tiny guest's idle port) wakes it.
+    fn used_without_interrupt(&self, _queue_index: u16) {}
 }
 
 /// What a device receives when the driver sets `DRIVER_OK`.
