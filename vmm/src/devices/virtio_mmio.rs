@@ -10,7 +10,10 @@
 //!
 //! Queue notifications arrive through one ioeventfd per queue (KVM matches
 //! the queue index written to `QueueNotify`), so they never exit to us.
-//! Interrupts go out through an irqfd.
+//! Interrupts go out through an irqfd. Every interrupt, and every used
+//! buffer whose interrupt the driver suppressed, also wakes the VM's vCPUs
+//! sleeping in the idle port ([`super::pv_idle`]): a polling driver (the
+//! tiny guest) sleeps there until its device has something for it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,8 @@ use virtio_device::{
     Activation, GuestRam, Queue, QueueT, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 use vmm_sys_util::eventfd::EventFd;
+
+use super::pv_idle::IdleWake;
 
 /// "virt" in little endian.
 const MAGIC: u32 = 0x7472_6976;
@@ -67,18 +72,22 @@ const INT_CONFIG_CHANGE: u32 = 2;
 
 /// Raises the device's interrupt: sets the InterruptStatus bits the driver
 /// reads and acknowledges, then pulses the irqfd (edge-triggered, as the
-/// DSDT announces it).
+/// DSDT announces it) and wakes vCPUs sleeping in the idle port.
 pub struct MmioInterrupt {
     status: Arc<AtomicU32>,
     /// ConfigGeneration: bumped whenever configuration space changes, by
     /// the device or the driver, so drivers can detect torn reads.
     config_generation: AtomicU32,
     irqfd: EventFd,
+    wake: Arc<IdleWake>,
 }
 
 impl MmioInterrupt {
     fn raise(&self, bit: u32) -> std::io::Result<()> {
         self.status.fetch_or(bit, Ordering::SeqCst);
+        // After the status and the device's own changes are visible, so
+        // the woken guest finds them.
+        self.wake.wake();
         self.irqfd.write(1)
     }
 }
@@ -91,6 +100,10 @@ impl VirtioInterrupt for MmioInterrupt {
     fn notify_config(&self) -> std::io::Result<()> {
         self.config_generation.fetch_add(1, Ordering::SeqCst);
         self.raise(INT_CONFIG_CHANGE)
+    }
+
+    fn used_without_interrupt(&self, _queue_index: u16) {
+        self.wake.wake();
     }
 }
 
@@ -118,11 +131,13 @@ pub enum TransportError {
 }
 
 impl MmioTransport {
-    /// A transport for `device`, raising its interrupt through `irqfd`.
+    /// A transport for `device`, raising its interrupt through `irqfd`
+    /// and waking sleeping vCPUs through `wake`.
     pub fn new(
         device: Arc<Mutex<dyn VirtioDevice>>,
         mem: GuestRam,
         irqfd: EventFd,
+        wake: Arc<IdleWake>,
     ) -> Result<Self, TransportError> {
         let sizes = lock(&device).queue_max_sizes().to_vec();
         let queues = sizes
@@ -144,6 +159,7 @@ impl MmioTransport {
                 status: Arc::new(AtomicU32::new(0)),
                 config_generation: AtomicU32::new(0),
                 irqfd,
+                wake,
             }),
             status: 0,
             device_features_sel: 0,
@@ -449,7 +465,13 @@ mod tests {
     fn transport() -> (MmioTransport, Arc<Mutex<Recorder>>) {
         let mem = GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        let t = MmioTransport::new(dev.clone(), mem, EventFd::new(0).unwrap()).unwrap();
+        let t = MmioTransport::new(
+            dev.clone(),
+            mem,
+            EventFd::new(0).unwrap(),
+            Arc::new(IdleWake::default()),
+        )
+        .unwrap();
         (t, dev)
     }
 
@@ -573,6 +595,23 @@ mod tests {
         assert_eq!(t.interrupt.irqfd.read().unwrap(), 2);
         w(&mut t, REG_INTERRUPT_ACK, INT_USED_BUFFER);
         assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG_CHANGE);
+    }
+
+    #[test]
+    fn interrupts_and_suppressed_used_buffers_wake_the_idle_port() {
+        use crate::devices::pv_idle::{Sleeper, Woke};
+        let (t, _) = transport();
+        let wake = t.interrupt.wake.clone();
+        let mut vcpu = Sleeper::default();
+        let long = std::time::Duration::from_secs(3600);
+        t.interrupt.notify_config().unwrap();
+        assert_eq!(wake.sleep(&mut vcpu, long), Woke::Event);
+        t.interrupt.notify_used(0).unwrap();
+        assert_eq!(wake.sleep(&mut vcpu, long), Woke::Event);
+        t.interrupt.used_without_interrupt(1);
+        assert_eq!(wake.sleep(&mut vcpu, long), Woke::Event);
+        // Suppressed means no interrupt: the irqfd saw only the first two.
+        assert_eq!(t.interrupt.irqfd.read().unwrap(), 2);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! How a VM ends, and the one-shot signal vCPU threads use to say so.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::pv_idle::IdleWake;
 
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,14 +64,18 @@ pub struct ExitSignal {
     /// taking the lock.
     requested: AtomicBool,
     event: EventFd,
+    /// vCPUs sleeping in the idle port must see the end at once.
+    wake: Arc<IdleWake>,
 }
 
 impl ExitSignal {
-    pub fn new() -> std::io::Result<Self> {
+    /// A signal that also wakes the vCPUs sleeping on `wake`.
+    pub fn new(wake: Arc<IdleWake>) -> std::io::Result<Self> {
         Ok(ExitSignal {
             reason: Mutex::new(None),
             requested: AtomicBool::new(false),
             event: EventFd::new(0)?,
+            wake,
         })
     }
 
@@ -82,6 +88,7 @@ impl ExitSignal {
             // A full counter (impossible with one write per VM) would only
             // mean the waiter is already woken.
             let _ = self.event.write(1);
+            self.wake.wake();
         }
     }
 

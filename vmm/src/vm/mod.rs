@@ -37,6 +37,7 @@ use vsock::{Vsock, VsockConfig};
 
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
+use crate::devices::pv_idle::IdleWake;
 use crate::devices::serial::{new_serial, SerialDevice, COM1_GSI};
 use crate::devices::{IoBuses, MmioBus, PioBus};
 use acpi::{AcpiConfig, AcpiTables};
@@ -216,7 +217,10 @@ impl Vm {
         }
         memory::register_guest_ram(&vm_fd, &mem)?;
 
-        let exit = Arc::new(ExitSignal::new().map_err(|source| VmError::Io {
+        // Devices, the exit signal and park requests wake vCPUs that sleep
+        // in the idle port.
+        let wake = Arc::new(IdleWake::default());
+        let exit = Arc::new(ExitSignal::new(wake.clone()).map_err(|source| VmError::Io {
             what: "create an eventfd",
             source,
         })?);
@@ -233,7 +237,7 @@ impl Vm {
         let balloon = match cfg.balloon {
             Some(config) => {
                 let dev = Arc::new(Mutex::new(Balloon::new(config)?));
-                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone(), &wake)?;
                 event_loop.add_subscriber(dev.clone());
                 Some(dev)
             }
@@ -246,7 +250,7 @@ impl Vm {
                     crate::http::socket::bind(&config.uds_path).map_err(VmError::VsockSocket)?;
                 let file = HostSocket(file);
                 let dev = Arc::new(Mutex::new(Vsock::new(config, listener)?));
-                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone(), &wake)?;
                 event_loop.add_subscriber(dev.clone());
                 (Some(dev), Some(file))
             }
@@ -262,7 +266,7 @@ impl Vm {
                 let dev = Arc::new(Mutex::new(
                     Block::new(config).map_err(|source| VmError::Block { id, source })?,
                 ));
-                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone(), &wake)?;
                 event_loop.add_subscriber(dev.clone());
                 Ok(dev)
             })
@@ -280,7 +284,7 @@ impl Vm {
                 let dev = Arc::new(Mutex::new(
                     Net::new(config).map_err(|source| VmError::Net { id, source })?,
                 ));
-                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone())?;
+                slots.attach(&vm_fd, &mem, &mut mmio, dev.clone(), &wake)?;
                 event_loop.add_subscriber(dev.clone());
                 Ok(dev)
             })
@@ -338,7 +342,7 @@ impl Vm {
             what: "install the vCPU kick signal handler",
             source,
         })?;
-        let park = Arc::new(Park::default());
+        let park = Arc::new(Park::new(wake.clone()));
         let pause = Arc::new(pause::Pause::default());
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {

@@ -333,7 +333,7 @@ mod tests {
         };
         assert_eq!(resident(), len);
 
-        let park = Arc::new(Park::default());
+        let park = Arc::new(Park::new(Arc::default()));
         let helper = {
             let park = Arc::clone(&park);
             std::thread::spawn(move || park.serve())

@@ -19,6 +19,7 @@ use super::exit::{ExitSignal, VmExit};
 use super::memory::GuestRam;
 use super::pause::Pause;
 use super::regs::{self, RegsError};
+use crate::devices::pv_idle::{self, IdleWake, Sleeper, IDLE_PORT, IDLE_PORT_LEN};
 use crate::devices::IoBuses;
 
 /// KVM_INTERNAL_ERROR_EMULATION: the instruction emulator gave up.
@@ -65,7 +66,8 @@ impl Vcpu {
     /// Runs the vCPU on its own thread until the VM ends, or until `park`
     /// is requested: then the thread leaves `KVM_RUN` for good and serves
     /// `park`'s jobs instead (see [`VcpuThreads::park_all`]).
-    /// While `pause` is requested the thread waits outside `KVM_RUN`.
+    /// While `pause` is requested the thread waits outside `KVM_RUN`. A
+    /// guest write to the idle port sleeps on `park`'s [`IdleWake`].
     pub fn spawn(
         self,
         buses: Arc<IoBuses>,
@@ -96,6 +98,7 @@ impl Vcpu {
         // memory; this waits and runs again (see its documentation).
         let mut charge = crate::vm::charge_wait::ChargeWait::for_this_process();
         let me = format!("vcpu{}", self.index);
+        let mut sleeper = Sleeper::default();
         loop {
             if park.is_requested() {
                 return None;
@@ -109,8 +112,23 @@ impl Vcpu {
                 continue;
             }
             let outcome = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data))
+                    if (IDLE_PORT..IDLE_PORT + IDLE_PORT_LEN).contains(&port) =>
+                {
+                    pv_idle::read(data);
+                    None
+                }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     buses.pio.read(port, data);
+                    None
+                }
+                Ok(VcpuExit::IoOut(port, data))
+                    if (IDLE_PORT..IDLE_PORT + IDLE_PORT_LEN).contains(&port) =>
+                {
+                    // The guest is idle: block this thread, not the VM's
+                    // devices, until an event for this VM or the deadline.
+                    park.wake
+                        .sleep(&mut sleeper, pv_idle::requested_sleep(data));
                     None
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -222,11 +240,13 @@ pub type Job = Box<dyn FnOnce() + Send>;
 ///
 /// Invariant: once `requested` is set it is never cleared; a vCPU thread
 /// that has seen it never enters `KVM_RUN` again.
-#[derive(Default)]
 pub struct Park {
     requested: AtomicBool,
     state: Mutex<ParkState>,
     changed: Condvar,
+    /// Where the VM's vCPUs sleep when the guest is idle; a park request
+    /// wakes them.
+    wake: Arc<IdleWake>,
 }
 
 #[derive(Default)]
@@ -241,6 +261,16 @@ struct ParkState {
 }
 
 impl Park {
+    /// A park for vCPUs that sleep on `wake` when idle.
+    pub fn new(wake: Arc<IdleWake>) -> Self {
+        Park {
+            requested: AtomicBool::new(false),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            wake,
+        }
+    }
+
     fn is_requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
     }
@@ -315,6 +345,8 @@ impl VcpuThreads {
     pub fn pause_all(&self, timeout: Duration) -> Result<Duration, ParkError> {
         let t0 = Instant::now();
         self.pause.request();
+        // A vCPU asleep in the idle port sits in no KVM_RUN to kick.
+        self.park.wake.wake();
         loop {
             let ended = self.handles.iter().filter(|h| h.is_finished()).count();
             let running = self.handles.len().saturating_sub(self.pause.held() + ended);
@@ -362,6 +394,8 @@ impl VcpuThreads {
     pub fn park_all(&self, timeout: Duration) -> Result<Duration, ParkError> {
         let t0 = Instant::now();
         self.park.requested.store(true, Ordering::Release);
+        // A vCPU asleep in the idle port sits in no KVM_RUN to kick.
+        self.park.wake.wake();
         loop {
             let parked = self.park.state().parked;
             let ended = self.handles.iter().filter(|h| h.is_finished()).count();

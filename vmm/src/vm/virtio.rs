@@ -15,6 +15,7 @@ use super::acpi::VirtioMmioSlot;
 use super::exit::ExitSignal;
 use super::layout;
 use super::memory::GuestRam;
+use crate::devices::pv_idle::IdleWake;
 use crate::devices::virtio_mmio::{MmioTransport, TransportError, REG_QUEUE_NOTIFY};
 use crate::devices::MmioBus;
 
@@ -60,13 +61,15 @@ pub struct VirtioSlots {
 
 impl VirtioSlots {
     /// Gives `device` the next window and GSI, wires its queue
-    /// notifications and interrupt into KVM and puts it on `bus`.
+    /// notifications and interrupt into KVM and puts it on `bus`; its
+    /// interrupts also wake vCPUs sleeping in the idle port (`wake`).
     pub fn attach(
         &mut self,
         vm: &VmFd,
         mem: &GuestRam,
         bus: &mut MmioBus,
         device: Arc<Mutex<dyn VirtioDevice>>,
+        wake: &Arc<IdleWake>,
     ) -> Result<(), VirtioError> {
         let index = self.slots.len() as u64;
         let gsi = FIRST_VIRTIO_GSI + index as u32;
@@ -80,7 +83,7 @@ impl VirtioSlots {
                 what: "register a virtio irqfd",
                 source,
             })?;
-        let transport = MmioTransport::new(device, mem.clone(), irqfd)?;
+        let transport = MmioTransport::new(device, mem.clone(), irqfd, wake.clone())?;
         let notify = IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);
         for (queue, event) in transport.queue_events().iter().enumerate() {
             // KVM completes a QueueNotify write of this queue's index

@@ -224,7 +224,12 @@ impl Driver {
             config_writes: 0,
             interrupt: None,
         }));
-        let t = MmioTransport::new(dev.clone(), guest_mem(), EventFd::new(0).unwrap());
+        let t = MmioTransport::new(
+            dev.clone(),
+            guest_mem(),
+            EventFd::new(0).unwrap(),
+            Arc::default(),
+        );
         // virtio-queue refuses sizes that are zero, not a power of two or
         // over 32768: then so does the transport, without a panic.
         let valid = sizes
