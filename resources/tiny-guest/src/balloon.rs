@@ -33,6 +33,7 @@ use crate::cmdline::{BalloonLog, Evil};
 use crate::pages;
 use crate::pool::{Pool, State, PAGE};
 use crate::serial::exit;
+use crate::idle;
 use crate::tsc::{self, TscFreq};
 use crate::virtio_mmio::{InitError, Transport, F_VERSION_1, STATUS_NEEDS_RESET};
 use crate::virtqueue::{Buffer, Virtqueue, RING_BYTES};
@@ -88,7 +89,8 @@ const S_MEMFREE: u16 = 4;
 const S_MEMTOT: u16 = 5;
 const S_AVAIL: u16 = 6;
 
-/// How often the target is read, in ms.
+/// How often the target is read, in ms, where the VMM has no idle port
+/// (with one, the guest sleeps until the VMM says the target changed).
 const POLL_MS: u64 = 5;
 /// How long the device may take to use a buffer before the guest gives up.
 const USED_TIMEOUT_MS: u64 = 10_000;
@@ -258,9 +260,10 @@ impl Balloon {
         ms.saturating_mul(self.freq.khz)
     }
 
-    /// Polls `q` until `n` known chains came back or `ms` passed; returns
-    /// how many came back.
-    fn wait(q: &mut Virtqueue, n: usize, ticks: u64) -> usize {
+    /// Waits (asleep in the idle port: the VMM wakes us when the device
+    /// uses buffers) until `n` known chains came back or `ticks` passed;
+    /// returns how many came back.
+    fn wait(freq: TscFreq, q: &mut Virtqueue, n: usize, ticks: u64) -> usize {
         let start = tsc::now();
         let mut got = 0;
         while got < n {
@@ -268,10 +271,11 @@ impl Balloon {
                 Some(u) if u.known => got += 1,
                 Some(u) => say!("virtio-balloon: device returned unknown buffer id {}", u.id),
                 None => {
-                    if tsc::now().wrapping_sub(start) > ticks {
+                    let elapsed = tsc::now().wrapping_sub(start);
+                    if elapsed > ticks {
                         break;
                     }
-                    core::hint::spin_loop();
+                    idle::sleep_ticks(freq, ticks - elapsed);
                 }
             }
         }
@@ -348,7 +352,7 @@ impl Balloon {
             let (q, index) = if inflate { (&mut self.inflateq, 0) } else { (&mut self.deflateq, 1) };
             q.publish();
             self.mmio.notify(index);
-            if Self::wait(q, bufs, ticks) < bufs {
+            if Self::wait(self.freq, q, bufs, ticks) < bufs {
                 Self::stuck(&self.mmio, if inflate { "inflate" } else { "deflate" });
             }
         }
@@ -458,7 +462,7 @@ impl Balloon {
             q.add(&bufs[..n]).expect("free descriptors checked above");
             q.publish();
             self.mmio.notify(*index);
-            if Self::wait(q, 1, ticks) < 1 {
+            if Self::wait(self.freq, q, 1, ticks) < 1 {
                 Self::stuck(&self.mmio, "free page report");
             }
             // Reported pages hold nothing of ours any more.
@@ -516,6 +520,10 @@ impl Balloon {
         let mut next_report = start.wrapping_add(report_every);
         let mut episode: Option<Episode> = None;
         let mut short_for: Option<u32> = None;
+        // With the idle port the loop sleeps until the VMM has news (a
+        // new target, a stats buffer back) or its own next deadline, and
+        // reads the target after every wake-up; without, it polls.
+        let sleeps = idle::present();
         loop {
             let now = tsc::now();
             if exit_after_ms.is_some_and(|ms| now.wrapping_sub(start) >= self.ticks(ms)) {
@@ -525,6 +533,7 @@ impl Balloon {
                 return;
             }
             self.service_stats(pool);
+            let mut moving = false;
             if now.wrapping_sub(next_poll) < u64::MAX / 2 {
                 self.mmio.ack_interrupts();
                 let status = self.mmio.status();
@@ -533,8 +542,8 @@ impl Balloon {
                     exit(EXIT_DEVICE);
                 }
                 let target = self.mmio.config_u32(CFG_NUM_PAGES);
-                let moving = self.step(pool, target, &mut episode, &mut short_for);
-                next_poll = if moving { now } else { now.wrapping_add(poll) };
+                moving = self.step(pool, target, &mut episode, &mut short_for);
+                next_poll = if moving || sleeps { now } else { now.wrapping_add(poll) };
             }
             if reporting && now.wrapping_sub(next_report) < u64::MAX / 2 {
                 let n = self.report(pool);
@@ -543,7 +552,33 @@ impl Balloon {
                 }
                 next_report = tsc::now().wrapping_add(report_every);
             }
-            core::hint::spin_loop();
+            if moving {
+                continue;
+            }
+            if !sleeps {
+                core::hint::spin_loop();
+                continue;
+            }
+            // Nothing to do until the VMM wakes us (a new target, a stats
+            // buffer back) or our own next deadline.
+            let now = tsc::now();
+            let left = |deadline: u64| {
+                let d = deadline.wrapping_sub(now);
+                // A deadline already passed reads as a huge wrapped value.
+                if d < u64::MAX / 2 { d } else { 0 }
+            };
+            let mut sleep = u64::MAX;
+            if reporting {
+                sleep = left(next_report);
+            }
+            if let Some(ms) = exit_after_ms {
+                sleep = sleep.min(left(start.wrapping_add(self.ticks(ms))));
+            }
+            if sleep == u64::MAX {
+                idle::sleep_us(u64::MAX);
+            } else {
+                idle::sleep_ticks(self.freq, sleep);
+            }
         }
     }
 
@@ -629,7 +664,7 @@ impl Balloon {
                 let head = self.inflateq.add_self_loop(Buffer { addr, len: 4, device_writes: false });
                 self.inflateq.publish();
                 self.mmio.notify(0);
-                (usize::from(head.is_some()), Self::wait(&mut self.inflateq, 1, ticks))
+                (usize::from(head.is_some()), Self::wait(self.freq, &mut self.inflateq, 1, ticks))
             }
             Evil::DescOutsideMemory => {
                 // One chain: a buffer 1 GiB past the end of RAM, then one
@@ -642,7 +677,7 @@ impl Balloon {
                 let head = self.inflateq.add(&bufs);
                 self.inflateq.publish();
                 self.mmio.notify(0);
-                (usize::from(head.is_some()), Self::wait(&mut self.inflateq, 1, ticks))
+                (usize::from(head.is_some()), Self::wait(self.freq, &mut self.inflateq, 1, ticks))
             }
             Evil::OversizedStats | Evil::UnknownStatsTag => self.evil_stats(case, pool, ticks),
         };
@@ -692,7 +727,7 @@ impl Balloon {
                 sent += 1;
                 q.publish();
                 self.mmio.notify(index);
-                back += Self::wait(q, 1, ticks);
+                back += Self::wait(self.freq, q, 1, ticks);
             }
         }
         (sent, back)

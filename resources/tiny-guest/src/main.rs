@@ -15,10 +15,11 @@
 //! virtio-net device did not return a transmit chain in time, 0x7f panic.
 //!
 //! Modules: [`boot`] (PVH entry, page tables), [`start_info`], [`cmdline`]
-//! (orders), [`memtest`] (`tiny.touch`), [`serial`], [`tsc`], [`mem`]
-//! (memcpy and friends); for the balloon orders [`pool`] (page states),
-//! [`pages`] (the pool in memory, `tiny.alloc`/`tiny.free`), [`virtqueue`]
-//! (split rings), [`virtio_mmio`] (transport) and [`balloon`] (the driver);
+//! (orders), [`memtest`] (`tiny.touch`), [`serial`], [`tsc`], [`idle`]
+//! (sleeping in the VMM's idle port), [`mem`] (memcpy and friends); for
+//! the balloon orders [`pool`] (page states), [`pages`] (the pool in
+//! memory, `tiny.alloc`/`tiny.free`), [`virtqueue`] (split rings),
+//! [`virtio_mmio`] (transport) and [`balloon`] (the driver);
 //! for `tiny.vsock` [`vsock`] (the driver) and [`vsock_orders`] (the
 //! actions); for `tiny.blk` [`blk`] (driver and actions); for `tiny.net`
 //! [`net`] (driver and actions) and [`netproto`] (ARP, ICMP, UDP answers).
@@ -30,6 +31,7 @@ mod balloon;
 mod blk;
 mod boot;
 mod cmdline;
+mod idle;
 mod mem;
 mod memtest;
 mod net;
@@ -157,12 +159,13 @@ fn run(orders: &Orders, memmap: &[MemmapEntry], cmdline: &[u8], ram_bytes: u64) 
         Some(Hold::Millis(ms)) => {
             let freq = tsc::frequency();
             say!("hold {} ms (tsc {} kHz, {})", ms, freq.khz, freq.source);
-            tsc::spin_ms(freq, ms);
+            tsc::wait_ms(freq, ms);
         }
         Some(Hold::Forever) => {
             say!("hold forever");
+            // Asleep in the VMM; woken now and then, with nothing to do.
             loop {
-                core::hint::spin_loop();
+                idle::sleep_us(u64::MAX);
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Time from the TSC, for `tiny.hold`.
+//! Time from the TSC, for `tiny.hold` and the drivers' timeouts.
 //!
 //! `rdtsc` works at CPL3 because the stub never sets CR4.TSD. The TSC
 //! frequency comes from the first of these that gives a non-zero answer:
@@ -81,11 +81,16 @@ pub fn now() -> u64 {
     unsafe { _rdtsc() }
 }
 
-/// Busy-waits `ms` milliseconds at `freq`.
-pub fn spin_ms(freq: TscFreq, ms: u64) {
+/// Waits `ms` milliseconds at `freq`, asleep in the VMM's idle port
+/// (polling the TSC where there is none).
+pub fn wait_ms(freq: TscFreq, ms: u64) {
     let ticks = ms.saturating_mul(freq.khz);
     let start = now();
-    while now().wrapping_sub(start) < ticks {
-        core::hint::spin_loop();
+    loop {
+        let elapsed = now().wrapping_sub(start);
+        if elapsed >= ticks {
+            return;
+        }
+        crate::idle::sleep_ticks(freq, ticks - elapsed);
     }
 }

@@ -7,6 +7,7 @@
 //! of the list every connection still open is closed cleanly.
 
 use crate::cmdline::{VsockAction, VsockEvil, VsockPlan};
+use crate::idle;
 use crate::say;
 use crate::serial::exit;
 use crate::tsc;
@@ -34,20 +35,38 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
+/// The longest the driver sleeps when nothing moved: its own timers (a
+/// slowsink's hold, the credit-stall note, the status check) run at least
+/// this often. Device news (packets, used tx buffers) wakes it at once.
+const NAP_MS: u64 = 50;
+
+/// After a poll in which nothing moved: sleeps in the VMM's idle port
+/// until news, `NAP_MS`, or `limit` ticks after `t0` (if any).
+fn nap(v: &Vsock, t0: u64, limit: Option<u64>) {
+    let mut ticks = v.ticks(NAP_MS);
+    if let Some(limit) = limit {
+        ticks = ticks.min(limit.saturating_sub(tsc::now().wrapping_sub(t0)));
+    }
+    idle::sleep_ticks(v.freq, ticks);
+}
+
 /// Polls until `done` or `ms` passed; returns whether `done` held.
 fn wait_until(v: &mut Vsock, ms: u64, mut done: impl FnMut(&Vsock) -> bool) -> bool {
     let t0 = tsc::now();
     let limit = v.ticks(ms);
     loop {
-        v.poll();
+        // First, so that credit it frees goes out in this poll.
         v.release_slow();
+        let moved = v.poll();
         if done(v) {
             return true;
         }
         if tsc::now().wrapping_sub(t0) > limit {
             return false;
         }
-        core::hint::spin_loop();
+        if !moved {
+            nap(v, t0, Some(limit));
+        }
     }
 }
 
@@ -111,15 +130,18 @@ fn serve(
     let t0 = tsc::now();
     let limit = exit_after_ms.map(|ms| v.ticks(ms));
     loop {
-        v.poll();
+        // First, so that credit it frees goes out in this poll.
         v.release_slow();
+        let moved = v.poll();
         if conns.is_some_and(|n| v.closed >= n) {
             break;
         }
         if limit.is_some_and(|l| tsc::now().wrapping_sub(t0) > l) {
             break;
         }
-        core::hint::spin_loop();
+        if !moved {
+            nap(v, t0, limit);
+        }
     }
     v.listener = None;
     say!(
