@@ -5,6 +5,7 @@
 mod child;
 mod common;
 mod control;
+mod idle;
 mod machine;
 mod memcg;
 mod oom_scenario;
@@ -61,6 +62,29 @@ enum Bench {
     /// memory with no connection, many idle ones, and many with full
     /// buffers. Interleaved runs.
     Vsock(VsockArgs),
+    /// Idle tiny guests: CPU per VM while they hold or wait in their
+    /// balloon loop, and PATCH /balloon → the guest following, optionally
+    /// next to a baseline binary (e.g. one from before the idle port).
+    Idle(IdleArgs),
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    /// Idle VMs at once for the CPU part.
+    #[arg(long, default_value_t = 5)]
+    vms: usize,
+    /// Seconds of CPU counted.
+    #[arg(long, default_value_t = 10)]
+    window_s: u64,
+    /// Balloon changes timed.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// The vmm binary. Default: `vmm` next to this binary.
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// Another vmm binary measured the same way, right after ours.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -246,6 +270,15 @@ fn main() -> ExitCode {
                 poll: std::time::Duration::from_millis(args.poll_ms),
                 only: args.only,
                 keep: args.keep,
+            })
+        }),
+        Bench::Idle(args) => default_vmm(args.vmm).and_then(|vmm| {
+            idle::run(idle::Options {
+                vmm,
+                baseline: args.baseline,
+                vms: args.vms,
+                window: std::time::Duration::from_secs(args.window_s),
+                rounds: args.rounds,
             })
         }),
         Bench::Vsock(args) => default_vmm(args.vmm).and_then(|vmm| {
