@@ -168,3 +168,45 @@ fn a_guest_waiting_for_a_balloon_target_sleeps_and_follows_changes_at_once() {
         );
     }
 }
+
+/// `ReleaseMemory` must stop the vCPUs first; a vCPU asleep in the idle
+/// port is in no `KVM_RUN` that a kick could end, so the park request
+/// itself must wake it (else it would wait out its sleep, up to 1 s, and
+/// the release would be late or fail with a park timeout).
+#[test]
+fn release_memory_stops_a_sleeping_guest_at_once() {
+    require_kvm();
+    let sock = socket_path("idle-release");
+    let _ = std::fs::remove_file(&sock);
+    let mut vm = VmProcess::start(&[
+        "run",
+        "--mem",
+        "64M",
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--boot-now",
+        "--cmdline",
+        "tiny.touch=16M tiny.hold=forever",
+    ]);
+    vm.wait_for("tiny-guest: hold forever", BOOT)
+        .unwrap_or_else(|| panic!("the guest did not start holding:\n{}", vm.output()));
+    // Well into a sleep.
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "ReleaseMemory"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stop_us = answer["stop_vcpus_us"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stop_vcpus_us in {body}"));
+    assert!(
+        stop_us < 300_000,
+        "stopping the sleeping vCPU took {stop_us} µs: {body}"
+    );
+    let (status, err) = vm.wait_exit(BOOT);
+    assert_eq!(status.code(), Some(253), "{err}");
+}
