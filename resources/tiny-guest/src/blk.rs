@@ -14,6 +14,7 @@ use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cmdline::{BlkAction, BlkPlan};
+use crate::idle;
 use crate::say;
 use crate::serial::{exit, Escaped};
 use crate::tsc;
@@ -46,6 +47,9 @@ const SECTOR: u64 = 512;
 const DATA_BYTES: usize = 64 * 1024;
 /// Largest segment we make when the device gives no `size_max`.
 const DEFAULT_SEG: u32 = 64 * 1024;
+/// How long a request is polled before the driver sleeps in the idle port
+/// until the device answers: a quick answer costs no VM exit and wake-up.
+const SPIN_US: u64 = 50;
 /// How long the device may take to answer one request.
 const ANSWER_MS: u64 = 5000;
 
@@ -207,6 +211,7 @@ impl Blk {
         self.mmio.notify(0);
         let t0 = tsc::now();
         let limit = ANSWER_MS.saturating_mul(self.freq.khz);
+        let spin = SPIN_US.saturating_mul(self.freq.khz) / 1000;
         loop {
             if let Some(used) = self.q.pop_used() {
                 if used.known && used.id == u32::from(head) {
@@ -214,11 +219,17 @@ impl Blk {
                 }
                 say!("blk: unexpected used id {}", used.id);
             }
-            if tsc::now().wrapping_sub(t0) > limit {
+            let elapsed = tsc::now().wrapping_sub(t0);
+            if elapsed > limit {
                 say!("blk: no answer in {} ms", ANSWER_MS);
                 exit(EXIT_TIMEOUT)
             }
-            core::hint::spin_loop();
+            if elapsed < spin {
+                core::hint::spin_loop();
+            } else {
+                // Asleep in the VMM until the device uses the request.
+                idle::sleep_ticks(self.freq, limit - elapsed);
+            }
         }
         self.mmio.ack_interrupts();
         // SAFETY: the device gave the buffers back.
