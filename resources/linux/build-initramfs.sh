@@ -10,6 +10,10 @@
 #                  GUEST_AGENT=PATH); /init starts it in the background
 #   --out FILE     where to write the archive
 #                  (default: <cache>/linux-guest/initramfs.cpio)
+#   --ext4 SIZE    write the same tree as an ext4 file system image of
+#                  SIZE (e.g. 16M) instead, for a root disk
+#                  (`vmm run --drive ...,root=true`, `init=/init`); needs
+#                  mkfs.ext4 (e2fsprogs) for its -d option
 #
 # Environment: VMM_CACHE_DIR (cache root, default <repo>/.cache), CC (the C
 # compiler: musl-gcc when installed, else gcc).
@@ -27,6 +31,7 @@ repo=$(cd "$script_dir/../.." && pwd)
 cache_root=${VMM_CACHE_DIR:-$repo/.cache}
 out=$cache_root/linux-guest/initramfs.cpio
 agent=${GUEST_AGENT:-}
+ext4_size=
 if [[ -n ${CC:-} ]]; then
     cc=$CC
 elif command -v musl-gcc >/dev/null; then
@@ -44,7 +49,9 @@ while (($#)); do
         --agent=*) agent=${1#--agent=}; shift ;;
         --out) (($# >= 2)) || die "--out needs a path"; out=$2; shift 2 ;;
         --out=*) out=${1#--out=}; shift ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+        --ext4) (($# >= 2)) || die "--ext4 needs a size"; ext4_size=$2; shift 2 ;;
+        --ext4=*) ext4_size=${1#--ext4=}; shift ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -73,6 +80,27 @@ for prog in init hog; do
         die "cannot compile $prog.c with $cc"
     is_static_elf "$work/$prog" || die "$prog is not a static ELF"
 done
+
+# --- or an ext4 image of the same tree ---------------------------------------
+if [[ -n $ext4_size ]]; then
+    command -v mkfs.ext4 >/dev/null || die "'mkfs.ext4' not found (apt-get install e2fsprogs)"
+    tree=$work/tree
+    mkdir -p "$tree"/{bin,dev,proc,sys,tmp}
+    cp "$work/init" "$tree/init"
+    cp "$work/hog" "$tree/bin/hog"
+    [[ -n $agent ]] && cp "$agent" "$tree/bin/guest-agent"
+    mkdir -p "$(dirname "$out")"
+    rm -f "$out.tmp.$$"
+    # Root owns everything (-E root_owner), as in the archive; no journal:
+    # a 16 MiB disk does not need one, and it is less for the guest to
+    # write through its emulated CPL0.
+    mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$tree" "$out.tmp.$$" "$ext4_size" >&2 ||
+        die "mkfs.ext4 failed"
+    mv -f "$out.tmp.$$" "$out"
+    log "$out: ext4, $ext4_size (init $(stat -c %s "$work/init"), hog $(stat -c %s "$work/hog"))"
+    echo "$out"
+    exit 0
+fi
 
 # --- a newc archive, written by hand ----------------------------------------
 # Header: "070701" and 13 eight-digit hex fields (ino, mode, uid, gid, nlink,

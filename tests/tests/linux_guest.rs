@@ -47,23 +47,37 @@ impl LinuxVm {
     /// Boots the tiny Linux guest with `args` for `vmm run` and `orders`
     /// for /init appended to [`CMDLINE`], and waits for userspace.
     fn boot(name: &'static str, args: &[&str], orders: &str) -> LinuxVm {
+        let initrd = guest_initramfs();
+        let mut all = vec!["--initrd", initrd.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Self::boot_with(name, &all, orders)
+    }
+
+    /// [`LinuxVm::boot`] with no initramfs unless `args` gives one.
+    fn boot_with(name: &'static str, args: &[&str], orders: &str) -> LinuxVm {
+        Self::boot_in(name, None, args, orders)
+    }
+
+    /// [`LinuxVm::boot_with`], the VMM in network namespace `netns` if
+    /// given.
+    fn boot_in(name: &'static str, netns: Option<&str>, args: &[&str], orders: &str) -> LinuxVm {
         require_kvm();
         let kernel = guest_kernel();
-        let initrd = guest_initramfs();
         let cmdline = format!("{CMDLINE} {orders}");
         let mut all = vec![
             "run",
             "--kernel",
             kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
             "--cmdline",
             &cmdline,
         ];
         all.extend_from_slice(args);
         let started = Instant::now();
         let mut vm = LinuxVm {
-            vm: VmProcess::start(&all),
+            vm: match netns {
+                Some(ns) => VmProcess::start_in_netns(ns, &all),
+                None => VmProcess::start(&all),
+            },
             started,
             name,
         };
@@ -346,4 +360,140 @@ fn linux_kills_a_hog_in_a_small_memcg() {
     let (status, stderr) = g.vm.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(9), "{stderr}\n{}", g.vm.output());
     g.step("whole run", g.started);
+}
+
+/// Issue 12: Linux's virtio_blk driver against our device, as a root
+/// disk. An ext4 image built by `build-initramfs.sh --ext4` (mkfs.ext4
+/// -d) with a file the host put there; the kernel mounts it as / from
+/// `root=/dev/vda rw` (added by `--drive ...,root=true`, as Firecracker's
+/// is_root_device does), /init reads the host's file and writes its own,
+/// fsynced; after the VM exits the host finds it in the image.
+#[test]
+fn linux_boots_from_an_ext4_root_disk_and_its_writes_reach_the_image() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile_dir("rootfs");
+    let image = dir.join("root.ext4");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resources/linux/build-initramfs.sh"
+    );
+    let built = std::process::Command::new(script)
+        .args(["--ext4", "16M", "--out"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let seed = dir.join("seed");
+    std::fs::write(&seed, "hello from the host\n").unwrap();
+    debugfs(&image, &format!("write {} /seed", seed.display()), true);
+
+    let drive = format!("id=rootfs,path={},root=true", image.display());
+    let mut g = LinuxVm::boot_with(
+        "ext4-root",
+        &["--mem", "96M", "--drive", &drive],
+        "init=/init init.cat=/seed init.write=/hello init.exit=7",
+    );
+    let cmdline = g.expect("Command line: ", Duration::ZERO);
+    assert!(
+        cmdline.text.contains("root=/dev/vda rw"),
+        "{}",
+        cmdline.text
+    );
+    g.expect(
+        "virtio_blk virtio0: [vda] 32768 512-byte logical blocks",
+        Duration::ZERO,
+    );
+    g.expect("EXT4-fs (vda): mounted filesystem", Duration::ZERO);
+    g.expect(
+        "init: cat /seed: hello from the host",
+        Duration::from_secs(60),
+    );
+    g.expect("init: wrote /hello and synced it", Duration::from_secs(60));
+    let (status, stderr) = g.vm.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(7), "{stderr}\n{}", g.vm.output());
+    g.step("whole run", g.started);
+
+    let written = debugfs(&image, "cat /hello", false);
+    assert!(written.starts_with("written by the guest "), "{written:?}");
+    // The file system is clean: the guest synced, and no request tore it.
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory for one test's files.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-linux-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs one `debugfs` request on `image` (`-w`: read-write); its stdout.
+fn debugfs(image: &Path, request: &str, write: bool) -> String {
+    let mut cmd = std::process::Command::new("debugfs");
+    if write {
+        cmd.arg("-w");
+    }
+    let out = cmd.args(["-R", request]).arg(image).output().unwrap();
+    assert!(
+        out.status.success(),
+        "debugfs {request}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 12: Linux's virtio_net driver against our device, over a TAP in
+/// a network namespace of the test's own. The kernel configures eth0
+/// from `ip=` (no userspace tools) and answers the host's pings itself.
+#[test]
+fn linux_answers_pings_over_our_virtio_net_and_a_tap() {
+    use vmm_integration_tests::netns::{pings, summary, Netns, GUEST_IP, GUEST_MAC, HOST_IP, TAP};
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("linux");
+    let initrd = guest_initramfs();
+    let net = format!("id=eth0,tap={TAP},mac={GUEST_MAC}");
+    let orders = format!("ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off init.hold");
+    let mut g = LinuxVm::boot_in(
+        "net",
+        Some(&ns.0),
+        &[
+            "--mem",
+            "96M",
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--net",
+            &net,
+        ],
+        &orders,
+    );
+    let config = g.expect("IP-Config: Complete", Duration::ZERO);
+    g.expect(
+        &format!("device=eth0, hwaddr={GUEST_MAC}, ipaddr={GUEST_IP}, mask=255.255.255.0"),
+        Duration::ZERO,
+    );
+    let t = Instant::now();
+    let rtts = pings(&ns.icmp_socket(), 20);
+    eprintln!(
+        "[net] {} at {:.1} s; 20 pings answered by the guest kernel in {:.1} s: {}",
+        config.text,
+        config.at.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        summary(&rtts)
+    );
+    g.vm.kill();
 }

@@ -116,6 +116,8 @@ struct orders {
 	unsigned long touch;	/* init.touch=SIZE: touch SIZE, then free it */
 	char oom_hog[32];	/* init.oom_hog=SIZE: run the hog */
 	char memcg_max[32];	/* init.memcg_max=SIZE: the hog's memory.max */
+	char cat[128];		/* init.cat=PATH: print the file */
+	char write[128];	/* init.write=PATH: write a line to it, fsync */
 };
 
 static void copy_word(char *dst, size_t len, const char *src)
@@ -155,6 +157,10 @@ static void parse_orders(const char *cmdline, struct orders *o)
 			copy_word(o->oom_hog, sizeof(o->oom_hog), p + 8);
 		else if (!strncmp(p, "memcg_max=", 10))
 			copy_word(o->memcg_max, sizeof(o->memcg_max), p + 10);
+		else if (!strncmp(p, "cat=", 4))
+			copy_word(o->cat, sizeof(o->cat), p + 4);
+		else if (!strncmp(p, "write=", 6))
+			copy_word(o->write, sizeof(o->write), p + 6);
 		else
 			say("unknown order 'init.%.*s'", (int)strcspn(p, " "), p);
 	}
@@ -269,6 +275,48 @@ static void run_hog(const struct orders *o)
 	}
 }
 
+/* Prints a small file, one "init: cat PATH: LINE" per line. */
+static void cat_file(const char *path)
+{
+	char buf[1024];
+
+	if (read_file(path, buf, sizeof(buf))) {
+		say("cat %s: %s", path, strerror(errno));
+		return;
+	}
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+		say("cat %s: %s", path, line);
+}
+
+/* Creates PATH with one line naming the boot, and makes it durable:
+ * fsync(2) the file, then its directory. */
+static void write_durably(const char *path)
+{
+	char line[96], dir[128];
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int n = snprintf(line, sizeof(line), "written by the guest %ld ms after boot\n",
+			 ms_since_boot());
+	char *slash;
+
+	if (fd < 0 || write(fd, line, n) != n || fsync(fd)) {
+		say("write %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	close(fd);
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = 0;
+	fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0) {
+		fsync(fd);
+		close(fd);
+	}
+	say("wrote %s and synced it", path);
+}
+
 static void end_vm(int exit_code)
 {
 	sync();
@@ -328,6 +376,10 @@ int main(void)
 		touch_and_free(o.touch);
 	if (o.oom_hog[0])
 		run_hog(&o);
+	if (o.cat[0])
+		cat_file(o.cat);
+	if (o.write[0])
+		write_durably(o.write);
 
 	if (o.hold) {
 		say("holding");
