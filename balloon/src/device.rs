@@ -122,6 +122,9 @@ pub struct Balloon {
     pub(crate) retired_events: Vec<EventFd>,
     /// Shared with the release worker of the current activation.
     releaser: Arc<dyn Releaser>,
+    /// Run first on each release worker thread (see
+    /// [`Balloon::set_worker_start`]).
+    worker_start: Option<crate::ThreadStart>,
     pub(crate) metrics: BalloonMetrics,
     last_stats: Option<BalloonStats>,
 }
@@ -186,9 +189,18 @@ impl Balloon {
             timer_registered: false,
             retired_events: Vec::new(),
             releaser,
+            worker_start: None,
             metrics: BalloonMetrics::default(),
             last_stats: None,
         })
+    }
+
+    /// Makes every release worker thread run `start` before it releases
+    /// anything (the VMM installs the thread's seccomp filter with it). A
+    /// worker whose `start` fails is not used: that activation releases
+    /// synchronously instead.
+    pub fn set_worker_start(&mut self, start: crate::ThreadStart) {
+        self.worker_start = Some(start);
     }
 
     /// The configuration now: `amount_mib` is the latest target and
@@ -545,7 +557,7 @@ impl VirtioDevice for Balloon {
         let release_worker = if acked_features & VIRTIO_BALLOON_F_MUST_TELL_HOST != 0 {
             // Without a thread the device releases synchronously, which is
             // always correct, only slower.
-            ReleaseWorker::spawn(mem.clone(), Arc::clone(&self.releaser)).ok()
+            ReleaseWorker::spawn(mem.clone(), Arc::clone(&self.releaser), self.worker_start).ok()
         } else {
             None
         };

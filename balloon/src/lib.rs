@@ -62,6 +62,7 @@ pub use device::Balloon;
 pub use metrics::{BalloonMetrics, RejectReason, Rejections};
 pub use queues::QueueLayout;
 pub use release::{HostRange, MadviseReleaser, Releaser};
+pub use release_worker::ThreadStart;
 pub use stats::{BalloonStats, StatTag, MAX_STATS_ENTRIES, STATS_ENTRY_SIZE};
 
 /// Errors of the host-facing API.

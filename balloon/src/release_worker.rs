@@ -77,6 +77,10 @@ use virtio_device::GuestRam;
 
 use crate::release::{coalesce, release_ranges, GuestRange, ReleaseTally, Releaser};
 
+/// What a release worker thread runs before it releases anything (the VMM
+/// installs the thread's seccomp filter with it). An error ends the thread.
+pub type ThreadStart = fn() -> std::io::Result<()>;
+
 /// Most bytes one release call covers. Larger calls mean fewer TLB
 /// flushes and fewer MMU-notifier invalidations, but each holds the
 /// `mmap_lock` (for reading) and keeps KVM from mapping the pages of its
@@ -232,8 +236,14 @@ impl Drop for ExitGuard<'_> {
 
 impl ReleaseWorker {
     /// Starts a worker thread releasing ranges of `mem` through
-    /// `releaser`.
-    pub fn spawn(mem: GuestRam, releaser: Arc<dyn Releaser>) -> std::io::Result<ReleaseWorker> {
+    /// `releaser`. The thread first runs `start` (e.g. installs its
+    /// seccomp filter); if that fails the thread ends, releases nothing,
+    /// and its error is returned here.
+    pub fn spawn(
+        mem: GuestRam,
+        releaser: Arc<dyn Releaser>,
+        start: Option<ThreadStart>,
+    ) -> std::io::Result<ReleaseWorker> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
@@ -245,9 +255,24 @@ impl ReleaseWorker {
             outside_ram: AtomicU64::new(0),
         });
         let theirs = Arc::clone(&shared);
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("balloon-release".into())
-            .spawn(move || run(&theirs, &mem, releaser.as_ref()))?;
+            .spawn(move || {
+                let ok = start.map_or(Ok(()), |f| f());
+                let go = ok.is_ok();
+                let _ = started_tx.send(ok);
+                if go {
+                    run(&theirs, &mem, releaser.as_ref());
+                }
+            })?;
+        let ok = started
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the release worker died starting")));
+        if let Err(e) = ok {
+            let _ = thread.join();
+            return Err(e);
+        }
         Ok(ReleaseWorker {
             shared,
             thread: Some(thread),
@@ -356,6 +381,31 @@ mod tests {
     use crate::test_utils::{test_mem, GatedReleaser, RecordingReleaser, REGION_B_START};
     use std::time::Duration;
 
+    /// A worker whose start hook fails is not started, so the device
+    /// falls back to releasing synchronously; a hook that succeeds runs on
+    /// the worker's own thread before it releases anything.
+    #[test]
+    fn the_start_hook_runs_on_the_worker_and_can_refuse() {
+        fn refuse() -> std::io::Result<()> {
+            Err(std::io::Error::other("no filter"))
+        }
+        let rec = RecordingReleaser::default();
+        let err =
+            ReleaseWorker::spawn(test_mem(), Arc::new(rec.clone()), Some(refuse)).unwrap_err();
+        assert_eq!(err.to_string(), "no filter");
+
+        static ON: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        fn record() -> std::io::Result<()> {
+            *ON.lock().unwrap() = std::thread::current().name().map(String::from);
+            Ok(())
+        }
+        let w = ReleaseWorker::spawn(test_mem(), Arc::new(rec.clone()), Some(record)).unwrap();
+        assert_eq!(ON.lock().unwrap().as_deref(), Some("balloon-release"));
+        w.submit(vec![r(0, 4096)]);
+        w.drain();
+        assert_eq!(rec.ranges(), [(0, 4096)]);
+    }
+
     fn r(start: u64, len: u64) -> GuestRange {
         GuestRange { start, len }
     }
@@ -363,7 +413,7 @@ mod tests {
     #[test]
     fn submitted_ranges_are_coalesced_and_released_by_the_drain() {
         let rec = RecordingReleaser::default();
-        let w = ReleaseWorker::spawn(test_mem(), Arc::new(rec.clone())).unwrap();
+        let w = ReleaseWorker::spawn(test_mem(), Arc::new(rec.clone()), None).unwrap();
         assert!(!w.drain());
         w.submit(vec![r(0x2000, 0x1000)]);
         w.submit(vec![r(0x1000, 0x1000), r(0x5000, 0x1000)]);
@@ -384,7 +434,7 @@ mod tests {
     fn a_long_range_is_released_lowest_first_in_pieces_of_at_most_max_call() {
         let mem = GuestRam::from_ranges(&[(vm_memory::GuestAddress(0), 256 << 20)]).unwrap();
         let rec = RecordingReleaser::default();
-        let w = ReleaseWorker::spawn(mem, Arc::new(rec.clone())).unwrap();
+        let w = ReleaseWorker::spawn(mem, Arc::new(rec.clone()), None).unwrap();
         // 200 MiB in two touching submissions: coalesced (if taken
         // together), then cut into pieces.
         w.submit(vec![r(100 << 20, 100 << 20)]);
@@ -407,7 +457,7 @@ mod tests {
     #[test]
     fn a_drain_waits_for_the_release_in_progress() {
         let gate = GatedReleaser::closed();
-        let w = ReleaseWorker::spawn(test_mem(), Arc::new(gate.clone())).unwrap();
+        let w = ReleaseWorker::spawn(test_mem(), Arc::new(gate.clone()), None).unwrap();
         w.submit(vec![r(REGION_B_START, 0x1000)]);
         gate.wait_until_blocked();
         std::thread::scope(|s| {
@@ -423,7 +473,7 @@ mod tests {
     #[test]
     fn dropping_the_worker_abandons_what_it_has_not_started() {
         let gate = GatedReleaser::closed();
-        let w = ReleaseWorker::spawn(test_mem(), Arc::new(gate.clone())).unwrap();
+        let w = ReleaseWorker::spawn(test_mem(), Arc::new(gate.clone()), None).unwrap();
         // Two ranges that cannot coalesce: the first blocks in the releaser.
         w.submit(vec![r(0x1000, 0x1000), r(0x10_0000, 0x1000)]);
         gate.wait_until_blocked();
@@ -444,7 +494,7 @@ mod tests {
         let mem = GuestRam::from_ranges(&[(vm_memory::GuestAddress(0), 16 << 20)]).unwrap();
         let pages = 4096;
         let gate = GatedReleaser::closed();
-        let w = ReleaseWorker::spawn(mem, Arc::new(gate.clone())).unwrap();
+        let w = ReleaseWorker::spawn(mem, Arc::new(gate.clone()), None).unwrap();
         let bound = queue_bound(pages, 1);
         for round in 0..50u64 {
             // Every other page, the worst case for coalescing.
@@ -478,7 +528,7 @@ mod tests {
                 panic!("releaser bug")
             }
         }
-        let w = ReleaseWorker::spawn(test_mem(), Arc::new(Panics)).unwrap();
+        let w = ReleaseWorker::spawn(test_mem(), Arc::new(Panics), None).unwrap();
         w.submit(vec![r(0x1000, 0x1000)]);
         w.drain();
         // The thread is gone: nothing to wait for.

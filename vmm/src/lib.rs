@@ -21,6 +21,7 @@ pub mod http;
 pub mod logger;
 pub mod metrics;
 pub mod oom;
+pub mod seccomp;
 pub mod size;
 pub mod utc;
 pub mod vm;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::guest_image::TINY_GUEST;
+use vmm::seccomp::ThreadKind;
 use vmm::size::ByteSize;
 use vmm::vm::boot::{BootError, KernelImage};
 use vmm::vm::cpuid::CpuidPolicy;
@@ -177,6 +178,17 @@ struct RunArgs {
     /// stopped vCPU threads do the work; none is created for it).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..))]
     release_threads: u8,
+    /// Run without seccomp filters, for debugging only. By default every
+    /// thread runs under an allowlist for its kind (vCPU, API, event loop,
+    /// balloon release worker), and a syscall outside it kills the VMM
+    /// with SIGSYS (the kernel log names the syscall: `dmesg | grep
+    /// audit`; `--no-seccomp` tells whether the filter is the cause).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: once its filter is installed, a thread of this kind
+    /// makes a syscall that no filter allows (the VMM must die of SIGSYS).
+    #[arg(long, hide = true, value_enum, value_name = "THREAD_KIND")]
+    seccomp_selftest: Option<vmm::seccomp::ThreadKind>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -226,6 +238,16 @@ fn run(args: RunArgs) -> ExitCode {
     if let Err(e) = vmm::vm::stop_signals::block_stop_signals() {
         log::error!("cannot block SIGTERM/SIGINT: {e}");
         return ExitCode::from(status::START_FAILED);
+    }
+    // Before the first thread of the VM starts: each installs its filter.
+    if !args.no_seccomp {
+        if let Err(e) = vmm::seccomp::enable() {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(status::START_FAILED);
+        }
+    }
+    if let Some(kind) = args.seccomp_selftest {
+        vmm::seccomp::set_selftest(kind);
     }
     if let Some(path) = &args.log_path {
         if let Err(e) = vmm::logger::redirect_stderr(path) {
@@ -323,6 +345,14 @@ fn run(args: RunArgs) -> ExitCode {
             quit(api, status::START_FAILED);
         }
     };
+    // The vCPU threads run (each under its own filter, which they would
+    // not inherit from here); from now on this thread is the device event
+    // loop, and is filtered before it handles a single guest event.
+    if let Err(e) = vmm::seccomp::apply(ThreadKind::EventLoop) {
+        eprintln!("vmm: {e}");
+        control.set_exited();
+        quit(api, status::VMM_ERROR);
+    }
     let starts = memory::host_ranges(vm.guest_ram())
         .iter()
         .map(|r| r.0)

@@ -41,6 +41,7 @@ impl ApiServer {
             limits,
             thread_name: "vmm-api",
             who: "VMM",
+            seccomp: Some(crate::seccomp::ThreadKind::Api),
         };
         Server::start(path, handler, config).map(ApiServer)
     }

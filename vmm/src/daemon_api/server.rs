@@ -50,6 +50,7 @@ impl DaemonApiServer {
             limits,
             thread_name: "vmm-daemon",
             who: "daemon",
+            seccomp: None,
         };
         Server::start(path, Arc::new(DaemonHandler { backend }), config).map(DaemonApiServer)
     }

@@ -412,6 +412,7 @@ fn start(limits: Limits, n: u64) -> (Server, std::path::PathBuf) {
         limits,
         thread_name: "fuzz-http",
         who: "fuzz",
+        seccomp: None,
     };
     let server = Server::start(&path, Arc::new(Echo), config).unwrap();
     (server, path)

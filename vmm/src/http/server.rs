@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// Who failed, for the 500 of a panic: "the {who} panicked while
     /// handling the request".
     pub who: &'static str,
+    /// The seccomp filter every thread of the server installs first (see
+    /// [`crate::seccomp::apply`]); a thread that cannot ends the process
+    /// with the status [`crate::vm::exit::status::START_FAILED`].
+    pub seccomp: Option<crate::seccomp::ThreadKind>,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +101,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             thread_name: "vmm-api",
             who: "server",
+            seccomp: None,
         }
     }
 }
@@ -160,6 +165,7 @@ impl Server {
                 .spawn(move || {
                     // Counted down however the worker ends.
                     let _alive = Alive(&shared.workers_alive);
+                    apply_filter(config.seccomp);
                     body(&shared);
                 })
         };
@@ -182,8 +188,10 @@ impl Server {
         let reactor_shared = Arc::clone(&shared);
         match thread::Builder::new()
             .name(config.thread_name.into())
-            .spawn(move || Reactor::new(listener, stopped, reactor_shared).run())
-        {
+            .spawn(move || {
+                apply_filter(config.seccomp);
+                Reactor::new(listener, stopped, reactor_shared).run()
+            }) {
             Ok(handle) => server.reactor = Some(handle),
             Err(e) => {
                 server.stop();
@@ -241,6 +249,13 @@ impl Drop for Server {
         if self.stop.is_some() {
             self.stop();
         }
+    }
+}
+
+/// Installs the server's seccomp filter on the calling thread, if any.
+fn apply_filter(kind: Option<crate::seccomp::ThreadKind>) {
+    if let Some(kind) = kind {
+        crate::seccomp::apply_or_exit(kind, crate::vm::exit::status::START_FAILED);
     }
 }
 
@@ -1067,6 +1082,7 @@ mod tests {
             },
             thread_name: "slottest",
             who: "test",
+            seccomp: None,
         };
         let server = Server::start(&path, Arc::new(Streams), config).unwrap();
         for _ in 0..2 {
@@ -1097,6 +1113,7 @@ mod tests {
             },
             thread_name: NAME,
             who: "test",
+            seccomp: None,
         };
         let server = Server::start(&path, Arc::new(Slow), config).unwrap();
         // A new thread names itself once it runs.

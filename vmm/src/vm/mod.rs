@@ -236,7 +236,9 @@ impl Vm {
         let mut mmio = MmioBus::default();
         let balloon = match cfg.balloon {
             Some(config) => {
-                let dev = Arc::new(Mutex::new(Balloon::new(config)?));
+                let mut dev = Balloon::new(config)?;
+                dev.set_worker_start(crate::seccomp::release_worker_start);
+                let dev = Arc::new(Mutex::new(dev));
                 slots.attach(&vm_fd, &mem, &mut mmio, dev.clone(), &wake)?;
                 event_loop.add_subscriber(dev.clone());
                 Some(dev)

@@ -63,7 +63,8 @@ impl Vcpu {
         self.fd.get_tsc_khz().ok().filter(|&khz| khz > 0)
     }
 
-    /// Runs the vCPU on its own thread until the VM ends, or until `park`
+    /// Runs the vCPU on its own thread, under its seccomp filter (installed
+    /// before the first `KVM_RUN`), until the VM ends, or until `park`
     /// is requested: then the thread leaves `KVM_RUN` for good and serves
     /// `park`'s jobs instead (see [`VcpuThreads::park_all`]).
     /// While `pause` is requested the thread waits outside `KVM_RUN`. A
@@ -79,7 +80,17 @@ impl Vcpu {
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
                 let mut vcpu = self;
-                match vcpu.run_loop(&buses, &exit, &park, &pause) {
+                // In a full memory cgroup, KVM_RUN fails instead of waiting
+                // for memory; this waits and runs again (see its
+                // documentation). It opens its files here, before the
+                // filter that forbids opening files.
+                let charge = crate::vm::charge_wait::ChargeWait::for_this_process();
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+                    // The guest never runs on an unfiltered vCPU.
+                    exit.request(VmExit::VmmError(format!("vcpu{}: {e}", vcpu.index)));
+                    return;
+                }
+                match vcpu.run_loop(&buses, &exit, &park, &pause, charge) {
                     Some(end) => exit.request(end),
                     None => park.serve(),
                 }
@@ -93,10 +104,8 @@ impl Vcpu {
         exit: &ExitSignal,
         park: &Park,
         pause: &Pause,
+        mut charge: crate::vm::charge_wait::ChargeWait,
     ) -> Option<VmExit> {
-        // In a full memory cgroup, KVM_RUN fails instead of waiting for
-        // memory; this waits and runs again (see its documentation).
-        let mut charge = crate::vm::charge_wait::ChargeWait::for_this_process();
         let me = format!("vcpu{}", self.index);
         let mut sleeper = Sleeper::default();
         loop {
