@@ -670,7 +670,16 @@ impl VmBackend for VmControl {
         let me = self.me.clone();
         std::thread::Builder::new()
             .name("vmm-metrics".into())
-            .spawn(move || metrics_thread(me))
+            .spawn(move || {
+                // Started by an API thread or, with --config-file, by the
+                // main thread before it is filtered: either way it does
+                // what the API does, under the API's filter.
+                crate::seccomp::apply_or_exit(
+                    crate::seccomp::ThreadKind::Api,
+                    crate::vm::exit::status::VMM_ERROR,
+                );
+                metrics_thread(me)
+            })
             .map_err(|e| ApiError::Internal(format!("cannot start the metrics thread: {e}")))?;
         Ok(())
     }

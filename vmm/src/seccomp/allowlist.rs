@@ -63,6 +63,14 @@ impl Allowlist {
         Ok(self)
     }
 
+    /// Adds a group of rules shared by several kinds.
+    pub fn then(
+        self,
+        group: impl FnOnce(Self) -> Result<Self, SeccompError>,
+    ) -> Result<Self, SeccompError> {
+        group(self)
+    }
+
     /// The finished rules.
     pub fn into_rules(self) -> Rules {
         self.rules

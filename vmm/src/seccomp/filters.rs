@@ -1,7 +1,9 @@
 //! The allowlist of each thread kind of `vmm run`: every syscall with why
 //! that thread makes it. Found with `strace -f` over the integration tests
-//! (api, balloon, vsock, release-memory, daemon) and kept as narrow as the
-//! code allows; a syscall not listed kills the process (see [`super`]).
+//! (api, balloon, vsock, release-memory, daemon) and from the code (the
+//! virtio-blk device, the Firecracker-style configuration routes), and
+//! kept as narrow as the code allows; a syscall not listed kills the
+//! process (see [`super`]).
 //!
 //! To extend: add the syscall to the thread kind that makes it (or to
 //! [`common`] when every thread does, e.g. through std or glibc), with the
@@ -106,24 +108,38 @@ fn vcpu(list: Allowlist) -> Result<Allowlist, SeccompError> {
         .any(SYS_pread64)
         // Activating the balloon arms its statistics timer ...
         .any(SYS_timerfd_settime)
-        // ... and starts its release worker, which begins with this filter
-        // (a child inherits it), names itself and adds its own.
+        // ... and starts its release worker.
+        .then(starts_threads)?)
+}
+
+/// What a filtered thread needs to start a thread: the child begins under
+/// its creator's filter (it inherits it), names itself and adds its own.
+fn starts_threads(list: Allowlist) -> Result<Allowlist, SeccompError> {
+    use libc::*;
+    list
+        // clone3's flags are in memory, out of a filter's reach; clone's
+        // must make a thread, not a process.
         .any(SYS_clone3)
         .rule(
             SYS_clone,
             &[(0, MaskedEq(CLONE_THREAD as u64), CLONE_THREAD as u64)],
         )?
+        // glibc's start of a new thread.
         .any(SYS_set_robust_list)
         .any(SYS_rseq)
+        // The child names itself, then installs its filter (which can
+        // only narrow what it inherited).
         .arg_in(
             SYS_prctl,
             0,
             &[PR_SET_NAME as u64, PR_SET_NO_NEW_PRIVS as u64],
         )?
-        .arg_in(SYS_seccomp, 0, &[SECCOMP_SET_MODE_FILTER as u64])?)
+        .arg_in(SYS_seccomp, 0, &[SECCOMP_SET_MODE_FILTER as u64])
 }
 
-/// The per-VM API server's threads (reactor, workers, stream workers).
+/// The per-VM API server's threads (reactor, workers, stream workers) and
+/// the metrics thread (`vmm-metrics`), which does what the API's
+/// `FlushMetrics` action does, every minute.
 fn api(list: Allowlist) -> Result<Allowlist, SeccompError> {
     use libc::*;
     Ok(list
@@ -152,18 +168,30 @@ fn api(list: Allowlist) -> Result<Allowlist, SeccompError> {
             &[(1, Eq, SOL_SOCKET as u64), (2, Eq, SO_PEERCRED as u64)],
         )?
         .any(SYS_geteuid)
-        // Memory accounting reads /proc/self files, read-only: no flag
-        // that writes, creates or truncates.
+        // Memory accounting reads /proc/self files, `PUT /boot-source`
+        // checks that the guest's files open: read-only, no flag that
+        // writes, creates or truncates ...
         .rule(
             SYS_openat,
             &[(2, MaskedEq((O_ACCMODE | O_CREAT | O_TRUNC) as u64), 0)],
         )?
+        // ... and `PUT /logger` and `PUT /metrics` open their files to
+        // append (created if missing), never truncated.
+        .rule(
+            SYS_openat,
+            &[(2, MaskedEq((O_APPEND | O_TRUNC) as u64), O_APPEND as u64)],
+        )?
+        // `PUT /logger` makes its file the standard error.
+        .arg_in(SYS_dup2, 1, &[STDERR_FILENO as u64])?
+        .arg_in(SYS_dup3, 1, &[STDERR_FILENO as u64])?
         .any(SYS_statx)
         .any(SYS_newfstatat)
         .any(SYS_fstat)
         .any(SYS_lseek)
         // PATCH of the balloon's statistics interval re-arms its timer.
-        .any(SYS_timerfd_settime))
+        .any(SYS_timerfd_settime)
+        // `PUT /metrics` starts the metrics thread.
+        .then(starts_threads)?)
 }
 
 /// The main thread once the VM runs: the event loop of the virtio devices
@@ -178,6 +206,11 @@ fn event_loop(list: Allowlist) -> Result<Allowlist, SeccompError> {
         // Eventfds, timerfds, the signalfd, vsock streams.
         .any(SYS_read)
         .any(SYS_timerfd_settime)
+        // virtio-blk requests on the image opened at boot: reads, writes,
+        // and flushes (`sync_data`).
+        .any(SYS_pread64)
+        .any(SYS_pwrite64)
+        .any(SYS_fdatasync)
         // Inflated and reported balloon pages, released at once when the
         // driver has no release worker; MADV_REMOVE for shared memory.
         .arg_in(SYS_madvise, 2, &[MADV_REMOVE as u64])?
