@@ -69,6 +69,9 @@ fn common() -> Result<Allowlist, SeccompError> {
         .any(SYS_clock_gettime)
         .any(SYS_gettid)
         .any(SYS_getpid)
+        // A sleep or poll interrupted by a stop (SIGSTOP, a frozen cgroup)
+        // resumes through it.
+        .any(SYS_restart_syscall)
         // HashMap keys, once per thread.
         .any(SYS_getrandom)
         // New mappings are never executable: thread stacks, malloc arenas.
@@ -106,6 +109,8 @@ fn vcpu(list: Allowlist) -> Result<Allowlist, SeccompError> {
         // A full memory cgroup: the charge wait reads the cgroup files it
         // opened before the filter was installed.
         .any(SYS_pread64)
+        // ... and weighs the host's free swap (sysinfo: no file to open).
+        .any(SYS_sysinfo)
         // Activating the balloon arms its statistics timer ...
         .any(SYS_timerfd_settime)
         // ... and starts its release worker.
