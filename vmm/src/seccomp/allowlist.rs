@@ -24,7 +24,7 @@ impl Allowlist {
     /// Allows `nr` with any arguments.
     pub fn any(mut self, nr: libc::c_long) -> Self {
         debug_assert!(
-            !self.rules.get(&nr).is_some_and(|r| !r.is_empty()),
+            self.rules.get(&nr).is_none_or(|r| r.is_empty()),
             "syscall {nr} is already allowed with conditions"
         );
         self.rules.insert(nr, Vec::new());

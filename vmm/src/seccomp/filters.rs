@@ -102,7 +102,7 @@ fn common() -> Result<Allowlist, SeccompError> {
 /// then, parked, its share of the `ReleaseMemory` action.
 fn vcpu(list: Allowlist) -> Result<Allowlist, SeccompError> {
     use libc::*;
-    Ok(list
+    list
         // KVM_RUN is the vCPU; KVM_GET_REGS puts the instruction pointer in
         // a crash report.
         .arg_in(SYS_ioctl, 1, &[KVM_RUN, KVM_GET_REGS])?
@@ -114,7 +114,7 @@ fn vcpu(list: Allowlist) -> Result<Allowlist, SeccompError> {
         // Activating the balloon arms its statistics timer ...
         .any(SYS_timerfd_settime)
         // ... and starts its release worker.
-        .then(starts_threads)?)
+        .then(starts_threads)
 }
 
 /// What a filtered thread needs to start a thread: the child begins under
@@ -147,7 +147,7 @@ fn starts_threads(list: Allowlist) -> Result<Allowlist, SeccompError> {
 /// `FlushMetrics` action does, every minute.
 fn api(list: Allowlist) -> Result<Allowlist, SeccompError> {
     use libc::*;
-    Ok(list
+    list
         // The reactor: accept and poll clients without blocking.
         .any(SYS_accept4)
         .any(SYS_poll)
@@ -196,7 +196,7 @@ fn api(list: Allowlist) -> Result<Allowlist, SeccompError> {
         // PATCH of the balloon's statistics interval re-arms its timer.
         .any(SYS_timerfd_settime)
         // `PUT /metrics` starts the metrics thread.
-        .then(starts_threads)?)
+        .then(starts_threads)
 }
 
 /// The main thread once the VM runs: the event loop of the virtio devices
