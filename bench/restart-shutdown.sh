@@ -9,6 +9,16 @@ while [ ! -S $D/d.sock ]; do sleep 0.01; done
 t0=$(date +%s%N)
 for i in $(seq 1 $N); do $B ctl create --id v$i --mem 32M --cmdline "tiny.hold=forever" >/dev/null || echo fail $i; done
 t1=$(date +%s%N); echo "create $N: $(( (t1-t0)/1000000 )) ms"
+# The daemon's own CPU with N idle VMs, over 10 s (utime + stime, ticks).
+hz=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' /proc/$P/stat; }
+c0=$(cpu); sleep 10; c1=$(cpu)
+echo "daemon CPU with $N idle VMs: $(python3 -c "print(f'{($c1 - $c0) / $hz / 10 * 100:.2f}')") % of one core"
+# GET /vms (ctl --json list), five times.
+for i in 1 2 3 4 5; do
+  t0=$(date +%s%N); $B ctl --json list >/dev/null; t1=$(date +%s%N)
+  echo "GET /vms with $N: $(( (t1-t0)/1000 )) us"
+done
 kill -9 $P; wait $P 2>/dev/null; rm -f $D/d.sock
 t0=$(date +%s%N)
 $B daemon --socket $D/d.sock --state-dir $D/st 2>$D/log2 & P=$!

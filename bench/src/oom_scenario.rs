@@ -1213,11 +1213,9 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(o, "| produced by | `{}` |", r.invocation);
     let _ = writeln!(
         o,
-        "| host load average (1, 5, 15 min) | {} before the first run, {} after the last (every tiny guest's vCPU spins: the {} VMs alone want {} CPUs) |",
+        "| host load average (1, 5, 15 min) | {} before the first run, {} after the last (idle tiny guests sleep in the idle port; the growers' vCPUs are busy while they touch) |",
         r.load.0,
         r.load.1,
-        s.idle + s.growers,
-        s.idle + s.growers
     );
     let all_mib = s.idle as u64 * u64::from(s.idle_alloc_mib)
         + s.growers as u64 * u64::from(s.grower_touch_mib);

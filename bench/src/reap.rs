@@ -566,7 +566,7 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(o, "| produced by | `{}` |", r.invocation);
     let _ = writeln!(
         o,
-        "| host load average (1, 5, 15 min) | {} before the first run, {} after the last (the VM's busy vCPU adds ~1 while it runs) |",
+        "| host load average (1, 5, 15 min) | {} before the first run, {} after the last (the VM's vCPU is busy while it touches its RAM) |",
         r.load.0, r.load.1
     );
     let _ = writeln!(

@@ -704,7 +704,7 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(o, "| produced by | `{}` |", r.invocation);
     let _ = writeln!(
         o,
-        "| host load average (1, 5, 15 min) | {} before the first run, {} after the last (the VMs' own busy vCPU adds ~1) |",
+        "| host load average (1, 5, 15 min) | {} before the first run, {} after the last (the VMs' vCPU is busy while it inflates) |",
         r.load.0, r.load.1
     );
     let _ = writeln!(
