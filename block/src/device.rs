@@ -18,12 +18,13 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::metrics::{bump, BlockMetrics, RejectReason};
-use crate::queues::{walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
+use crate::queues::{finish_round, walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
 use crate::request::{
     check, check_shape, Header, Kind, Refusal, Request, Shape, HEADER_SIZE, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
 };
 use crate::BlockError;
+use virtio_device::chain::ChainFault;
 
 /// Features a read-write drive offers; a read-only one adds
 /// `VIRTIO_BLK_F_RO`.
@@ -150,8 +151,8 @@ impl Block {
             let chain = match a.queue.next_chain(&a.mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(reason) => {
-                    io.metrics.reject(reason);
+                Err(fault) => {
+                    io.metrics.reject(fault.into());
                     break;
                 }
             };
@@ -160,16 +161,15 @@ impl Block {
             let used_len = io.handle_chain(chain, size);
             match a.queue.return_chain(&a.mem, head, used_len) {
                 Ok(()) => {}
-                Err(RejectReason::BadHeadIndex) => io.metrics.reject(RejectReason::BadHeadIndex),
-                Err(reason) => {
-                    io.metrics.reject(reason);
+                Err(ChainFault::BadHeadIndex) => io.metrics.reject(RejectReason::BadHeadIndex),
+                Err(fault) => {
+                    io.metrics.reject(fault.into());
                     break;
                 }
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        a.queue
-            .finish_round(&a.mem, a.interrupt.as_ref(), io.metrics, more);
+        finish_round(&mut a.queue, &a.mem, a.interrupt.as_ref(), io.metrics, more);
     }
 }
 
@@ -218,7 +218,7 @@ impl Io<'_> {
                         self.metrics.read_bytes = self.metrics.read_bytes.saturating_add(len);
                         (VIRTIO_BLK_S_OK, len as u32)
                     }
-                    Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
                 }
             }
             Kind::Write { offset, len } => match self.write(c, mem, offset, len) {
@@ -227,7 +227,7 @@ impl Io<'_> {
                     self.metrics.write_bytes = self.metrics.write_bytes.saturating_add(len);
                     (VIRTIO_BLK_S_OK, 0)
                 }
-                Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
             },
             Kind::Flush => {
                 // A read-only image has nothing to sync.
@@ -244,7 +244,7 @@ impl Io<'_> {
                     bump(&mut self.metrics.get_ids);
                     (VIRTIO_BLK_S_OK, len as u32)
                 }
-                Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
             },
         };
         // At most MAX_REQUEST_BYTES + 1: fits in u32.
@@ -268,7 +268,7 @@ impl Io<'_> {
                 bump(&mut self.metrics.io_errors);
                 return Err(());
             }
-            c.write_at(mem, at + done, buf)?;
+            c.write_at(mem, at + done, buf).map_err(|_| ())?;
             done += n as u64;
         }
         Ok(())
@@ -281,7 +281,8 @@ impl Io<'_> {
         while done < len {
             let n = (len - done).min(self.scratch.len() as u64) as usize;
             let buf = &mut self.scratch[..n];
-            c.read_at(mem, HEADER_SIZE as u64 + done, buf)?;
+            c.read_at(mem, HEADER_SIZE as u64 + done, buf)
+                .map_err(|_| ())?;
             if self.disk.write_all_at(buf, offset + done).is_err() {
                 bump(&mut self.metrics.io_errors);
                 return Err(());
@@ -304,7 +305,7 @@ fn parse(c: &Chain, mem: &GuestRam, disk: &Disk) -> Result<Request, Refusal> {
     let shape = Shape::of(c);
     let status = check_shape(&shape)?;
     let mut bytes = [0u8; HEADER_SIZE];
-    c.read_at(mem, 0, &mut bytes).map_err(|()| Refusal {
+    c.read_at(mem, 0, &mut bytes).map_err(|_| Refusal {
         // Not reachable: the chain is in memory and holds a header.
         reason: RejectReason::DescriptorOutsideMemory,
         status: None,

@@ -19,9 +19,10 @@ use crate::config::{
 };
 use crate::header::{check_rx_from_tap, check_tx, VnetHeader};
 use crate::metrics::{bump, NetMetrics, RejectReason};
-use crate::queues::{walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
+use crate::queues::{finish_round, walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
 use crate::tap::Tap;
 use crate::NetError;
+use virtio_device::chain::ChainFault;
 
 /// Features offered: `VIRTIO_F_VERSION_1` (our transport is modern-only,
 /// and it fixes the 12-byte header) and, with a configured MAC,
@@ -167,8 +168,8 @@ impl<B: Backend> Net<B> {
                     bump(&mut metrics.rx_no_buffer);
                     break;
                 }
-                Err(reason) => {
-                    metrics.reject(reason);
+                Err(fault) => {
+                    metrics.reject(fault.into());
                     break;
                 }
             };
@@ -193,7 +194,7 @@ impl<B: Backend> Net<B> {
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+        finish_round(&mut a.rx, &a.mem, a.interrupt.as_ref(), metrics, more);
     }
 
     /// Sends the transmit chains' frames to the backend, at most
@@ -215,8 +216,8 @@ impl<B: Backend> Net<B> {
             let chain = match a.tx.next_chain(&a.mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(reason) => {
-                    metrics.reject(reason);
+                Err(fault) => {
+                    metrics.reject(fault.into());
                     break;
                 }
             };
@@ -239,7 +240,7 @@ impl<B: Backend> Net<B> {
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+        finish_round(&mut a.tx, &a.mem, a.interrupt.as_ref(), metrics, more);
     }
 }
 
@@ -274,12 +275,12 @@ fn return_chain(
 ) -> bool {
     match q.return_chain(mem, head, len) {
         Ok(()) => true,
-        Err(RejectReason::BadHeadIndex) => {
+        Err(ChainFault::BadHeadIndex) => {
             metrics.reject(RejectReason::BadHeadIndex);
             true
         }
-        Err(reason) => {
-            metrics.reject(reason);
+        Err(fault) => {
+            metrics.reject(fault.into());
             false
         }
     }
@@ -305,7 +306,7 @@ fn deliver(
         .write_at(mem, 0, &VnetHeader::rx_plain().to_bytes())
         .and_then(|()| c.write_at(mem, VNET_HDR_LEN as u64, &frame[VNET_HDR_LEN..]));
     // Not reachable: the chain is validated and large enough.
-    written.map_err(|()| RejectReason::DescriptorOutsideMemory)?;
+    written.map_err(|_| RejectReason::DescriptorOutsideMemory)?;
     // At most MAX_BUFFER_LEN: fits in u32.
     Ok(frame.len() as u32)
 }
@@ -332,7 +333,7 @@ fn gather(
     buf[..VNET_HDR_LEN].copy_from_slice(&VnetHeader::default().to_bytes());
     c.read_at(mem, VNET_HDR_LEN as u64, &mut buf[VNET_HDR_LEN..len])
         // Not reachable: the chain is validated and holds `len` bytes.
-        .map_err(|()| RejectReason::DescriptorOutsideMemory)?;
+        .map_err(|_| RejectReason::DescriptorOutsideMemory)?;
     Ok(len)
 }
 

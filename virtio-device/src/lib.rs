@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod chain;
+
 pub use virtio_queue::{Queue, QueueT};
 
 /// Guest RAM as devices see it.

@@ -2,7 +2,7 @@
 //! driver might.
 
 use super::*;
-use crate::queues::Buffer;
+use virtio_device::chain::Buffer;
 
 const CAP: u64 = 2048; // sectors: a 1 MiB image
 

@@ -1,0 +1,237 @@
+//! A device's side of its queues: taking chains with bounds, walking a
+//! chain as a whole, and copying bytes between a validated chain and host
+//! buffers. Shared by the block and net devices.
+//!
+//! The driver is untrusted: a chain is walked and validated (it ends, every
+//! descriptor lies in guest memory) before a byte of it is used; what the
+//! request means is the device's to check afterwards. Each fault is a
+//! [`ChainFault`], which a device counts under its own reason.
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{GuestRam, Queue, QueueT, VirtioInterrupt};
+
+/// What is wrong with a queue or one of its chains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainFault {
+    /// The available ring is inconsistent (its index ran ahead by more
+    /// than the queue holds).
+    QueueBroken,
+    /// A head index past the queue's size.
+    BadHeadIndex,
+    /// The used ring could not be written.
+    UsedRingError,
+    /// A chain without a readable descriptor.
+    EmptyChain,
+    /// A chain that loops (more descriptors than the queue or the bound).
+    LoopingChain,
+    /// A `next` into nowhere.
+    BrokenChain,
+    /// A descriptor not wholly in guest memory.
+    DescriptorOutsideMemory,
+}
+
+/// A copy that does not fit the chain: the range runs past its end (or a
+/// buffer of a validated chain could not be accessed after all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BeyondChain;
+
+/// What the end of a round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundEnd {
+    /// A used-buffer interrupt was raised (`Some(true)`) or failed
+    /// (`Some(false)`); `None` when none was due.
+    pub interrupt: Option<bool>,
+    /// Signalling the queue again (chains left for fairness) failed.
+    pub event_failed: bool,
+}
+
+/// Chains taken per processing round, so a driver that keeps refilling
+/// cannot hold the event loop.
+pub const MAX_CHAINS_PER_ROUND: usize = 256;
+
+/// Descriptors read per chain at most (only indirect tables can make a
+/// chain longer than the queue).
+const MAX_CHAIN_DESCRIPTORS: usize = 1024;
+
+/// A queue the driver enabled, with its transport index and notification.
+pub struct ActiveQueue {
+    pub queue: Queue,
+    /// Index on the transport, for [`VirtioInterrupt::notify_used`].
+    pub index: u16,
+    /// Written by the transport (an ioeventfd) when the driver notifies.
+    pub event: EventFd,
+    /// Buffers were returned since the last interrupt.
+    pub needs_interrupt: bool,
+}
+
+impl ActiveQueue {
+    /// The size the driver set (a chain longer than this loops).
+    pub fn queue_size(&self) -> u16 {
+        self.queue.size()
+    }
+
+    /// The next available chain. `Err(QueueBroken)` when the available ring
+    /// is inconsistent.
+    pub fn next_chain<'m>(
+        &mut self,
+        mem: &'m GuestRam,
+    ) -> Result<Option<DescriptorChain<&'m GuestRam>>, ChainFault> {
+        match self.queue.iter(mem) {
+            Ok(mut it) => Ok(it.next()),
+            Err(_) => Err(ChainFault::QueueBroken),
+        }
+    }
+
+    /// Puts chain `head` in the used ring with `len` bytes written.
+    pub fn return_chain(&mut self, mem: &GuestRam, head: u16, len: u32) -> Result<(), ChainFault> {
+        if head >= self.queue.size() {
+            return Err(ChainFault::BadHeadIndex);
+        }
+        self.queue
+            .add_used(mem, head, len)
+            .map_err(|_| ChainFault::UsedRingError)?;
+        self.needs_interrupt = true;
+        Ok(())
+    }
+
+    /// Ends a processing round: raises the used-buffer interrupt if
+    /// buffers were returned and the driver wants it; if chains were left
+    /// for fairness, signals the queue again so the event loop comes back.
+    /// Says what happened, for the device's counters.
+    pub fn finish_round(
+        &mut self,
+        mem: &GuestRam,
+        interrupt: &dyn VirtioInterrupt,
+        more: bool,
+    ) -> RoundEnd {
+        let mut end = RoundEnd::default();
+        if std::mem::take(&mut self.needs_interrupt) {
+            // A spurious interrupt is harmless, a lost one stalls the driver.
+            if self.queue.needs_notification(mem).unwrap_or(true) {
+                end.interrupt = Some(interrupt.notify_used(self.index).is_ok());
+            } else {
+                // A polling driver may be asleep waiting for these buffers.
+                interrupt.used_without_interrupt(self.index);
+            }
+        }
+        end.event_failed = more && self.event.write(1).is_err();
+        end
+    }
+}
+
+/// One buffer of a validated chain: wholly inside guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub addr: GuestAddress,
+    pub len: u32,
+    /// `VRING_DESC_F_WRITE`: the device writes it.
+    pub device_writes: bool,
+}
+
+/// A validated chain: its buffers in order.
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub buffers: Vec<Buffer>,
+}
+
+/// Walks a chain and validates it as a whole: it must end (no loop, no
+/// `next` into nowhere), and every descriptor must lie in guest memory.
+/// `queue_size`: a chain that still has `NEXT` after that many descriptors
+/// loops.
+pub fn walk_chain(chain: DescriptorChain<&GuestRam>, queue_size: u16) -> Result<Chain, ChainFault> {
+    let mem = chain.memory();
+    let mut descs: Vec<Descriptor> = Vec::new();
+    let mut too_long = false;
+    // The iterator stops by itself after `queue_size` descriptors, on an
+    // out-of-table index and on an unreadable descriptor; it does not say
+    // which, hence the checks below.
+    for d in chain.clone() {
+        if descs.len() == MAX_CHAIN_DESCRIPTORS {
+            too_long = true;
+            break;
+        }
+        descs.push(d);
+    }
+    let last = descs.last().ok_or(ChainFault::EmptyChain)?;
+    if too_long || (last.has_next() && descs.len() >= usize::from(queue_size)) {
+        return Err(ChainFault::LoopingChain);
+    }
+    if last.has_next() {
+        return Err(ChainFault::BrokenChain);
+    }
+    let mut out = Chain {
+        buffers: Vec::with_capacity(descs.len()),
+    };
+    for d in &descs {
+        let len = usize::try_from(d.len()).map_err(|_| ChainFault::DescriptorOutsideMemory)?;
+        if len > 0 && !GuestMemoryBackend::check_range(mem, d.addr(), len) {
+            return Err(ChainFault::DescriptorOutsideMemory);
+        }
+        out.buffers.push(Buffer {
+            addr: d.addr(),
+            len: d.len(),
+            device_writes: d.is_write_only(),
+        });
+    }
+    Ok(out)
+}
+
+impl Chain {
+    /// Total bytes of the chain's buffers (at most 1024 × 4 GiB: no
+    /// overflow in u64).
+    pub fn total(&self) -> u64 {
+        self.buffers.iter().map(|b| u64::from(b.len)).sum()
+    }
+
+    /// Copies `out.len()` bytes starting `offset` bytes into the chain.
+    /// The chain was validated, so only a range past its end fails.
+    pub fn read_at(&self, mem: &GuestRam, offset: u64, out: &mut [u8]) -> Result<(), BeyondChain> {
+        self.visit(offset, out.len(), |addr, range| {
+            mem.read_slice(&mut out[range], addr).is_ok()
+        })
+    }
+
+    /// Copies `data` into the chain starting `offset` bytes into it.
+    pub fn write_at(&self, mem: &GuestRam, offset: u64, data: &[u8]) -> Result<(), BeyondChain> {
+        self.visit(offset, data.len(), |addr, range| {
+            mem.write_slice(&data[range], addr).is_ok()
+        })
+    }
+
+    /// Calls `f(guest address, range of the caller's bytes)` for each
+    /// piece of `[offset, offset + len)` in chain order.
+    fn visit(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
+    ) -> Result<(), BeyondChain> {
+        let end = offset.checked_add(len as u64).ok_or(BeyondChain)?;
+        if end > self.total() {
+            return Err(BeyondChain);
+        }
+        let mut skip = offset;
+        let mut done = 0usize;
+        for b in &self.buffers {
+            if done == len {
+                break;
+            }
+            let blen = u64::from(b.len);
+            if skip >= blen {
+                skip -= blen;
+                continue;
+            }
+            let n = ((blen - skip) as usize).min(len - done);
+            if !f(b.addr.unchecked_add(skip), done..done + n) {
+                return Err(BeyondChain);
+            }
+            done += n;
+            skip = 0;
+        }
+        Ok(())
+    }
+}
