@@ -110,6 +110,10 @@ struct Tick {
 /// (Two ticks, when the daemon only looked every 100 ms.)
 const LEND_AFTER: Duration = Duration::from_millis(100);
 
+/// How long after a pool fills the supervisor ticks fast for it (well past
+/// [`LEND_AFTER`]); beyond that only pressure keeps it fast.
+const FAST_WHILE_FILLING: Duration = Duration::from_secs(1);
+
 /// A pool watcher's usage threshold: this far below the limit, so that
 /// the daemon wakes as the pool fills, before the first refused charge.
 const WAKE_BELOW_LIMIT: u64 = 2 << 20;
@@ -236,11 +240,17 @@ impl Daemon {
             .collect()
     }
 
-    /// Whether a pool is full now (the supervisor then looks often).
+    /// Whether a pool has just filled up (the supervisor then looks
+    /// often, to see refused charges and lend the reserve on time). A
+    /// pool that stays full without pressure (one that swaps, or simply
+    /// uses all it may) is looked at on the normal tick again after
+    /// [`FAST_WHILE_FILLING`]: 10 ms ticks for good would cost the daemon
+    /// CPU for nothing.
     pub(super) fn memcg_pool_full(&self) -> bool {
-        lock(&self.memcg.ticks)
-            .values()
-            .any(|t| t.full_since.is_some())
+        lock(&self.memcg.ticks).values().any(|t| {
+            t.full_since
+                .is_some_and(|since| since.elapsed() < FAST_WHILE_FILLING)
+        })
     }
 
     /// The `memory.pressure` file of each cgroup v2 pool, for a PSI
