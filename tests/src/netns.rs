@@ -109,11 +109,28 @@ pub fn checksum(b: &[u8]) -> u16 {
 }
 
 /// Pings the guest `n` times (56 bytes of data, like `ping`) on a raw
-/// socket; checks each reply and returns the round trip times.
+/// socket, waiting up to 3 s for each reply; checks each reply and returns
+/// the round trip times.
 pub fn pings(fd: &OwnedFd, n: u16) -> Vec<Duration> {
+    (0..n)
+        .map(|seq| {
+            ping(fd, seq, Duration::from_secs(3)).unwrap_or_else(|| {
+                panic!(
+                    "no reply to ping {seq}: {}",
+                    std::io::Error::last_os_error()
+                )
+            })
+        })
+        .collect()
+}
+
+/// One ICMP echo request to the guest (56 bytes of data, like `ping`);
+/// the round trip time of its checked reply, or `None` when none came
+/// within `timeout`. Replies to earlier requests are skipped.
+pub fn ping(fd: &OwnedFd, seq: u16, timeout: Duration) -> Option<Duration> {
     let tv = libc::timeval {
-        tv_sec: 3,
-        tv_usec: 0,
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
     // SAFETY: SO_RCVTIMEO reads a timeval of the given size from `tv`.
     let rc = unsafe {
@@ -136,56 +153,50 @@ pub fn pings(fd: &OwnedFd, n: u16) -> Vec<Duration> {
         sin_zero: [0; 8],
     };
     let id = std::process::id() as u16;
-    let mut rtts = Vec::new();
-    for seq in 0..n {
-        let mut req = vec![8, 0, 0, 0];
-        req.extend(id.to_be_bytes());
-        req.extend(seq.to_be_bytes());
-        req.extend((0..56).map(|i| i as u8 ^ seq as u8));
-        let sum = checksum(&req);
-        req[2..4].copy_from_slice(&sum.to_be_bytes());
-        let t0 = Instant::now();
-        // SAFETY: sendto reads `req` and a sockaddr_in of the given size.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            sent,
-            req.len() as isize,
-            "{}",
-            std::io::Error::last_os_error()
-        );
-        // The raw socket sees every ICMP packet that arrives: wait for
-        // the reply to this request.
-        loop {
-            let mut buf = [0u8; 2048];
-            // SAFETY: recv writes at most buf.len() bytes into buf.
-            let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            assert!(
-                got > 0,
-                "no reply to ping {seq}: {}",
-                std::io::Error::last_os_error()
-            );
-            let pkt = &buf[..got as usize];
-            let ihl = usize::from(pkt[0] & 0xf) * 4;
-            let icmp = &pkt[ihl..];
-            if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..8] == req[4..8] {
-                rtts.push(t0.elapsed());
-                assert_eq!(&pkt[12..16], &guest.octets(), "reply from elsewhere");
-                assert_eq!(checksum(icmp), 0, "bad ICMP checksum");
-                assert_eq!(&icmp[8..], &req[8..], "reply data differs");
-                break;
-            }
+    let mut req = vec![8, 0, 0, 0];
+    req.extend(id.to_be_bytes());
+    req.extend(seq.to_be_bytes());
+    req.extend((0..56).map(|i| i as u8 ^ seq as u8));
+    let sum = checksum(&req);
+    req[2..4].copy_from_slice(&sum.to_be_bytes());
+    let t0 = Instant::now();
+    // SAFETY: sendto reads `req` and a sockaddr_in of the given size.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        sent,
+        req.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    // The raw socket sees every ICMP packet that arrives: wait for the
+    // reply to this request.
+    loop {
+        let mut buf = [0u8; 2048];
+        // SAFETY: recv writes at most buf.len() bytes into buf.
+        let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if got <= 0 || t0.elapsed() > timeout {
+            return None;
+        }
+        let pkt = &buf[..got as usize];
+        let ihl = usize::from(pkt[0] & 0xf) * 4;
+        let icmp = &pkt[ihl..];
+        if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..8] == req[4..8] {
+            let rtt = t0.elapsed();
+            assert_eq!(&pkt[12..16], &guest.octets(), "reply from elsewhere");
+            assert_eq!(checksum(icmp), 0, "bad ICMP checksum");
+            assert_eq!(&icmp[8..], &req[8..], "reply data differs");
+            return Some(rtt);
         }
     }
-    rtts
 }
 
 /// `avg`, `min`, `median`, `max` of round trip times, in microseconds.

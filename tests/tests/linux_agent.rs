@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vmm_integration_tests::daemon::{events_of, Daemon};
-use vmm_integration_tests::{api, cache_dir, guest_kernel, poll_until, repo_root, require_kvm};
-
-/// The command line a PVM host needs (resources/linux/README.md).
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init noxsave nofsgsbase \
-     clearcpuid=smap,pcid,invpcid,rdrand,rdseed,popcnt,erms,fsrm no-kvmapf nopvspin";
+use vmm_integration_tests::{
+    api, cache_dir, guest_kernel, poll_until, repo_root, require_kvm, LINUX_CMDLINE,
+};
 
 /// Runs `script` with `env` and returns the path it prints on stdout.
 fn built_by(script: &Path, args: &[&str], env: &[(&str, &Path)]) -> PathBuf {
@@ -81,7 +79,7 @@ fn an_in_guest_oom_kill_reaches_the_daemon_timeline_over_vsock() {
         "kernel": kernel,
         "initrd": initrd,
         "agent": true,
-        "cmdline": format!("{CMDLINE} init.oom_hog=16M init.memcg_max=2M init.hold"),
+        "cmdline": format!("{LINUX_CMDLINE} init.oom_hog=16M init.memcg_max=2M init.hold"),
     });
     let started = Instant::now();
     let (status, vm) = api(&d.sock, "POST", "/vms", Some(&spec.to_string()));

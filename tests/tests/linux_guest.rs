@@ -18,17 +18,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vmm_integration_tests::{
-    api, guest_initramfs, guest_kernel, poll_until, require_kvm, socket_path, Line, VmProcess, MIB,
+    api, guest_initramfs, guest_kernel, poll_until, require_kvm, socket_path, Line, VmProcess,
+    LINUX_CMDLINE, MIB,
 };
-
-/// The command line a PVM host needs (resources/linux/README.md): no
-/// XSAVE, FSGSBASE or the instructions the emulator lacks, no async page
-/// faults or pv spinlocks (hypercalls hang the vCPU), reboot through the
-/// i8042 so that the VMM exits, reboot at once on panic. Without ERMS and
-/// FSRM the kernel zeroes and copies with `rep stosq`/`movsq`, not byte by
-/// byte: page faults cost ~40 % less in the emulator.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init noxsave nofsgsbase \
-     clearcpuid=smap,pcid,invpcid,rdrand,rdseed,popcnt,erms,fsrm no-kvmapf nopvspin";
 
 /// From start to "init: userspace up": ~25 s on an idle PVM host; CI
 /// machines are shared.
@@ -45,7 +37,7 @@ struct LinuxVm {
 
 impl LinuxVm {
     /// Boots the tiny Linux guest with `args` for `vmm run` and `orders`
-    /// for /init appended to [`CMDLINE`], and waits for userspace.
+    /// for /init appended to [`LINUX_CMDLINE`], and waits for userspace.
     fn boot(name: &'static str, args: &[&str], orders: &str) -> LinuxVm {
         let initrd = guest_initramfs();
         let mut all = vec!["--initrd", initrd.to_str().unwrap()];
@@ -63,7 +55,7 @@ impl LinuxVm {
     fn boot_in(name: &'static str, netns: Option<&str>, args: &[&str], orders: &str) -> LinuxVm {
         require_kvm();
         let kernel = guest_kernel();
-        let cmdline = format!("{CMDLINE} {orders}");
+        let cmdline = format!("{LINUX_CMDLINE} {orders}");
         let mut all = vec![
             "run",
             "--kernel",

@@ -82,7 +82,7 @@ struct RunArgs {
     kernel: Option<PathBuf>,
     /// Configure the VM from a JSON file in Firecracker's layout
     /// (`boot-source`, `machine-config`, `balloon`, `vsock`, `drives`,
-    /// `logger`, `metrics`; `network-interfaces` only empty) and boot it
+    /// `network-interfaces`, `logger`, `metrics`) and boot it
     /// at once. Without `boot-source` (or without its `kernel_image_path`)
     /// the VM boots the embedded tiny guest.
     #[arg(long, value_name = "FILE", conflicts_with_all = CONFIG_FILE_CONFLICTS)]
@@ -197,8 +197,25 @@ enum AnnounceArg {
     Cmdline,
 }
 
+/// The command line, with `run` put in when the binary is invoked as
+/// `firecracker` (a symlink or copy of that name): launchers written for
+/// Firecracker (its SDKs, `firecracker-python`, Kata) exec
+/// `firecracker --api-sock PATH --id ID --log-path FILE`, and those are
+/// `vmm run`'s own options.
+fn command_line() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name);
+    if invoked_as == Some("firecracker".as_ref()) {
+        args.insert(1, "run".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(command_line()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
