@@ -478,3 +478,82 @@ fn badness_and_totalpages_count_swap() {
     );
     drop(d);
 }
+
+/// The host domain's swap rule, earlyoom's: available memory short is not
+/// pressure while free swap is not short too. With the host's threshold
+/// at 999 ‰, available memory is always short here; the host stays calm
+/// while our fresh swap file is all free, and comes under pressure once a
+/// VM's pages fill more than 1 ‰ of the swap. `action: notify`: the
+/// daemon reports the host's pressure and kills nothing.
+#[test]
+fn the_host_is_short_only_once_free_swap_is_short_too() {
+    let _swap = Swap::on();
+    assert!(
+        meminfo("SwapFree") * 1000 >= meminfo("SwapTotal") * 999,
+        "another swap user: SwapFree {} of {}",
+        meminfo("SwapFree"),
+        meminfo("SwapTotal")
+    );
+    let (d, _cgroup, pool) = daemon_with_pool(
+        "swap-host",
+        r#""action": "notify", "host_min_available_permille": 999"#,
+    );
+    let host_pressure = || -> Vec<Value> {
+        events_of(&d, "oom_pressure")
+            .into_iter()
+            .filter(|e| e["constraint"] == "host")
+            .collect()
+    };
+    // A VM of the host domain that does not swap; the host is short of
+    // available memory by the threshold, but not of swap.
+    d.create(r#"{"id": "calm", "mem_mib": 32, "cmdline": "tiny.hold=forever"}"#);
+    let (status, oom) = d.call("GET", "/oom", None);
+    assert_eq!(status, 200, "{oom}");
+    let total = oom["pressure"]["mem_total_bytes"].as_u64().unwrap();
+    let available = oom["pressure"]["mem_available_bytes"].as_u64().unwrap();
+    assert!(
+        available * 1000 < total * 999,
+        "the threshold must make available memory short: {oom}"
+    );
+    // Longer than no_progress_ms (2 s), after which pressure is reported.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        host_pressure().is_empty(),
+        "the host judged short with all swap free: {}",
+        events(&d)
+    );
+
+    // Fill some swap: now both are short.
+    swapping_vm(&d, "swapper", &pool, 128, 96);
+    let event =
+        poll_until(Duration::from_secs(20), || host_pressure().pop()).unwrap_or_else(|| {
+            panic!(
+                "no host pressure with SwapFree {} of {}: {}",
+                meminfo("SwapFree"),
+                meminfo("SwapTotal"),
+                events(&d)
+            )
+        });
+    eprintln!("host pressure: {event}");
+    let n = |k: &str| event[k].as_u64().unwrap_or_else(|| panic!("{k}: {event}"));
+    assert!(
+        n("swap_free_bytes") * 1000 < n("swap_total_bytes") * 999,
+        "{event}"
+    );
+    assert!(
+        n("mem_available_bytes") < n("min_available_bytes"),
+        "{event}"
+    );
+    // The why says both.
+    let why = event["why"].as_str().unwrap();
+    assert!(
+        why.contains("under the minimum of") && why.contains("MiB swap free"),
+        "{why}"
+    );
+    // Notify only: nobody was killed.
+    assert!(events_of(&d, "oom_kill").is_empty(), "{}", events(&d));
+    for id in ["calm", "swapper"] {
+        assert_eq!(d.vm(id)["state"], "running", "{}", events(&d));
+    }
+    drop(d);
+}

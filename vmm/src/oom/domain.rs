@@ -185,6 +185,19 @@ impl DomainLimit {
         }
     }
 
+    /// The host's swap, when it has some: it is short only because free
+    /// swap is short too ([`DomainLimit::host`]), which the why must say.
+    fn swap_shortage(&self) -> String {
+        match &self.figures {
+            DomainFigures::Host(h) if h.swap_total_bytes > 0 => format!(
+                ", and {} MiB of {} MiB swap free",
+                h.swap_free_bytes >> 20,
+                h.swap_total_bytes >> 20
+            ),
+            _ => String::new(),
+        }
+    }
+
     /// Why the domain is out of memory, in words, with the figures.
     pub fn why(&self, domain: &Domain, no_progress_ms: u64) -> String {
         let (usage, limit) = (self.usage >> 20, self.limit >> 20);
@@ -192,14 +205,15 @@ impl DomainLimit {
         let state = match kind {
             ConstraintKind::Budget => format!("is over its budget ({usage} MiB > {limit} MiB)"),
             ConstraintKind::Host | ConstraintKind::Nodes => format!(
-                "{} short of memory ({} MiB available, under the minimum of {} MiB)",
+                "{} short of memory ({} MiB available, under the minimum of {} MiB{})",
                 if kind == ConstraintKind::Host {
                     "is"
                 } else {
                     "are"
                 },
                 (self.limit - self.usage) >> 20,
-                (self.limit - self.high) >> 20
+                (self.limit - self.high) >> 20,
+                self.swap_shortage()
             ),
             _ if self.waiting => format!(
                 "is at {usage} MiB of its memory cgroup limit of {limit} MiB, tasks waiting for memory,"
@@ -242,7 +256,13 @@ mod tests {
         assert!(!DomainLimit::host(&meminfo(900 << 20, 0, 0), 0, 50).pressure);
         // Plenty of free swap: not short yet (earlyoom's rule).
         assert!(!DomainLimit::host(&meminfo(800 << 20, 8 * GIB, 4 * GIB), 0, 50).pressure);
-        assert!(DomainLimit::host(&meminfo(800 << 20, 8 * GIB, 400 << 20), 0, 50).pressure);
+        let swap_short = DomainLimit::host(&meminfo(800 << 20, 8 * GIB, 400 << 20), 0, 50);
+        assert!(swap_short.pressure);
+        assert_eq!(
+            swap_short.why(&Domain::Host, 2000),
+            "the host is short of memory (800 MiB available, under the minimum of 819 MiB, \
+             and 400 MiB of 8192 MiB swap free) with no progress for 2000 ms"
+        );
         // 1000 ‰: always short; the why names the figures.
         let all = DomainLimit::host(&meminfo(15 * GIB, 0, 0), 0, 1000);
         assert!(all.pressure);
