@@ -142,6 +142,12 @@ struct RunArgs {
     /// acpi with --kernel.
     #[arg(long, value_enum)]
     virtio_announce: Option<AnnounceArg>,
+    /// Give the guest the in-kernel i8254 PIT (`on`/`off`). Default: off
+    /// for the embedded tiny guest, which never uses it (creating it costs
+    /// milliseconds of start-up), on with a kernel, which may calibrate
+    /// its clocks against it.
+    #[arg(long, value_enum, value_name = "on|off")]
+    pit: Option<Switch>,
     /// Write the VM's ACPI tables into this directory as `<SIG>.dat` (for
     /// `iasl -d`), then boot as usual.
     #[arg(long)]
@@ -189,6 +195,12 @@ struct RunArgs {
     /// makes a syscall that no filter allows (the VMM must die of SIGSYS).
     #[arg(long, hide = true, value_enum, value_name = "THREAD_KIND")]
     seccomp_selftest: Option<vmm::seccomp::ThreadKind>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -450,9 +462,13 @@ fn start_vm(args: RunArgs, config: StartConfig) -> anyhow::Result<Vm> {
                 .with_context(|| format!("cannot create serial output {}", args.serial_out))?,
         )
     };
-    let (kernel, default_announce) = match config.kernel {
-        Some(path) => (KernelImage::File(path), Announce::Acpi),
-        None => (KernelImage::Embedded(TINY_GUEST), Announce::Cmdline),
+    let (kernel, default_announce, default_pit) = match config.kernel {
+        Some(path) => (KernelImage::File(path), Announce::Acpi, Switch::On),
+        None => (
+            KernelImage::Embedded(TINY_GUEST),
+            Announce::Cmdline,
+            Switch::Off,
+        ),
     };
     let announce = match args.virtio_announce {
         Some(AnnounceArg::Acpi) => Announce::Acpi,
@@ -474,6 +490,7 @@ fn start_vm(args: RunArgs, config: StartConfig) -> anyhow::Result<Vm> {
         announce,
         dump_acpi: args.dump_acpi,
         numa_nodes: args.numa_nodes,
+        pit: args.pit.unwrap_or(default_pit) == Switch::On,
     };
     Ok(Vm::boot(cfg)?)
 }

@@ -76,6 +76,11 @@ pub struct VmConfig {
     pub dump_acpi: Option<PathBuf>,
     /// Bind guest RAM to these NUMA nodes (`MPOL_BIND`).
     pub numa_nodes: Option<crate::host::numa::NodeSet>,
+    /// Create the in-kernel i8254 PIT (`KVM_CREATE_PIT2`). Linux may
+    /// calibrate its clocks against it and falls back to it as a timer;
+    /// the tiny guest never touches ports 0x40-0x43, and the PIT costs
+    /// milliseconds of start-up (KVM starts a kernel thread for it).
+    pub pit: bool,
 }
 
 /// Most vCPUs we start: the MADT and APIC IDs are 8-bit here.
@@ -203,13 +208,15 @@ impl Vm {
         vm_fd
             .create_irq_chip()
             .map_err(kvm_err("create the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(kvm_err("create the in-kernel PIT"))?;
+        if cfg.pit {
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm_fd
+                .create_pit2(pit)
+                .map_err(kvm_err("create the in-kernel PIT"))?;
+        }
 
         let mem = memory::create_guest_ram(cfg.mem_size)?;
         if let Some(nodes) = &cfg.numa_nodes {
