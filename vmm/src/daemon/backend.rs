@@ -12,7 +12,6 @@ use crate::daemon_api::{
     BalloonView, ConstraintKind, DaemonBackend, EventRecord, OomPatch, OomTrigger, OomView,
     PoolView, PressureView, VmPatch, VmSpec, VmState, VmView,
 };
-use crate::host::memstat::{self, MmCounters};
 use crate::host::procfs::ProcFs;
 use crate::host::psi::Pressure;
 use crate::http::ApiError;
@@ -54,19 +53,19 @@ impl From<DaemonError> for ApiError {
 const VIEW_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Daemon {
-    /// The API view of one VM, with its memory and badness read now and
-    /// its balloon as [`Self::balloons`] found it.
+    /// The API view of one VM: its memory and badness as the supervisor
+    /// last saw them ([`VmRecord::counters`]), its balloon as
+    /// [`Self::balloons`] found it.
     fn view(
         &self,
-        vm: &VmRecord,
+        vm: &mut VmRecord,
         totalpages: u64,
         page_size: u64,
         balloon: Option<BalloonView>,
     ) -> VmView {
-        let mem = vm.memory().unwrap_or_default();
+        let counters = vm.counters();
         let pid = vm.pid().filter(|_| is_live(vm.state));
-        let badness = pid
-            .and_then(|p| MmCounters::read(Some(p)).ok().flatten())
+        let badness = counters
             .map(|c| VmUsage::from_counters(&c, page_size, vm.oom_score_adj))
             .and_then(|u| oom_badness(&u, totalpages));
         VmView {
@@ -78,10 +77,10 @@ impl Daemon {
             vcpus: vm.spec.vcpus,
             oom_score_adj: vm.oom_score_adj.get(),
             kernel_oom_score_adj: vm.kernel_oom_score_adj,
-            rss_bytes: mem.rss,
-            swap_bytes: mem.swap,
-            page_tables_bytes: mem.page_tables,
-            guest_ram_resident_bytes: pid.map_or(0, |p| guest_ram_resident(p, vm.spec.mem_mib)),
+            rss_bytes: counters.map_or(0, |c| c.rss_anon + c.rss_file + c.rss_shmem),
+            swap_bytes: counters.map_or(0, |c| c.swap),
+            page_tables_bytes: counters.map_or(0, |c| c.page_tables),
+            guest_ram_resident_bytes: vm.guest_ram_resident(),
             balloon,
             badness,
             oom_score: pid.map(|_| oom_score(badness, totalpages)),
@@ -134,13 +133,6 @@ impl Daemon {
 /// Resident bytes of the guest-RAM mapping of VMM `pid`: the anonymous
 /// mapping of exactly the guest's size (below 3 GiB, guest RAM is one
 /// region, its own VMA; see `vm::memory`).
-fn guest_ram_resident(pid: u32, mem_mib: u32) -> u64 {
-    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return 0;
-    };
-    memstat::rss_of_mapping_sized(&smaps, u64::from(mem_mib) << 20)
-}
-
 impl DaemonBackend for Daemon {
     fn create_vm(&self, spec: VmSpec) -> Result<VmView, ApiError> {
         let id = Daemon::create_vm(self, spec)?;
@@ -151,7 +143,7 @@ impl DaemonBackend for Daemon {
         let total = self.host_totalpages();
         let balloons = self.balloons(None);
         self.with_vms(|vms| {
-            vms.values()
+            vms.values_mut()
                 .map(|vm| self.view(vm, total, self.page_size, balloons.get(&vm.id).copied()))
                 .collect()
         })
@@ -161,8 +153,11 @@ impl DaemonBackend for Daemon {
         let total = self.host_totalpages();
         let balloons = self.balloons(Some(id));
         self.with_vms(|vms| {
-            vms.get(id)
-                .map(|vm| self.view(vm, total, self.page_size, balloons.get(id).copied()))
+            vms.get_mut(id).map(|vm| {
+                // One VM: its counters are read now.
+                vm.observe(true, self.page_size);
+                self.view(vm, total, self.page_size, balloons.get(id).copied())
+            })
         })
         .ok_or_else(|| DaemonError::NoSuchVm(id.into()).into())
     }

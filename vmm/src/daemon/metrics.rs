@@ -52,8 +52,13 @@ pub fn render(d: &Daemon) -> String {
                 label(&vm.id),
                 label(vm.spec.pool.as_deref().unwrap_or(""))
             );
-            let m = vm.memory().unwrap_or_default();
-            let _ = writeln!(body, "vmm_vm_rss_bytes{{{l}}} {}", m.rss);
+            // As the supervisor last read them: no /proc read per VM.
+            let m = vm.counters().unwrap_or_default();
+            let _ = writeln!(
+                body,
+                "vmm_vm_rss_bytes{{{l}}} {}",
+                m.rss_anon + m.rss_file + m.rss_shmem
+            );
             let _ = writeln!(body, "vmm_vm_swap_bytes{{{l}}} {}", m.swap);
             let _ = writeln!(
                 body,

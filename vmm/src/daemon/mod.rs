@@ -13,6 +13,7 @@ pub mod backend;
 pub mod config;
 pub mod decision;
 pub mod events;
+pub mod exit_watch;
 pub mod metrics;
 pub mod persist;
 pub mod policy;
@@ -190,6 +191,12 @@ pub struct Daemon {
     pub agents: agents::Agents,
     /// Set when the daemon stops: the agents' thread ends.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The live VMMs' pidfds, for the supervisor to learn of exits.
+    exits: exit_watch::ExitWatch,
+    /// When the supervisor last looked at every VM's memory.
+    last_full_look: Mutex<Option<Instant>>,
+    /// See [`Daemon::headroom`].
+    headroom: AtomicU64,
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: state_lock::StateLock,
 }
@@ -265,6 +272,9 @@ impl Daemon {
             memcg,
             agents: agents::Agents::new().map_err(io("create an eventfd"))?,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            exits: exit_watch::ExitWatch::new().map_err(io("create an epoll set"))?,
+            last_full_look: Mutex::new(None),
+            headroom: AtomicU64::new(0),
             _state_lock: state_lock,
         };
         daemon.announce_memcg_pools();
@@ -341,7 +351,7 @@ impl Daemon {
             let (mut record, adoption) = VmRecord::adopt(&self.cfg.state_dir, on_disk, cgroup);
             match adoption {
                 vms::Adoption::Adopted => {
-                    record.observe();
+                    record.observe(true, self.page_size);
                     if record.spec.agent {
                         if let Err(e) = self.agents.listen(&record.id, &record.dir) {
                             log::warn!("VM '{}': its agent's listener: {e}", record.id);
@@ -631,14 +641,52 @@ impl Daemon {
         }
     }
 
-    /// One pass of the supervisor: VMs whose API came up are running,
-    /// exited ones are reaped and cleaned up, live ones sampled.
-    pub fn supervise(&self) {
+    /// One pass of the supervisor: exited VMs are reaped and cleaned up,
+    /// live ones looked at.
+    ///
+    /// What it costs on a calm tick is what issue 11 asked to bring down:
+    /// exits come from one `epoll_wait` over every pidfd
+    /// ([`exit_watch::ExitWatch`]), and a VM's memory is looked at every
+    /// tick only when its usage can matter now (a domain under pressure,
+    /// or it counts against a budget, which only the daemon enforces);
+    /// otherwise every [`vms::CALM_LOOK_EVERY`]. Host and memory-cgroup
+    /// pressure come from the host's own counters and the kernel's
+    /// events, not from per-VM reads, and a decision reads its victims'
+    /// counters afresh.
+    /// Returns how many exits it handled.
+    pub fn supervise(&self) -> usize {
+        let mut handled = 0;
+        // Under pressure every VM's counters are read exactly each tick.
+        let exact = self.pressed();
+        let look_at_all = exact || {
+            let mut last = lock(&self.last_full_look);
+            let due = last.is_none_or(|t| t.elapsed() >= vms::CALM_LOOK_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        let exited = self.exits.exited();
+        let budgets = self.budgets();
         let mut vms = lock(&self.vms);
         // `Starting` VMs belong to `create_vm` until it has seen them run.
         for vm in vms.values_mut().filter(|vm| vm.state != VmState::Starting) {
             let Some(pidfd) = &vm.pidfd else { continue };
-            if is_live(vm.state) && pidfd.has_exited() {
+            if is_live(vm.state) != vm.exit_watched {
+                // Watched while live, whoever saw its end.
+                if vm.exit_watched {
+                    self.exits.forget(pidfd);
+                    vm.exit_watched = false;
+                } else {
+                    vm.exit_watched = self.exits.watch(pidfd).is_ok();
+                }
+            }
+            // The set names pids: a pid is confirmed by its own pidfd (a
+            // stale entry may name a pid the kernel gave out again). A
+            // pidfd the set could not take is polled on its own.
+            let has_exited =
+                (!vm.exit_watched || exited.contains(&pidfd.pid())) && pidfd.has_exited();
+            if is_live(vm.state) && has_exited {
                 let how = match pidfd.try_reap() {
                     Ok(Some(report)) => report.to_string(),
                     Ok(None) => continue,
@@ -646,6 +694,9 @@ impl Daemon {
                     // exit is seen, its status went to its new parent.
                     Err(_) => "exited (adopted: status unknown)".to_string(),
                 };
+                self.exits.forget(pidfd);
+                vm.exit_watched = false;
+                handled += 1;
                 let killed = vm.state == VmState::Reaping;
                 vm.state = if killed {
                     VmState::Killed
@@ -664,8 +715,21 @@ impl Daemon {
                 }
                 continue;
             }
-            vm.observe();
+            let in_budget = vm
+                .spec
+                .pool
+                .as_ref()
+                .is_some_and(|p| budgets.contains_key(p));
+            if look_at_all || in_budget {
+                vm.observe(exact, self.page_size);
+            }
         }
+        handled
+    }
+
+    /// The descriptor that polls readable once a watched VMM exited.
+    pub fn exits_fd(&self) -> std::os::fd::RawFd {
+        self.exits.as_raw_fd()
     }
 
     /// Stops every live VM (daemon shutdown).

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::vm_client::{self, VmClientError};
@@ -21,7 +22,7 @@ use crate::daemon_api::events::{
     BalloonSkipped, BalloonStalled, DomainFigures, OomDecisionsRepeated, OomPressure, Reclaim,
     ReclaimReleased, SkipReason, SkippedBalloon,
 };
-use crate::daemon_api::{Event, OomPolicy, StuckDomain, VmState};
+use crate::daemon_api::{ConstraintKind, Event, OomPolicy, StuckDomain, VmState};
 use crate::host::numa::{nodes_with_memory, NodeSet, Zoneinfo};
 use crate::host::procfs::{NodeMeminfo, ProcFs};
 use crate::host::psi::Pressure;
@@ -70,6 +71,9 @@ impl Daemon {
     /// memory-cgroup pools, the host, and bound NUMA node sets.
     pub fn enforce_limits(&self) {
         let policy = self.policy();
+        // The least headroom of this tick's polled domains, for the next
+        // tick's length ([`Self::headroom`]).
+        self.headroom.store(u64::MAX, Ordering::Relaxed);
         for (pool, &budget) in self.budgets() {
             let domain = Domain::Pool(pool.clone());
             let members = self.members(&domain);
@@ -236,6 +240,16 @@ impl Daemon {
     /// One domain, one tick: snapshot, plan, carry out.
     fn enforce(&self, domain: Domain, limit: DomainLimit, members: &[Member], policy: &OomPolicy) {
         let now = Instant::now();
+        // Memory-cgroup pools wake the daemon through the kernel's
+        // events; every other domain only through the tick.
+        if !matches!(limit.kind(), ConstraintKind::Memcg) {
+            let headroom = if limit.pressure {
+                0
+            } else {
+                limit.high.saturating_sub(limit.usage)
+            };
+            self.headroom.fetch_min(headroom, Ordering::Relaxed);
+        }
         // Balloons are asked before the domains' state is locked.
         let (balloons, unread) = if limit.pressure && policy.reclaim_first {
             self.read_balloons(members, now)
@@ -474,6 +488,14 @@ impl Daemon {
 
     /// Whether any domain is under pressure, or a pool is full: the
     /// supervisor then ticks fast (see `run`).
+    /// The least headroom, in bytes, of the domains only the tick
+    /// watches (the host, NUMA node sets, budgets) at the last
+    /// [`Self::enforce_limits`]: what memory can fill before one of them
+    /// is short; 0 when one is. `u64::MAX` when there is none.
+    pub fn headroom(&self) -> u64 {
+        self.headroom.load(Ordering::Relaxed)
+    }
+
     pub fn pressed(&self) -> bool {
         self.memcg_pool_full() || lock(&self.pool_states).values().any(|st| st.pressed())
     }

@@ -15,8 +15,14 @@ use crate::host::poll;
 use crate::host::psi::{Pressure, PsiTrigger, Stall, TriggerSpec};
 use crate::vm::stop_signals;
 
-/// How often the supervisor reaps exits and samples memory.
+/// The shortest calm tick: the policy's look at the domains that only
+/// the tick watches when one of them is close to short.
 const TICK: Duration = Duration::from_millis(100);
+/// The longest calm tick, with plenty of headroom everywhere.
+const CALM_TICK_MAX: Duration = Duration::from_secs(1);
+/// How fast memory is assumed to fill, for the calm tick (earlyoom's
+/// figure for RAM, 6000 MiB/s).
+const FILL_BYTES_PER_S: u64 = 6000 << 20;
 /// How often while a domain is under pressure or a pool is full: the
 /// policy's steps (a refused charge seen, the reserve lent, balloons
 /// followed) then come 10 ms apart, not 100.
@@ -118,24 +124,39 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 .map(|w| poll::pollfd(w.as_raw_fd(), libc::POLLIN)),
         )
         .collect();
+    let exits_at = fds.len();
+    fds.push(poll::pollfd(daemon.exits_fd(), libc::POLLIN));
+    let mut exits_fired = false;
     let mut last_psi_event: Option<Instant> = None;
     let signal = loop {
         if let Some(signal) = stop_signals::take_pending() {
             break signal;
         }
-        daemon.supervise();
+        let exits_handled = daemon.supervise();
         daemon.enforce_limits();
         daemon.events.retry_unwritten();
         // Sleep until the next tick, or until the kernel reports memory
-        // stalls (a PSI trigger) or a pool filling up: that wakes the
-        // daemon at once.
-        let tick = if daemon.pressed() { PRESSED_TICK } else { TICK };
+        // stalls (a PSI trigger), a pool filling up or a VMM exiting: that
+        // wakes the daemon at once.
+        let tick = if daemon.pressed() {
+            PRESSED_TICK
+        } else {
+            calm_tick(daemon.headroom())
+        };
         for p in &mut fds {
             p.revents = 0;
         }
+        // An exit the supervisor left for later (a VM being created) would
+        // keep the level-triggered set readable: it waits for the tick.
+        fds[exits_at].fd = if exits_handled == 0 && exits_fired {
+            -1
+        } else {
+            daemon.exits_fd()
+        };
         if poll::wait(&mut fds, tick).is_err() {
             std::thread::sleep(tick);
         }
+        exits_fired = fds[exits_at].revents & libc::POLLIN != 0;
         for p in fds.iter_mut().filter(|p| poll::failed(p)) {
             p.fd = -1;
         }
@@ -168,4 +189,29 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     daemon.agents.wake();
     let _ = agents.join();
     Ok(())
+}
+
+/// earlyoom's adaptive sleep: as long as memory filling at
+/// [`FILL_BYTES_PER_S`] takes to use up the least headroom of the domains
+/// only the tick watches, between [`TICK`] and [`CALM_TICK_MAX`]. A calm
+/// host with 100 idle VMs then costs the daemon one look a second, not
+/// ten (issue 11: its cost must not follow the tick rate when nothing
+/// changes); kernel events (PSI, memory-cgroup thresholds, VMM exits)
+/// still wake it at once.
+fn calm_tick(headroom: u64) -> Duration {
+    let ms = headroom / (FILL_BYTES_PER_S / 1000);
+    Duration::from_millis(ms).clamp(TICK, CALM_TICK_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_calm_tick_follows_the_headroom() {
+        assert_eq!(calm_tick(0), TICK);
+        assert_eq!(calm_tick(300 << 20), TICK);
+        assert_eq!(calm_tick(3000 << 20), Duration::from_millis(500));
+        assert_eq!(calm_tick(u64::MAX), CALM_TICK_MAX);
+    }
 }
