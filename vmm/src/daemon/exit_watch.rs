@@ -27,9 +27,8 @@ impl ExitWatch {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(ExitWatch {
-            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ExitWatch { epoll })
     }
 
     /// Adds `pidfd` to the set.
