@@ -5,8 +5,11 @@
 //!
 //! Threads: the control API serves requests on its own threads; the
 //! supervisor (the thread that calls [`run`]) reaps exited VMs, samples
-//! memory and runs the policy. State lives in [`Daemon`] behind a mutex
-//! that is never held across a kill or a wait.
+//! memory and runs the policy; the guest agents' thread reads what guests
+//! report ([`agents`]); `ask_each` asks many VMMs at once on short-lived
+//! threads ([`vm_client`]); the spawner starts every VMM ([`spawner`]).
+//! State lives in [`Daemon`] behind a mutex that is never held across a
+//! kill or a wait.
 
 pub mod agents;
 pub mod backend;
@@ -20,6 +23,7 @@ pub mod policy;
 pub mod pools;
 pub mod process;
 pub mod run;
+pub mod spawner;
 pub mod state_lock;
 pub mod vm_client;
 pub mod vms;
@@ -73,6 +77,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     StateLock(#[from] state_lock::StateLockError),
+    #[error(transparent)]
+    Spawner(#[from] spawner::SpawnerError),
     #[error("{what}")]
     Io {
         what: String,
@@ -197,6 +203,10 @@ pub struct Daemon {
     last_full_look: Mutex<Option<Instant>>,
     /// See [`Daemon::headroom`].
     headroom: AtomicU64,
+    /// The one thread that starts VMMs, and the one without a seccomp
+    /// filter: started here, so by the thread that creates the daemon,
+    /// which must have no filter yet.
+    spawner: spawner::Spawner,
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: state_lock::StateLock,
 }
@@ -259,6 +269,8 @@ impl Daemon {
             .map(|r| r.process.pid)
             .collect();
         let memcg = pools::MemcgPools::create(&cfg.memcg_pools, &adoptable)?;
+        // By this thread, which has no seccomp filter yet (see spawner).
+        let spawner = spawner::Spawner::start(cfg.vmm_bin.clone())?;
         let daemon = Daemon {
             policy: Mutex::new(cfg.policy),
             cfg,
@@ -275,6 +287,7 @@ impl Daemon {
             exits: exit_watch::ExitWatch::new().map_err(io("create an epoll set"))?,
             last_full_look: Mutex::new(None),
             headroom: AtomicU64::new(0),
+            spawner,
             _state_lock: state_lock,
         };
         daemon.announce_memcg_pools();
@@ -426,7 +439,7 @@ impl Daemon {
                     })?;
             }
             let record = VmRecord::spawn(
-                &self.cfg.vmm_bin,
+                &self.spawner,
                 &self.cfg.state_dir,
                 id.clone(),
                 spec,

@@ -4,9 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon_api::{VmSpec, VmState};
@@ -17,6 +15,7 @@ use crate::oom::constraint::{Placed, Placement};
 
 use super::persist::{self, ProcessIdentity, VmRecordOnDisk};
 use super::process::Pidfd;
+use super::spawner::{Spawn, SpawnFailure, Spawner};
 
 /// Whether the VM's process may still be alive.
 pub fn is_live(state: VmState) -> bool {
@@ -217,10 +216,11 @@ fn run_args(spec: &VmSpec, api_sock: &Path, console: &Path) -> Vec<String> {
 
 impl VmRecord {
     /// Starts `vmm run` for `spec` (whose `id` is set) under `state_dir`,
-    /// in memory cgroup `cgroup` if given: the child joins it between fork
-    /// and exec, before the VMM allocates anything.
+    /// through `spawner` (the daemon's unfiltered thread), in memory
+    /// cgroup `cgroup` if given: the child joins it between fork and exec,
+    /// before the VMM allocates anything.
     pub fn spawn(
-        vmm_bin: &Path,
+        spawner: &Spawner,
         state_dir: &Path,
         id: String,
         spec: VmSpec,
@@ -235,64 +235,41 @@ impl VmRecord {
         fs::create_dir_all(&dir).map_err(dir_err)?;
         let api_sock = api_sock_path(state_dir, &id);
         let log = File::create(dir.join("vmm.log")).map_err(dir_err)?;
-        let mut cmd = Command::new(vmm_bin);
-        let procs = cgroup
+        let cgroup_procs = cgroup
             .map(PoolCgroup::open_procs)
             .transpose()
             .map_err(SpawnError::Placement)?;
-        if let Some(procs) = &procs {
-            use std::os::fd::AsRawFd;
-            let fd = procs.as_raw_fd();
-            // SAFETY: only write(2), async-signal-safe, on an fd that stays
-            // open until spawn returns (close-on-exec, so the VMM never
-            // sees it). "0" moves the writer itself.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let mut child = cmd
-            .args(run_args(&spec, &api_sock, &dir.join("console.log")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Its own process group: a Ctrl-C meant for the daemon's
-            // terminal must not kill every VM behind the daemon's back.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| match cgroup {
-                Some(cg) => SpawnError::Cgroup {
-                    bin: vmm_bin.to_path_buf(),
-                    cgroup: cg.dir().to_path_buf(),
-                    source,
+        let bin = || spawner.program().to_path_buf();
+        let pidfd = spawner
+            .spawn(Spawn {
+                args: run_args(&spec, &api_sock, &dir.join("console.log")),
+                stderr: log,
+                cgroup_procs,
+            })
+            .map_err(|failure| match failure {
+                SpawnFailure::Pidfd(source) => SpawnError::Pidfd(source),
+                SpawnFailure::Start(source) => match cgroup {
+                    Some(cg) => SpawnError::Cgroup {
+                        bin: bin(),
+                        cgroup: cg.dir().to_path_buf(),
+                        source,
+                    },
+                    None => SpawnError::Spawn { bin: bin(), source },
                 },
-                None => SpawnError::Spawn {
-                    bin: vmm_bin.to_path_buf(),
-                    source,
+                SpawnFailure::Gone => SpawnError::Spawn {
+                    bin: bin(),
+                    source: std::io::Error::other("the spawner thread is gone"),
                 },
             })?;
-        drop(procs);
-        let pidfd = match Pidfd::open(child.id()) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(SpawnError::Pidfd(e));
-            }
-        };
+        let pid = pidfd.pid();
         let oom_score_adj =
             OomScoreAdj::try_from(i64::from(spec.oom_score_adj)).unwrap_or_default();
         // Mirror the operator's adj into the kernel's, so the kernel's own
         // OOM killer agrees with ours. Lowering it below 0 needs
         // CAP_SYS_RESOURCE; without it the daemon's own policy still
         // honours the value (the decision event shows it).
-        let kernel_adj = mirror_adj(oom_score_adj, child.id());
-        let identity = ProcessIdentity::of(child.id()).ok();
+        let kernel_adj = mirror_adj(oom_score_adj, pid);
+        let identity = ProcessIdentity::of(pid).ok();
         let mut record = VmRecord::new(state_dir, id, spec, Some(pidfd), now_ms, cgroup);
         record.identity = identity;
         record.kernel_oom_score_adj = kernel_adj;

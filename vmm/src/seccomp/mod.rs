@@ -163,6 +163,22 @@ pub fn release_worker_start() -> std::io::Result<()> {
     apply(ThreadKind::ReleaseWorker).map_err(std::io::Error::other)
 }
 
+/// The calling thread's seccomp mode, as `/proc/thread-self/status` says
+/// (`Seccomp:`): 0 none, 1 strict, 2 filtered.
+pub fn current_thread_mode() -> std::io::Result<u32> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "/proc/thread-self/status has no Seccomp: line",
+            )
+        })
+}
+
 /// `socket(AF_INET)`: no thread of `vmm run` needs an IP socket, so every
 /// filter kills the process here. Without filters the socket is closed.
 fn forbidden_syscall() {
