@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::guest_image::TINY_GUEST;
-use vmm::seccomp::ThreadKind;
+use vmm::seccomp::{Process, ThreadKind};
 use vmm::size::ByteSize;
 use vmm::vm::boot::{BootError, KernelImage};
 use vmm::vm::cpuid::CpuidPolicy;
@@ -67,6 +67,24 @@ struct DaemonArgs {
     /// "sigkill" | "vmm_release"}`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run without seccomp filters, for debugging only. By default every
+    /// daemon thread runs under an allowlist for its kind (supervisor,
+    /// control API, guest agents, VMM askers) but the one that starts the
+    /// VMMs, and a syscall outside it kills the daemon with SIGSYS (its
+    /// VMs run on; a restarted daemon takes them back). The VMMs it starts
+    /// have their own filters either way.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: once its filter is installed, a daemon thread of this
+    /// kind makes a syscall that no filter allows (the daemon must die of
+    /// SIGSYS).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "THREAD_KIND",
+        value_parser = vmm::seccomp::kind_parser(Process::Daemon)
+    )]
+    seccomp_selftest: Option<ThreadKind>,
 }
 
 /// Options a configuration file replaces.
@@ -193,8 +211,13 @@ struct RunArgs {
     no_seccomp: bool,
     /// Test hook: once its filter is installed, a thread of this kind
     /// makes a syscall that no filter allows (the VMM must die of SIGSYS).
-    #[arg(long, hide = true, value_enum, value_name = "THREAD_KIND")]
-    seccomp_selftest: Option<vmm::seccomp::ThreadKind>,
+    #[arg(
+        long,
+        hide = true,
+        value_name = "THREAD_KIND",
+        value_parser = vmm::seccomp::kind_parser(Process::Vmm)
+    )]
+    seccomp_selftest: Option<ThreadKind>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -270,7 +293,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // Before the first thread of the VM starts: each installs its filter.
     if !args.no_seccomp {
-        if let Err(e) = vmm::seccomp::enable() {
+        if let Err(e) = vmm::seccomp::enable(Process::Vmm) {
             eprintln!("vmm: {e}");
             return ExitCode::from(status::START_FAILED);
         }
@@ -425,6 +448,14 @@ fn boot_mode(args: &RunArgs) -> Boot {
 }
 
 fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    // Compiled before any thread starts; each daemon thread installs its
+    // own (see vmm::daemon::run).
+    if !args.no_seccomp {
+        vmm::seccomp::enable(Process::Daemon).context("seccomp")?;
+    }
+    if let Some(kind) = args.seccomp_selftest {
+        vmm::seccomp::set_selftest(kind);
+    }
     let mut cfg = vmm::daemon::DaemonConfig {
         socket: args.socket,
         state_dir: args.state_dir,

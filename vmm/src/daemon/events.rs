@@ -711,6 +711,43 @@ mod tests {
         assert_eq!(log.push(running("z")).seq, old.last().unwrap() + 1);
     }
 
+    /// Every daemon thread that records events (the supervisor, the
+    /// control API's, the guest agents') can write them under its seccomp
+    /// filter: a rotation, a short write cut back, a retry. (A syscall its
+    /// allowlist lacks kills this test binary with SIGSYS: loud.)
+    #[test]
+    fn events_are_written_and_rotated_under_each_daemon_filter() {
+        use crate::seccomp::{Filters, ThreadKind};
+        let kinds = [
+            ThreadKind::DaemonSupervisor,
+            ThreadKind::DaemonApi,
+            ThreadKind::DaemonAgents,
+        ];
+        let filters = Filters::compile(&kinds).unwrap();
+        for kind in kinds {
+            let dir = TempDir::new("events-seccomp");
+            let path = dir.0.join("events.ndjson");
+            let log = std::sync::Arc::new(EventLog::open_rotating_at(&path, 400).unwrap());
+            let program = filters.program(kind).unwrap().clone();
+            let writer = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                seccompiler::apply_filter(&program).unwrap();
+                for i in 0..20 {
+                    writer.push(running(&format!("vm{i}")));
+                }
+                set_quota(&writer, Some(450));
+                writer.push(running("late"));
+                set_quota(&writer, None);
+                writer.retry_unwritten();
+            })
+            .join()
+            .unwrap();
+            let (old, new) = (seqs(&rotated(&path)), seqs(&path));
+            assert_eq!(old.last().unwrap() + 1, new[0], "{kind:?}: {old:?} {new:?}");
+            assert_eq!(*new.last().unwrap(), 21, "{kind:?}");
+        }
+    }
+
     /// A restart numbers on after the highest seq in the file, reading
     /// only its end; a torn last line is cut off, a whole one missing its
     /// newline keeps it.

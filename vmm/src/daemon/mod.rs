@@ -8,8 +8,10 @@
 //! memory and runs the policy; the guest agents' thread reads what guests
 //! report ([`agents`]); `ask_each` asks many VMMs at once on short-lived
 //! threads ([`vm_client`]); the spawner starts every VMM ([`spawner`]).
-//! State lives in [`Daemon`] behind a mutex that is never held across a
-//! kill or a wait.
+//! Each runs under its own seccomp filter but the spawner, which has none
+//! so that the VMMs it starts inherit none ([`crate::seccomp`]). State
+//! lives in [`Daemon`] behind a mutex that is never held across a kill or
+//! a wait.
 
 pub mod agents;
 pub mod backend;

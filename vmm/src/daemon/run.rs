@@ -13,6 +13,7 @@ use crate::daemon_api::{DaemonApiServer, Event};
 use crate::host::memcg_events::MemcgEvents;
 use crate::host::poll;
 use crate::host::psi::{Pressure, PsiTrigger, Stall, TriggerSpec};
+use crate::seccomp::{self, ThreadKind};
 use crate::vm::stop_signals;
 
 /// The shortest calm tick: the policy's look at the domains that only
@@ -87,8 +88,17 @@ fn watch_memcg_pools(daemon: &Daemon) -> Vec<MemcgEvents> {
     watchers
 }
 
+/// The exit status of a daemon thread that cannot install its seccomp
+/// filter (it ends the daemon rather than run unfiltered).
+const FILTER_FAILED: u8 = 1;
+
 /// Runs the daemon until SIGTERM or SIGINT; then stops every VM and
 /// removes the socket.
+///
+/// Call it on a thread without a seccomp filter (`main`), after
+/// [`seccomp::enable`] unless the daemon runs without filters: it starts
+/// the spawner, which must have none, then the filtered threads (control
+/// API, guest agents), and filters itself before its first tick.
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     stop_signals::block_stop_signals().context("cannot block SIGTERM/SIGINT")?;
     let socket = cfg.socket.clone();
@@ -105,6 +115,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("vmmd-agents".into())
             .spawn(move || {
+                // Before the first byte from a guest.
+                seccomp::apply_or_exit(ThreadKind::DaemonAgents, FILTER_FAILED);
                 d.agents
                     .serve(&d.events, &|| d.stopping.load(Ordering::Relaxed))
             })
@@ -127,6 +139,11 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let exits_at = fds.len();
     fds.push(poll::pollfd(daemon.exits_fd(), libc::POLLIN));
     let mut exits_fired = false;
+    // Every wake-up is open (PSI triggers, memcg watchers), every thread
+    // started (the spawner, unfiltered, in Daemon::new): from here on the
+    // supervisor only reads, polls, signals, reaps and writes what it owns.
+    seccomp::apply(ThreadKind::DaemonSupervisor)
+        .context("cannot filter the supervisor's syscalls")?;
     let mut last_psi_event: Option<Instant> = None;
     let signal = loop {
         if let Some(signal) = stop_signals::take_pending() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::api::{BalloonStats, BalloonUpdate};
 use crate::http::{Client, ClientError};
+use crate::seccomp::ThreadKind;
 
 /// A VMM that does not answer within this is treated as unresponsive.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,12 +85,25 @@ const PARALLEL: usize = 32;
 /// a VMM that does not answer (stopped behind our back, overloaded)
 /// costs one timeout for the whole lot, not one per VM. Answers come
 /// back in the order of `items`.
+///
+/// Each thread narrows its creator's seccomp filter to the asker's (a
+/// VMM client, nothing else) before it connects: the answer comes from a
+/// VMM, which its guest may have taken over. `ask` must do no more than
+/// ask (see [`crate::seccomp::daemon_filters`]).
 pub fn ask_each<I: Sync, T: Send>(items: &[I], ask: impl Fn(&I) -> T + Sync) -> Vec<T> {
     let ask = &ask;
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(PARALLEL) {
         std::thread::scope(|s| {
-            let asks: Vec<_> = chunk.iter().map(|i| s.spawn(move || ask(i))).collect();
+            let asks: Vec<_> = chunk
+                .iter()
+                .map(|i| {
+                    s.spawn(move || {
+                        crate::seccomp::apply_or_exit(ThreadKind::DaemonAsker, 1);
+                        ask(i)
+                    })
+                })
+                .collect();
             // A panicking ask is a bug here; the others' answers stand.
             out.extend(asks.into_iter().map(|a| a.join().expect("an ask panicked")));
         });

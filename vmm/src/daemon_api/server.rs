@@ -50,7 +50,7 @@ impl DaemonApiServer {
             limits,
             thread_name: "vmm-daemon",
             who: "daemon",
-            seccomp: None,
+            seccomp: Some(crate::seccomp::ThreadKind::DaemonApi),
         };
         Server::start(path, Arc::new(DaemonHandler { backend }), config).map(DaemonApiServer)
     }

@@ -6,8 +6,9 @@
 //! process (see [`super`]).
 //!
 //! To extend: add the syscall to the thread kind that makes it (or to
-//! [`common`] when every thread does, e.g. through std or glibc), with the
-//! argument values it takes where they are cheap to match.
+//! [`common`] when every thread does, e.g. through std or glibc; to
+//! [`base`] when the daemon's threads do too), with the argument values it
+//! takes where they are cheap to match.
 
 use seccompiler::SeccompCmpOp::{Eq, MaskedEq};
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ};
@@ -26,7 +27,10 @@ pub const KVM_GET_REGS: u64 = ioctl_expr(
     std::mem::size_of::<kvm_bindings::kvm_regs>() as u32,
 ) as u64;
 
-/// The rules of `kind`.
+/// The rules of `vmm run`'s thread kind `kind`.
+///
+/// # Panics
+/// If `kind` is one of the daemon's (see [`super::daemon_filters::rules`]).
 pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
     let list = common()?;
     let list = match kind {
@@ -34,12 +38,33 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, SeccompError> {
         ThreadKind::Api => api(list)?,
         ThreadKind::EventLoop => event_loop(list)?,
         ThreadKind::ReleaseWorker => release_worker(list)?,
+        ThreadKind::DaemonSupervisor
+        | ThreadKind::DaemonApi
+        | ThreadKind::DaemonAgents
+        | ThreadKind::DaemonAsker => {
+            panic!("{kind:?} is a thread of the daemon, not of `vmm run`")
+        }
     };
     Ok(list.into_rules())
 }
 
-/// What every thread does through std and glibc, whatever its job.
+/// What every thread of `vmm run` does through std and glibc, whatever its
+/// job; and kicking vCPUs.
 fn common() -> Result<Allowlist, SeccompError> {
+    use libc::*;
+    // abort() raises SIGABRT at itself; the API kicks vCPU threads out of
+    // KVM_RUN with the kick signal.
+    base()?.arg_in(
+        SYS_tgkill,
+        2,
+        &[SIGABRT as u64, crate::vm::vcpu::kick_signal() as u64],
+    )
+}
+
+/// What every thread does through std and glibc, whatever its job and
+/// program (the VMM's and the daemon's), but signalling itself: each
+/// program adds the `tgkill` signals it sends.
+pub(super) fn base() -> Result<Allowlist, SeccompError> {
     use libc::*;
     let list = Allowlist::default()
         // Mutexes, condition variables, joins, thread-local destructors.
@@ -86,13 +111,6 @@ fn common() -> Result<Allowlist, SeccompError> {
             SYS_fcntl,
             1,
             &[F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC].map(|c| c as u64),
-        )?
-        // abort() raises SIGABRT at itself; the API kicks vCPU threads out
-        // of KVM_RUN with the kick signal.
-        .arg_in(
-            SYS_tgkill,
-            2,
-            &[SIGABRT as u64, crate::vm::vcpu::kick_signal() as u64],
         )?;
     Ok(list)
 }
@@ -119,7 +137,7 @@ fn vcpu(list: Allowlist) -> Result<Allowlist, SeccompError> {
 
 /// What a filtered thread needs to start a thread: the child begins under
 /// its creator's filter (it inherits it), names itself and adds its own.
-fn starts_threads(list: Allowlist) -> Result<Allowlist, SeccompError> {
+pub(super) fn starts_threads(list: Allowlist) -> Result<Allowlist, SeccompError> {
     use libc::*;
     list
         // clone3's flags are in memory, out of a filter's reach; clone's
