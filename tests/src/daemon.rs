@@ -26,11 +26,23 @@ impl Daemon {
     }
 
     pub fn start_with_config(name: &str, config: Option<&str>) -> Daemon {
-        require_kvm();
-        let base = std::env::temp_dir().join(format!("vmm-daemon-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        Self::start_in(&base, config)
+        Self::start_in(&fresh_dir(name), config)
+    }
+
+    /// A daemon with more command-line arguments (`--no-seccomp`, ...).
+    pub fn start_with_args(name: &str, args: &[&str]) -> Daemon {
+        Self::start_in_with_args(&fresh_dir(name), None, args)
+    }
+
+    /// Waits up to `timeout` for a daemon that should die by itself (of
+    /// SIGSYS, say); returns how it ended and its directory for a
+    /// successor, nothing cleaned up. `None` (and the daemon killed and
+    /// cleaned up) if it did not.
+    pub fn wait_death(mut self, timeout: Duration) -> Option<(std::process::ExitStatus, PathBuf)> {
+        let status = poll_until(timeout, || self.child.try_wait().ok().flatten())?;
+        let base = self.state.parent().unwrap().to_path_buf();
+        std::mem::forget(self);
+        Some((status, base))
     }
 
     /// Kills the daemon with SIGKILL (its VMs stay, orphaned) and returns
@@ -45,6 +57,11 @@ impl Daemon {
 
     /// A daemon on `base`'s socket and state directory as they are.
     pub fn start_in(base: &Path, config: Option<&str>) -> Daemon {
+        Self::start_in_with_args(base, config, &[])
+    }
+
+    /// [`Daemon::start_in`] with more command-line arguments.
+    pub fn start_in_with_args(base: &Path, config: Option<&str>, args: &[&str]) -> Daemon {
         let sock = base.join("daemon.sock");
         let _ = std::fs::remove_file(&sock);
         let state = base.join("state");
@@ -61,6 +78,7 @@ impl Daemon {
             std::fs::write(&path, config).unwrap();
             cmd.arg("--config").arg(path);
         }
+        cmd.args(args);
         let child = cmd.stdin(Stdio::null()).spawn().unwrap();
         poll_until(BOOT, || sock.exists().then_some(())).expect("daemon socket never appeared");
         Daemon { child, sock, state }
@@ -107,6 +125,15 @@ impl Daemon {
         assert_eq!(status, 200, "{d}");
         d
     }
+}
+
+/// A new, empty directory for a daemon called `name` in this test run.
+fn fresh_dir(name: &str) -> PathBuf {
+    require_kvm();
+    let base = std::env::temp_dir().join(format!("vmm-daemon-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    base
 }
 
 impl Drop for Daemon {
