@@ -124,6 +124,9 @@ fn manages_vms(list: Allowlist) -> Result<Allowlist, SeccompError> {
         // flags (paths are out of a filter's reach).
         .any(SYS_openat)
         .any(SYS_read)
+        // A VMM's `statm` and `status`, kept open and read from 0
+        // (`CounterFiles`).
+        .any(SYS_pread64)
         .any(SYS_lseek)
         .any(SYS_readlink)
         .any(SYS_fsync)
@@ -152,7 +155,13 @@ fn supervisor(list: Allowlist) -> Result<Allowlist, SeccompError> {
     Ok(list
         .then(manages_vms)?
         // SIGTERM and SIGINT are blocked and taken with a zero timeout.
-        .any(SYS_rt_sigtimedwait))
+        .any(SYS_rt_sigtimedwait)
+        // Exits: one epoll set over the VMMs' pidfds (`ExitWatch`, made
+        // before the filter), pidfds added and removed, asked without
+        // waiting.
+        .any(SYS_epoll_ctl)
+        .any(SYS_epoll_wait)
+        .any(SYS_epoll_pwait))
 }
 
 /// The control API's threads: the reactor (accepts, checks the peer's
