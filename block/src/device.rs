@@ -18,13 +18,13 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::metrics::{bump, BlockMetrics, RejectReason};
-use crate::queues::{finish_round, walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
 use crate::request::{
     check, check_shape, Header, Kind, Refusal, Request, Shape, HEADER_SIZE, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
 };
 use crate::BlockError;
-use virtio_device::chain::ChainFault;
+use virtio_device::chain::{walk_chain, Chain};
+use virtio_device::queue::ActiveQueue;
 
 /// Features a read-write drive offers; a read-only one adds
 /// `VIRTIO_BLK_F_RO`.
@@ -126,6 +126,8 @@ impl Block {
     /// The driver notified the queue: executes its requests, at most
     /// [`MAX_CHAINS_PER_ROUND`] before the event loop serves others (the
     /// queue is signalled again if more may wait).
+    ///
+    /// [`MAX_CHAINS_PER_ROUND`]: virtio_device::queue::MAX_CHAINS_PER_ROUND
     pub fn process_queue(&mut self) {
         let Block {
             active,
@@ -138,38 +140,21 @@ impl Block {
         let Some(a) = active.as_mut() else {
             return;
         };
-        let mut io = Io {
-            disk,
-            id: config.id_bytes(),
-            write_through: a.acked_features & VIRTIO_BLK_F_FLUSH == 0,
-            metrics,
-            scratch,
-        };
-        let size = a.queue.queue.size();
-        let mut more = false;
-        for round in 0..MAX_CHAINS_PER_ROUND {
-            let chain = match a.queue.next_chain(&a.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    io.metrics.reject(fault.into());
-                    break;
-                }
+        let id = config.id_bytes();
+        let write_through = a.acked_features & VIRTIO_BLK_F_FLUSH == 0;
+        let more = a.queue.drain(&a.mem, metrics, |chain, size, metrics| {
+            bump(&mut metrics.requests);
+            let mut io = Io {
+                disk,
+                id,
+                write_through,
+                metrics,
+                scratch,
             };
-            let head = chain.head_index();
-            bump(&mut io.metrics.requests);
-            let used_len = io.handle_chain(chain, size);
-            match a.queue.return_chain(&a.mem, head, used_len) {
-                Ok(()) => {}
-                Err(ChainFault::BadHeadIndex) => io.metrics.reject(RejectReason::BadHeadIndex),
-                Err(fault) => {
-                    io.metrics.reject(fault.into());
-                    break;
-                }
-            }
-            more = round + 1 == MAX_CHAINS_PER_ROUND;
-        }
-        finish_round(&mut a.queue, &a.mem, a.interrupt.as_ref(), io.metrics, more);
+            io.handle_chain(chain, size)
+        });
+        a.queue
+            .finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }
 
@@ -191,8 +176,8 @@ impl Io<'_> {
         let mem = chain.memory();
         let c = match walk_chain(chain.clone(), queue_size) {
             Ok(c) => c,
-            Err(reason) => {
-                self.metrics.reject(reason);
+            Err(fault) => {
+                self.metrics.reject(fault.into());
                 return 0;
             }
         };

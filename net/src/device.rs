@@ -19,10 +19,10 @@ use crate::config::{
 };
 use crate::header::{check_rx_from_tap, check_tx, VnetHeader};
 use crate::metrics::{bump, NetMetrics, RejectReason};
-use crate::queues::{finish_round, walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
 use crate::tap::Tap;
 use crate::NetError;
-use virtio_device::chain::ChainFault;
+use virtio_device::chain::{walk_chain, Chain};
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 
 /// Features offered: `VIRTIO_F_VERSION_1` (our transport is modern-only,
 /// and it fixes the 12-byte header) and, with a configured MAC,
@@ -189,12 +189,12 @@ impl<B: Backend> Net<B> {
                     0
                 }
             };
-            if !return_chain(&mut a.rx, &a.mem, head, used_len, metrics) {
+            if !a.rx.give_back(&a.mem, head, used_len, metrics) {
                 break;
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        finish_round(&mut a.rx, &a.mem, a.interrupt.as_ref(), metrics, more);
+        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 
     /// Sends the transmit chains' frames to the backend, at most
@@ -211,19 +211,9 @@ impl<B: Backend> Net<B> {
         let Some(a) = active.as_mut() else {
             return;
         };
-        let mut more = false;
-        for round in 0..MAX_CHAINS_PER_ROUND {
-            let chain = match a.tx.next_chain(&a.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    metrics.reject(fault.into());
-                    break;
-                }
-            };
+        let more = a.tx.drain(&a.mem, metrics, |chain, size, metrics| {
             bump(&mut metrics.tx_chains);
-            let head = chain.head_index();
-            match gather(chain, a.tx.queue_size(), tx_buf) {
+            match gather(chain, size, tx_buf) {
                 Ok(len) => match backend.write_frame(&tx_buf[..len]) {
                     Ok(_) => {
                         bump(&mut metrics.tx_packets);
@@ -235,12 +225,9 @@ impl<B: Backend> Net<B> {
                 Err(reason) => metrics.reject(reason),
             }
             // The device writes nothing into a transmit chain.
-            if !return_chain(&mut a.tx, &a.mem, head, 0, metrics) {
-                break;
-            }
-            more = round + 1 == MAX_CHAINS_PER_ROUND;
-        }
-        finish_round(&mut a.tx, &a.mem, a.interrupt.as_ref(), metrics, more);
+            0
+        });
+        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }
 
@@ -260,28 +247,6 @@ fn read_frame<B: Backend>(backend: &B, buf: &mut [u8], metrics: &mut NetMetrics)
                 bump(&mut metrics.rx_tap_errors);
                 return None;
             }
-        }
-    }
-}
-
-/// Puts chain `head` in the used ring; false when the queue cannot be
-/// processed further (counted).
-fn return_chain(
-    q: &mut ActiveQueue,
-    mem: &GuestRam,
-    head: u16,
-    len: u32,
-    metrics: &mut NetMetrics,
-) -> bool {
-    match q.return_chain(mem, head, len) {
-        Ok(()) => true,
-        Err(ChainFault::BadHeadIndex) => {
-            metrics.reject(RejectReason::BadHeadIndex);
-            true
-        }
-        Err(fault) => {
-            metrics.reject(fault.into());
-            false
         }
     }
 }

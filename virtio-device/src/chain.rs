@@ -1,18 +1,17 @@
-//! A device's side of its queues: taking chains with bounds, walking a
-//! chain as a whole, and copying bytes between a validated chain and host
-//! buffers. Shared by the block and net devices.
+//! Walking a descriptor chain as a whole, and copying bytes between a
+//! validated chain and host buffers. Shared by every device.
 //!
 //! The driver is untrusted: a chain is walked and validated (it ends, every
 //! descriptor lies in guest memory) before a byte of it is used; what the
 //! request means is the device's to check afterwards. Each fault is a
-//! [`ChainFault`], which a device counts under its own reason.
+//! [`ChainFault`], which a device counts under its own reason (see
+//! [`crate::rejections!`]).
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::{GuestRam, Queue, QueueT, VirtioInterrupt};
+use crate::GuestRam;
 
 /// What is wrong with a queue or one of its chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,94 +33,23 @@ pub enum ChainFault {
     DescriptorOutsideMemory,
 }
 
+impl ChainFault {
+    /// Whether the queue cannot be processed further this round: the
+    /// available ring is inconsistent or the used ring cannot be written.
+    /// The other faults concern one chain only.
+    pub fn stops_queue(self) -> bool {
+        matches!(self, ChainFault::QueueBroken | ChainFault::UsedRingError)
+    }
+}
+
 /// A copy that does not fit the chain: the range runs past its end (or a
 /// buffer of a validated chain could not be accessed after all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BeyondChain;
 
-/// What the end of a round did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RoundEnd {
-    /// A used-buffer interrupt was raised (`Some(true)`) or failed
-    /// (`Some(false)`); `None` when none was due.
-    pub interrupt: Option<bool>,
-    /// Signalling the queue again (chains left for fairness) failed.
-    pub event_failed: bool,
-}
-
-/// Chains taken per processing round, so a driver that keeps refilling
-/// cannot hold the event loop.
-pub const MAX_CHAINS_PER_ROUND: usize = 256;
-
 /// Descriptors read per chain at most (only indirect tables can make a
 /// chain longer than the queue).
 const MAX_CHAIN_DESCRIPTORS: usize = 1024;
-
-/// A queue the driver enabled, with its transport index and notification.
-pub struct ActiveQueue {
-    pub queue: Queue,
-    /// Index on the transport, for [`VirtioInterrupt::notify_used`].
-    pub index: u16,
-    /// Written by the transport (an ioeventfd) when the driver notifies.
-    pub event: EventFd,
-    /// Buffers were returned since the last interrupt.
-    pub needs_interrupt: bool,
-}
-
-impl ActiveQueue {
-    /// The size the driver set (a chain longer than this loops).
-    pub fn queue_size(&self) -> u16 {
-        self.queue.size()
-    }
-
-    /// The next available chain. `Err(QueueBroken)` when the available ring
-    /// is inconsistent.
-    pub fn next_chain<'m>(
-        &mut self,
-        mem: &'m GuestRam,
-    ) -> Result<Option<DescriptorChain<&'m GuestRam>>, ChainFault> {
-        match self.queue.iter(mem) {
-            Ok(mut it) => Ok(it.next()),
-            Err(_) => Err(ChainFault::QueueBroken),
-        }
-    }
-
-    /// Puts chain `head` in the used ring with `len` bytes written.
-    pub fn return_chain(&mut self, mem: &GuestRam, head: u16, len: u32) -> Result<(), ChainFault> {
-        if head >= self.queue.size() {
-            return Err(ChainFault::BadHeadIndex);
-        }
-        self.queue
-            .add_used(mem, head, len)
-            .map_err(|_| ChainFault::UsedRingError)?;
-        self.needs_interrupt = true;
-        Ok(())
-    }
-
-    /// Ends a processing round: raises the used-buffer interrupt if
-    /// buffers were returned and the driver wants it; if chains were left
-    /// for fairness, signals the queue again so the event loop comes back.
-    /// Says what happened, for the device's counters.
-    pub fn finish_round(
-        &mut self,
-        mem: &GuestRam,
-        interrupt: &dyn VirtioInterrupt,
-        more: bool,
-    ) -> RoundEnd {
-        let mut end = RoundEnd::default();
-        if std::mem::take(&mut self.needs_interrupt) {
-            // A spurious interrupt is harmless, a lost one stalls the driver.
-            if self.queue.needs_notification(mem).unwrap_or(true) {
-                end.interrupt = Some(interrupt.notify_used(self.index).is_ok());
-            } else {
-                // A polling driver may be asleep waiting for these buffers.
-                interrupt.used_without_interrupt(self.index);
-            }
-        }
-        end.event_failed = more && self.event.write(1).is_err();
-        end
-    }
-}
 
 /// One buffer of a validated chain: wholly inside guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,12 +13,21 @@
 //! Everything the driver writes is untrusted: the transport validates queue
 //! addresses and sizes before activation, and devices must check every
 //! descriptor they read (virtio-queue bounds-checks against guest memory).
+//!
+//! What the device models share, one concept per module:
+//! - [`queue`]: a device's side of a queue: taking and returning chains
+//!   with bounds, ending a round;
+//! - [`chain`]: walking and validating a chain, copying to and from it;
+//! - [`metrics`]: saturating counters, one per rejection reason, and the
+//!   counting of the shared queue code.
 
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
 pub mod chain;
+pub mod metrics;
+pub mod queue;
 
 pub use virtio_queue::{Queue, QueueT};
 
