@@ -2,7 +2,8 @@
 //! validated chain and host buffers. Shared by every device.
 //!
 //! The driver is untrusted: a chain is walked and validated (it ends, every
-//! descriptor lies in guest memory) before a byte of it is used; what the
+//! descriptor lies in guest memory, and whatever the device asks of each
+//! descriptor in [`Expect`] holds) before a byte of it is used; what the
 //! request means is the device's to check afterwards. Each fault is a
 //! [`ChainFault`], which a device counts under its own reason (see
 //! [`crate::rejections!`]).
@@ -51,6 +52,55 @@ pub struct BeyondChain;
 /// chain longer than the queue).
 const MAX_CHAIN_DESCRIPTORS: usize = 1024;
 
+/// Which way the device uses a buffer (`VRING_DESC_F_WRITE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The device reads it (`VRING_DESC_F_WRITE` clear).
+    DeviceReads,
+    /// The device writes it (`VRING_DESC_F_WRITE` set).
+    DeviceWrites,
+}
+
+/// What a device asks of every descriptor of a chain besides lying in
+/// guest memory, each with the refusal (the device's own reason) it
+/// counts when a descriptor does not comply.
+///
+/// The walk checks each descriptor in chain order: first its direction,
+/// then guest memory, then whether the chain's bytes so far exceed the
+/// limit. The first failure is the chain's refusal.
+#[derive(Clone, Copy, Debug)]
+pub struct Expect<E> {
+    direction: Option<(Direction, E)>,
+    max_bytes: Option<(u64, E)>,
+}
+
+impl<E> Expect<E> {
+    /// Nothing beyond a chain that ends and lies in guest memory.
+    pub fn nothing() -> Self {
+        Expect {
+            direction: None,
+            max_bytes: None,
+        }
+    }
+
+    /// Every descriptor has `direction`; one that does not is `refusal`.
+    pub fn direction(self, direction: Direction, refusal: E) -> Self {
+        Expect {
+            direction: Some((direction, refusal)),
+            ..self
+        }
+    }
+
+    /// The chain holds at most `max_bytes`; the descriptor that goes past
+    /// is `refusal`.
+    pub fn at_most(self, max_bytes: u64, refusal: E) -> Self {
+        Expect {
+            max_bytes: Some((max_bytes, refusal)),
+            ..self
+        }
+    }
+}
+
 /// One buffer of a validated chain: wholly inside guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Buffer {
@@ -71,12 +121,23 @@ pub struct Chain {
 /// `queue_size`: a chain that still has `NEXT` after that many descriptors
 /// loops.
 pub fn walk_chain(chain: DescriptorChain<&GuestRam>, queue_size: u16) -> Result<Chain, ChainFault> {
+    walk_chain_expecting(chain, queue_size, Expect::nothing())
+}
+
+/// [`walk_chain`], and every descriptor must also meet `expect`. Faults of
+/// the chain itself become `E` through `From<ChainFault>`; a descriptor
+/// that does not meet `expect` is the refusal given there.
+pub fn walk_chain_expecting<E: From<ChainFault> + Copy>(
+    chain: DescriptorChain<&GuestRam>,
+    queue_size: u16,
+    expect: Expect<E>,
+) -> Result<Chain, E> {
     let mem = chain.memory();
     let mut descs: Vec<Descriptor> = Vec::new();
     let mut too_long = false;
-    // The iterator stops by itself after `queue_size` descriptors, on an
-    // out-of-table index and on an unreadable descriptor; it does not say
-    // which, hence the checks below.
+    // The iterator stops by itself after `queue_size` descriptors (or the
+    // indirect table's length), on an out-of-table index and on an
+    // unreadable descriptor; it does not say which, hence the checks below.
     for d in chain.clone() {
         if descs.len() == MAX_CHAIN_DESCRIPTORS {
             too_long = true;
@@ -86,18 +147,35 @@ pub fn walk_chain(chain: DescriptorChain<&GuestRam>, queue_size: u16) -> Result<
     }
     let last = descs.last().ok_or(ChainFault::EmptyChain)?;
     if too_long || (last.has_next() && descs.len() >= usize::from(queue_size)) {
-        return Err(ChainFault::LoopingChain);
+        return Err(ChainFault::LoopingChain.into());
     }
     if last.has_next() {
-        return Err(ChainFault::BrokenChain);
+        return Err(ChainFault::BrokenChain.into());
     }
     let mut out = Chain {
         buffers: Vec::with_capacity(descs.len()),
     };
+    let mut total = 0u64;
+    let Expect {
+        direction,
+        max_bytes,
+    } = expect;
     for d in &descs {
+        if let Some((want, refusal)) = &direction {
+            if d.is_write_only() != (*want == Direction::DeviceWrites) {
+                return Err(*refusal);
+            }
+        }
         let len = usize::try_from(d.len()).map_err(|_| ChainFault::DescriptorOutsideMemory)?;
         if len > 0 && !GuestMemoryBackend::check_range(mem, d.addr(), len) {
-            return Err(ChainFault::DescriptorOutsideMemory);
+            return Err(ChainFault::DescriptorOutsideMemory.into());
+        }
+        // At most 1024 × 4 GiB: no overflow in u64.
+        total += u64::from(d.len());
+        if let Some((max, refusal)) = &max_bytes {
+            if total > *max {
+                return Err(*refusal);
+            }
         }
         out.buffers.push(Buffer {
             addr: d.addr(),

@@ -98,6 +98,13 @@ impl ActiveQueue {
         }
     }
 
+    /// Puts the last chain taken back, unused (nothing was written to it):
+    /// the driver still owns it, and the next [`Self::next_chain`] takes
+    /// it again.
+    pub fn undo_take(&mut self) {
+        self.queue.go_to_previous_position();
+    }
+
     /// Puts chain `head` in the used ring with `len` bytes written.
     /// `Err(BadHeadIndex)` if it cannot be a chain of this queue (the queue
     /// is fine), `Err(UsedRingError)` if the used ring cannot be written

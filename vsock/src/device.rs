@@ -5,6 +5,8 @@
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
+use virtio_device::chain::Direction;
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 use virtio_device::{
     ActivateError, Activation, GuestRam, QueueT, VirtioDevice, VirtioInterrupt, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
@@ -19,9 +21,7 @@ use crate::config::{
 use crate::header::{HEADER_SIZE, MAX_PAYLOAD};
 use crate::metrics::{bump, RejectReason, VsockMetrics};
 use crate::muxer::Muxer;
-use crate::queues::{
-    read_header, walk_chain, write_packet, Access, ActiveQueue, MAX_CHAINS_PER_ROUND,
-};
+use crate::packet::{read_header, read_payload, walk, write_packet};
 use crate::VsockError;
 
 /// tx/rx round pairs per event before the device lets others run.
@@ -217,25 +217,20 @@ impl Vsock {
             let chain = match a.tx.next_chain(&a.mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(reason) => {
-                    metrics.reject(reason);
+                Err(fault) => {
+                    metrics.reject(fault.into());
                     break;
                 }
             };
             let head = chain.head_index();
             bump(&mut metrics.tx_packets);
             handle_tx_chain(chain, size, config.guest_cid, muxer, metrics, scratch);
-            match a.tx.return_chain(&a.mem, head, 0) {
-                Ok(()) => {}
-                Err(RejectReason::BadHeadIndex) => metrics.reject(RejectReason::BadHeadIndex),
-                Err(reason) => {
-                    metrics.reject(reason);
-                    break;
-                }
+            if !a.tx.give_back(&a.mem, head, 0, metrics) {
+                break;
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 
     /// Fills rx buffers with the muxer's packets until it has none or the
@@ -260,23 +255,23 @@ impl Vsock {
             let chain = match a.rx.next_chain(&a.mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(reason) => {
-                    metrics.reject(reason);
+                Err(fault) => {
+                    metrics.reject(fault.into());
                     break;
                 }
             };
             let head = chain.head_index();
-            let written = match walk_chain(chain, size, Access::DeviceWritable) {
+            let written = match walk(chain, size, Direction::DeviceWrites) {
                 Err(reason) => {
                     metrics.reject(reason);
                     0
                 }
-                Ok(c) if c.total < HEADER_SIZE as u64 => {
+                Ok(c) if c.total() < HEADER_SIZE as u64 => {
                     metrics.reject(RejectReason::RxBufferTooShort);
                     0
                 }
                 Ok(c) => {
-                    let cap = (c.total - HEADER_SIZE as u64).min(u64::from(MAX_PAYLOAD)) as usize;
+                    let cap = (c.total() - HEADER_SIZE as u64).min(u64::from(MAX_PAYLOAD)) as usize;
                     let Some((hdr, len)) = muxer.next_rx(&mut scratch[..cap], metrics) else {
                         // Nothing after all: the buffer stays the driver's.
                         a.rx.undo_take();
@@ -295,17 +290,12 @@ impl Vsock {
                     }
                 }
             };
-            match a.rx.return_chain(&a.mem, head, written) {
-                Ok(()) => {}
-                Err(RejectReason::BadHeadIndex) => metrics.reject(RejectReason::BadHeadIndex),
-                Err(reason) => {
-                    metrics.reject(reason);
-                    break;
-                }
+            if !a.rx.give_back(&a.mem, head, written, metrics) {
+                break;
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND && muxer.has_rx();
         }
-        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }
 
@@ -320,7 +310,7 @@ fn handle_tx_chain(
     scratch: &mut [u8],
 ) {
     let mem = chain.memory();
-    let c = match walk_chain(chain.clone(), queue_size, Access::DeviceReadable) {
+    let c = match walk(chain.clone(), queue_size, Direction::DeviceReads) {
         Ok(c) => c,
         Err(reason) => return metrics.reject(reason),
     };
@@ -328,7 +318,7 @@ fn handle_tx_chain(
         Ok(hdr) => hdr,
         Err(reason) => return metrics.reject(reason),
     };
-    let op = match hdr.check_from_guest(guest_cid, c.total - HEADER_SIZE as u64) {
+    let op = match hdr.check_from_guest(guest_cid, c.total() - HEADER_SIZE as u64) {
         Ok(op) => op,
         Err(reason) => {
             metrics.reject(reason);
@@ -336,7 +326,7 @@ fn handle_tx_chain(
         }
     };
     let payload = &mut scratch[..hdr.len as usize];
-    if let Err(reason) = c.read_at(mem, HEADER_SIZE as u64, payload) {
+    if let Err(reason) = read_payload(&c, mem, payload) {
         metrics.reject(reason);
         return muxer.reject_pkt(&hdr, metrics);
     }
@@ -395,12 +385,7 @@ impl VirtioDevice for Vsock {
                     "the driver did not enable the {name} queue (index {index})"
                 )));
             }
-            Ok(ActiveQueue {
-                queue,
-                index: index as u16,
-                event,
-                needs_interrupt: false,
-            })
+            Ok(ActiveQueue::new(queue, index as u16, event))
         };
         let rx = take(RX_QUEUE, "rx")?;
         let tx = take(TX_QUEUE, "tx")?;
