@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use virtio_device::queue::ActiveQueue;
 use virtio_device::{
     ActivateError, Activation, GuestRam, QueueT, VirtioDevice, VirtioInterrupt, TYPE_BALLOON,
 };
@@ -18,7 +19,7 @@ use crate::config::{
 };
 use crate::inflate::{handle_deflate, handle_inflate, record_inflate};
 use crate::metrics::BalloonMetrics;
-use crate::queues::{ActiveQueue, QueueLayout};
+use crate::queues::{drain, QueueLayout};
 use crate::release::{pfn_runs, MadviseReleaser, Releaser};
 use crate::release_worker::ReleaseWorker;
 use crate::reporting::handle_report;
@@ -337,7 +338,7 @@ impl Balloon {
         let more = match release_worker {
             Some(worker) => {
                 let mut pfns = Vec::new();
-                let more = inflate.drain(mem, metrics, |chain, size, m| {
+                let more = drain(inflate, mem, metrics, |chain, size, m| {
                     record_inflate(chain, size, ballooned, m, &mut pfns)
                 });
                 // Ranges are submitted with `&mut self`, so no deflate or
@@ -349,11 +350,11 @@ impl Balloon {
                 }
                 more
             }
-            None => inflate.drain(mem, metrics, |chain, size, m| {
+            None => drain(inflate, mem, metrics, |chain, size, m| {
                 handle_inflate(chain, size, ballooned, releaser.as_ref(), m)
             }),
         };
-        inflate.finish_round(mem, interrupt.as_ref(), metrics, more);
+        inflate.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -374,10 +375,10 @@ impl Balloon {
             interrupt,
             ..
         } = a;
-        let more = deflate.drain(mem, metrics, |chain, size, m| {
+        let more = drain(deflate, mem, metrics, |chain, size, m| {
             handle_deflate(chain, size, ballooned, m)
         });
-        deflate.finish_round(mem, interrupt.as_ref(), metrics, more);
+        deflate.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -406,10 +407,10 @@ impl Balloon {
         let q = reporting
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("free page reporting"))?;
-        let more = q.drain(mem, metrics, |chain, size, m| {
+        let more = drain(q, mem, metrics, |chain, size, m| {
             handle_report(chain, size, releaser.as_ref(), m)
         });
-        q.finish_round(mem, interrupt.as_ref(), metrics, more);
+        q.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -436,7 +437,7 @@ impl Balloon {
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("statistics"))?;
         let more = take_stats_buffers(q, mem, stats_held, last_stats, metrics);
-        q.finish_round(mem, interrupt.as_ref(), metrics, more);
+        q.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -452,7 +453,7 @@ impl Balloon {
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("statistics"))?;
         let returned = give_back_stats_buffer(q, &a.mem, &mut a.stats_held, metrics);
-        q.notify(&a.mem, a.interrupt.as_ref(), metrics);
+        q.finish_round(&a.mem, a.interrupt.as_ref(), false, metrics);
         Ok(returned)
     }
 
@@ -538,13 +539,8 @@ impl VirtioDevice for Balloon {
                     "the driver did not enable the {name} queue (index {index})"
                 )));
             }
-            Ok(ActiveQueue {
-                queue,
-                // Queue indices are below the (tiny) number of queues.
-                index: index as u16,
-                event,
-                needs_interrupt: false,
-            })
+            // Queue indices are below the (tiny) number of queues.
+            Ok(ActiveQueue::new(queue, index as u16, event))
         };
         let inflate = take(layout.inflate, "inflate")?;
         let deflate = take(layout.deflate, "deflate")?;

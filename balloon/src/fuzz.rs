@@ -42,12 +42,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::Active;
-use crate::queues::ActiveQueue;
 use crate::release::{HostRange, Releaser};
 use crate::test_utils::{
     test_mem, RecordingInterrupt, HOLE_START, MEM_END, REGION_B_START, REGION_C_START,
 };
 use crate::*;
+use virtio_device::queue::ActiveQueue;
 
 /// Cases per test when `VMM_FUZZ_CASES` is not set: about a second in a
 /// debug build.
@@ -1297,7 +1297,7 @@ impl World {
         assert_eq!(m.rejections.used_ring_error, 0, "the used rings are valid");
         let mut sure = t.sure.clone();
         *sure.entry("QueueBroken").or_default() += broken_sure;
-        for r in RejectReason::ALL {
+        for &r in RejectReason::ALL {
             let d = m.rejections.count(r) - b.rejections.count(r);
             let at_least = sure.get(reason_name(r)).copied().unwrap_or(0);
             let may = t.either.iter().filter(|set| set.contains(&r)).count() as u64;
@@ -1784,7 +1784,7 @@ fn fuzz_balloon_guest_never_breaks_the_device() {
         }
         w.reset();
         let m = w.dev().metrics();
-        for r in RejectReason::ALL {
+        for &r in RejectReason::ALL {
             *seen.entry(reason_name(r)).or_default() += m.rejections.count(r);
         }
         for (name, n) in [

@@ -24,7 +24,7 @@ use crate::request::{
 };
 use crate::BlockError;
 use virtio_device::chain::{walk_chain, Chain};
-use virtio_device::queue::ActiveQueue;
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 
 /// Features a read-write drive offers; a read-only one adds
 /// `VIRTIO_BLK_F_RO`.
@@ -126,8 +126,6 @@ impl Block {
     /// The driver notified the queue: executes its requests, at most
     /// [`MAX_CHAINS_PER_ROUND`] before the event loop serves others (the
     /// queue is signalled again if more may wait).
-    ///
-    /// [`MAX_CHAINS_PER_ROUND`]: virtio_device::queue::MAX_CHAINS_PER_ROUND
     pub fn process_queue(&mut self) {
         let Block {
             active,
@@ -142,17 +140,22 @@ impl Block {
         };
         let id = config.id_bytes();
         let write_through = a.acked_features & VIRTIO_BLK_F_FLUSH == 0;
-        let more = a.queue.drain(&a.mem, metrics, |chain, size, metrics| {
-            bump(&mut metrics.requests);
-            let mut io = Io {
-                disk,
-                id,
-                write_through,
-                metrics,
-                scratch,
-            };
-            io.handle_chain(chain, size)
-        });
+        let more = a.queue.drain(
+            &a.mem,
+            MAX_CHAINS_PER_ROUND,
+            metrics,
+            |chain, size, metrics| {
+                bump(&mut metrics.requests);
+                let mut io = Io {
+                    disk,
+                    id,
+                    write_through,
+                    metrics,
+                    scratch,
+                };
+                io.handle_chain(chain, size)
+            },
+        );
         a.queue
             .finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }

@@ -211,22 +211,27 @@ impl<B: Backend> Net<B> {
         let Some(a) = active.as_mut() else {
             return;
         };
-        let more = a.tx.drain(&a.mem, metrics, |chain, size, metrics| {
-            bump(&mut metrics.tx_chains);
-            match gather(chain, size, tx_buf) {
-                Ok(len) => match backend.write_frame(&tx_buf[..len]) {
-                    Ok(_) => {
-                        bump(&mut metrics.tx_packets);
-                        metrics.tx_bytes =
-                            metrics.tx_bytes.saturating_add((len - VNET_HDR_LEN) as u64);
-                    }
-                    Err(_) => bump(&mut metrics.tx_tap_errors),
-                },
-                Err(reason) => metrics.reject(reason),
-            }
-            // The device writes nothing into a transmit chain.
-            0
-        });
+        let more = a.tx.drain(
+            &a.mem,
+            MAX_CHAINS_PER_ROUND,
+            metrics,
+            |chain, size, metrics| {
+                bump(&mut metrics.tx_chains);
+                match gather(chain, size, tx_buf) {
+                    Ok(len) => match backend.write_frame(&tx_buf[..len]) {
+                        Ok(_) => {
+                            bump(&mut metrics.tx_packets);
+                            metrics.tx_bytes =
+                                metrics.tx_bytes.saturating_add((len - VNET_HDR_LEN) as u64);
+                        }
+                        Err(_) => bump(&mut metrics.tx_tap_errors),
+                    },
+                    Err(reason) => metrics.reject(reason),
+                }
+                // The device writes nothing into a transmit chain.
+                0
+            },
+        );
         a.tx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }

@@ -2,9 +2,10 @@
 //! returning them, and ending a processing round (interrupt, fairness).
 //! Shared by every device.
 //!
-//! Invariants: at most [`MAX_CHAINS_PER_ROUND`] chains are taken per
-//! round, so a driver that keeps refilling cannot hold the event loop (the
-//! queue is signalled again when chains may be left); only a head index
+//! Invariants: at most a bound of chains ([`MAX_CHAINS_PER_ROUND`] unless
+//! the device says otherwise) are taken per round, so a driver that keeps
+//! refilling cannot hold the event loop (the queue is signalled again when
+//! chains may be left); only a head index
 //! inside the queue is put in the used ring; every fault is counted
 //! through the device's [`QueueCounters`].
 
@@ -138,18 +139,20 @@ impl ActiveQueue {
         }
     }
 
-    /// Takes every available chain, at most [`MAX_CHAINS_PER_ROUND`],
-    /// hands each to `handle` (with the queue size) and returns it with
-    /// the used length `handle` gives, valid or not, so the driver is never
-    /// left waiting. Stops, counted, when the queue itself is broken.
-    /// Returns whether chains may be left for another round.
+    /// Takes every available chain, at most `max_chains` (normally
+    /// [`MAX_CHAINS_PER_ROUND`]), hands each to `handle` (with the queue
+    /// size) and returns it with the used length `handle` gives, valid or
+    /// not, so the driver is never left waiting. Stops, counted, when the
+    /// queue itself is broken. Returns whether chains may be left for
+    /// another round.
     pub fn drain<C: QueueCounters>(
         &mut self,
         mem: &GuestRam,
+        max_chains: usize,
         counters: &mut C,
         mut handle: impl FnMut(DescriptorChain<&GuestRam>, u16, &mut C) -> u32,
     ) -> bool {
-        for _ in 0..MAX_CHAINS_PER_ROUND {
+        for _ in 0..max_chains {
             let chain = match self.next_chain(mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => return false,
