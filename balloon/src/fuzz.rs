@@ -1428,9 +1428,9 @@ impl World {
         assert_eq!(d.actual_pages(), self.actual);
         // Bounded host memory.
         assert!(
-            d.retired_events.len() <= 4 * self.resets_unsynced,
+            d.registrations.retired() <= 4 * self.resets_unsynced,
             "{} retired eventfds after {} resets",
-            d.retired_events.len(),
+            d.registrations.retired(),
             self.resets_unsynced
         );
         if let Some(w) = d.active.as_ref().and_then(|a| a.release_worker.as_ref()) {
@@ -1598,7 +1598,7 @@ impl World {
         self.any_order = true;
         self.settle(before, None);
         self.any_order = false;
-        assert!(self.dev().retired_events.is_empty());
+        assert!(self.dev().registrations.retired() == 0);
     }
 
     /// With the releaser stalled (the worker cannot keep up), the driver

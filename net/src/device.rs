@@ -5,12 +5,14 @@
 use std::io;
 use std::sync::Arc;
 
+use virtio_device::activation::{check_acked_features, QueueSlots, Registrations};
+use virtio_device::chain::{walk_chain, Chain};
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 use virtio_device::{
     ActivateError, Activation, GuestRam, VirtioDevice, VirtioInterrupt, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 use virtio_queue::DescriptorChain;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::Backend;
 use crate::config::{
@@ -21,8 +23,6 @@ use crate::header::{check_rx_from_tap, check_tx, VnetHeader};
 use crate::metrics::{bump, NetMetrics, RejectReason};
 use crate::tap::Tap;
 use crate::NetError;
-use virtio_device::chain::{walk_chain, Chain};
-use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 
 /// Features offered: `VIRTIO_F_VERSION_1` (our transport is modern-only,
 /// and it fixes the 12-byte header) and, with a configured MAC,
@@ -39,8 +39,6 @@ pub(crate) struct Active {
     pub rx: ActiveQueue,
     pub tx: ActiveQueue,
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// The queue eventfds are registered with the event manager.
-    pub events_registered: bool,
 }
 
 /// A virtio-net device whose frames go to and come from `B` (the TAP).
@@ -57,12 +55,8 @@ pub struct Net<B: Backend = Tap> {
     features: u64,
     queue_sizes: [u16; 2],
     pub(crate) active: Option<Active>,
-    /// Written on activation and reset, so the event loop (un)registers the
-    /// queue eventfds.
-    pub(crate) activate_evt: EventFd,
-    /// Eventfds of a reset activation, still registered with the event
-    /// manager: kept open until the event loop removes them.
-    pub(crate) retired_events: Vec<EventFd>,
+    /// The event loop's registrations of the queue eventfds.
+    pub(crate) registrations: Registrations,
     pub(crate) metrics: NetMetrics,
     /// A frame from the backend, vnet header first.
     rx_buf: Vec<u8>,
@@ -106,8 +100,7 @@ impl<B: Backend> Net<B> {
             features,
             queue_sizes: [QUEUE_SIZE; 2],
             active: None,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd)?,
-            retired_events: Vec::new(),
+            registrations: Registrations::new().map_err(NetError::EventFd)?,
             metrics: NetMetrics::default(),
             rx_buf: vec![0u8; MAX_BUFFER_LEN],
             rx_pending: None,
@@ -344,44 +337,20 @@ impl<B: Backend> VirtioDevice for Net<B> {
             queue_events,
             interrupt,
         } = activation;
-        let unknown = acked_features & !self.features;
-        if unknown != 0 {
-            return Err(ActivateError(format!(
-                "the driver acked features {unknown:#x} the net device did not offer"
-            )));
-        }
-        let mut pairs = queues.into_iter().zip(queue_events);
-        let (Some((rx, rx_event)), Some((tx, tx_event))) = (pairs.next(), pairs.next()) else {
-            return Err(ActivateError("the net device needs two queues".into()));
-        };
-        if !virtio_device::QueueT::ready(&rx) || !virtio_device::QueueT::ready(&tx) {
-            return Err(ActivateError(
-                "the driver did not enable both the receive and transmit queues".into(),
-            ));
-        }
+        check_acked_features("net device", self.features, acked_features)?;
+        let mut slots = QueueSlots::new(queues, queue_events);
+        let rx = slots.take(RX_QUEUE, "receive")?;
+        let tx = slots.take(TX_QUEUE, "transmit")?;
         self.active = Some(Active {
             mem,
             acked_features,
-            rx: ActiveQueue {
-                queue: rx,
-                index: RX_QUEUE as u16,
-                event: rx_event,
-                needs_interrupt: false,
-            },
-            tx: ActiveQueue {
-                queue: tx,
-                index: TX_QUEUE as u16,
-                event: tx_event,
-                needs_interrupt: false,
-            },
+            rx,
+            tx,
             interrupt,
-            events_registered: false,
         });
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.registrations.activated("net device") {
             self.active = None;
-            return Err(ActivateError(format!(
-                "cannot signal the net device's event loop: {e}"
-            )));
+            return Err(e);
         }
         bump(&mut self.metrics.activations);
         Ok(())
@@ -390,17 +359,18 @@ impl<B: Backend> VirtioDevice for Net<B> {
     /// Drops the queues and a frame waiting for a receive chain; the TAP
     /// stays open (frames queue in the kernel until the next activation).
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
-            if active.events_registered {
-                self.retired_events.push(active.rx.event);
-                self.retired_events.push(active.tx.event);
-            }
+        let events = self.active.take().map(|active| {
             bump(&mut self.metrics.resets);
-        }
-        self.rx_pending = None;
-        if self.activate_evt.write(1).is_err() {
+            [active.rx.event, active.tx.event]
+        });
+        if self
+            .registrations
+            .reset(events.into_iter().flatten())
+            .is_err()
+        {
             bump(&mut self.metrics.event_errors);
         }
+        self.rx_pending = None;
     }
 }
 

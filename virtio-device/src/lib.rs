@@ -15,6 +15,8 @@
 //! descriptor they read (virtio-queue bounds-checks against guest memory).
 //!
 //! What the device models share, one concept per module:
+//! - [`activation`]: checking an activation, taking its queues, and
+//!   keeping the event loop's registrations in step with them;
 //! - [`queue`]: a device's side of a queue: taking and returning chains
 //!   with bounds, ending a round;
 //! - [`chain`]: walking and validating a chain, copying to and from it;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod activation;
 pub mod chain;
 pub mod metrics;
 pub mod queue;

@@ -9,6 +9,8 @@
 //! inside the queue is put in the used ring; every fault is counted
 //! through the device's [`QueueCounters`].
 
+use std::os::fd::{AsRawFd, RawFd};
+
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -80,6 +82,16 @@ impl ActiveQueue {
             event,
             needs_interrupt: false,
         }
+    }
+
+    /// Whether `fd` is this queue's notification eventfd; if so, reads it
+    /// (the event loop took the notification).
+    pub fn notified(&self, fd: RawFd) -> bool {
+        let hit = self.event.as_raw_fd() == fd;
+        if hit {
+            let _ = self.event.read();
+        }
+        hit
     }
 
     /// The size the driver set (a chain longer than this loops).

@@ -5,6 +5,7 @@
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
+use virtio_device::activation::{check_acked_features, QueueSlots, Registrations};
 use virtio_device::chain::Direction;
 use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 use virtio_device::{
@@ -40,8 +41,6 @@ pub(crate) struct Active {
     /// migration to announce with `TRANSPORT_RESET`).
     pub event: ActiveQueue,
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// The queue eventfds are registered with the event manager.
-    pub events_registered: bool,
 }
 
 impl Active {
@@ -49,8 +48,8 @@ impl Active {
         [&self.rx, &self.tx, &self.event]
     }
 
-    fn into_events(self) -> Vec<EventFd> {
-        vec![self.rx.event, self.tx.event, self.event.event]
+    fn into_events(self) -> [EventFd; 3] {
+        [self.rx.event, self.tx.event, self.event.event]
     }
 }
 
@@ -66,12 +65,8 @@ pub struct Vsock {
     config: VsockConfig,
     queue_sizes: [u16; 3],
     pub(crate) active: Option<Active>,
-    /// Written on activation and reset, so the event loop (un)registers the
-    /// queue eventfds.
-    pub(crate) activate_evt: EventFd,
-    /// Eventfds of a reset activation, still registered with the event
-    /// manager: kept open until the event loop removes them.
-    pub(crate) retired_events: Vec<EventFd>,
+    /// The event loop's registrations of the queue eventfds.
+    pub(crate) registrations: Registrations,
     pub(crate) muxer: Muxer,
     pub(crate) metrics: VsockMetrics,
     tx_stalled: bool,
@@ -108,8 +103,7 @@ impl Vsock {
             config,
             queue_sizes: [QUEUE_SIZE; 3],
             active: None,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
-            retired_events: Vec::new(),
+            registrations: Registrations::new().map_err(VsockError::EventFd)?,
             muxer,
             metrics: VsockMetrics::default(),
             tx_stalled: false,
@@ -368,28 +362,11 @@ impl VirtioDevice for Vsock {
             queue_events,
             interrupt,
         } = activation;
-        let unknown = acked_features & !OFFERED_FEATURES;
-        if unknown != 0 {
-            return Err(ActivateError(format!(
-                "the driver acked features {unknown:#x} the vsock device did not offer"
-            )));
-        }
-        let mut slots: Vec<Option<_>> = queues.into_iter().zip(queue_events).map(Some).collect();
-        let mut take = |index: usize, name: &str| -> Result<ActiveQueue, ActivateError> {
-            let (queue, event) = slots
-                .get_mut(index)
-                .and_then(Option::take)
-                .ok_or_else(|| ActivateError(format!("no {name} queue at index {index}")))?;
-            if !queue.ready() {
-                return Err(ActivateError(format!(
-                    "the driver did not enable the {name} queue (index {index})"
-                )));
-            }
-            Ok(ActiveQueue::new(queue, index as u16, event))
-        };
-        let rx = take(RX_QUEUE, "rx")?;
-        let tx = take(TX_QUEUE, "tx")?;
-        let event = take(EVENT_QUEUE, "event")?;
+        check_acked_features("vsock device", OFFERED_FEATURES, acked_features)?;
+        let mut slots = QueueSlots::new(queues, queue_events);
+        let rx = slots.take(RX_QUEUE, "rx")?;
+        let tx = slots.take(TX_QUEUE, "tx")?;
+        let event = slots.take(EVENT_QUEUE, "event")?;
         self.active = Some(Active {
             mem,
             acked_features,
@@ -397,13 +374,10 @@ impl VirtioDevice for Vsock {
             tx,
             event,
             interrupt,
-            events_registered: false,
         });
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.registrations.activated("vsock device") {
             self.active = None;
-            return Err(ActivateError(format!(
-                "cannot signal the vsock device's event loop: {e}"
-            )));
+            return Err(e);
         }
         bump(&mut self.metrics.activations);
         Ok(())
@@ -412,17 +386,17 @@ impl VirtioDevice for Vsock {
     /// Drops every connection (their host streams close) and returns to the
     /// pre-activation state; the host socket keeps listening.
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
-            let registered = active.events_registered;
-            let events = active.into_events();
-            if registered {
-                self.retired_events.extend(events);
-            }
+        let events = self.active.take().map(|active| {
             bump(&mut self.metrics.resets);
-        }
+            active.into_events()
+        });
         self.muxer.reset(&mut self.metrics);
         self.tx_stalled = false;
-        if self.activate_evt.write(1).is_err() {
+        if self
+            .registrations
+            .reset(events.into_iter().flatten())
+            .is_err()
+        {
             bump(&mut self.metrics.event_errors);
         }
     }

@@ -7,6 +7,7 @@ use crate::request::{
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use crate::test_utils::*;
+use vmm_sys_util::eventfd::EventFd;
 
 const IMAGE: usize = 1 << 20;
 const SECTORS: u64 = (IMAGE / 512) as u64;

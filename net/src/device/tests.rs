@@ -8,6 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use super::*;
 use crate::header::{VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::test_utils::*;
+use vmm_sys_util::eventfd::EventFd;
 
 fn active() -> (Net<UnixDatagram>, UnixDatagram, GuestRam) {
     let (dev, host) = device();
