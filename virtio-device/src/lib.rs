@@ -21,7 +21,9 @@
 //!   with bounds, ending a round;
 //! - [`chain`]: walking and validating a chain, copying to and from it;
 //! - [`metrics`]: saturating counters, one per rejection reason, and the
-//!   counting of the shared queue code.
+//!   counting of the shared queue code;
+//! - `testing` (feature `test-utils`): what the device crates' unit tests
+//!   and fuzz harnesses share.
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub mod activation;
 pub mod chain;
 pub mod metrics;
 pub mod queue;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use virtio_queue::{Queue, QueueT};
 
