@@ -444,7 +444,7 @@ fn case(rng: &mut Rng) {
         );
         assert_eq!(m1.requests - m0.requests, step.heads.len() as u64);
         if !back.is_empty() {
-            assert!(!interrupt.used.lock().unwrap().is_empty(), "no interrupt");
+            assert!(!interrupt.used().is_empty(), "no interrupt");
         }
 
         // Known chains: status, length, data, counters.

@@ -31,12 +31,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::net::UnixDatagram;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_device::testing::driver::activation;
 use virtio_device::testing::fuzz::{run_cases, Rng};
 use virtio_device::testing::memory::Snapshot;
 use virtio_device::testing::ring::RawRing;
-use virtio_device::{Activation, GuestRam, VirtioDevice};
+use virtio_device::{GuestRam, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::header::{VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::test_utils::{config, RecordingInterrupt};
@@ -643,18 +643,9 @@ fn case(rng: &mut Rng) {
         mem,
     };
     let interrupt = std::sync::Arc::new(RecordingInterrupt::default());
-    c.dev
-        .activate(Activation {
-            mem: c.mem.clone(),
-            acked_features: OFFERED_FEATURES,
-            queues: vec![c.rx.queue(), c.tx.queue()],
-            queue_events: vec![
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ],
-            interrupt,
-        })
-        .unwrap();
+    let queues = vec![c.rx.queue(), c.tx.queue()];
+    let (activation, _) = activation(&c.mem, OFFERED_FEATURES, queues, interrupt);
+    c.dev.activate(activation).unwrap();
     for _ in 0..1 + rng.below(16) {
         tx_step(&mut c, rng);
         rx_step(&mut c, rng);
