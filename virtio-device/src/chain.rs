@@ -241,3 +241,106 @@ impl Chain {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueOwnedT;
+
+    use super::*;
+    use crate::{Queue, QueueT};
+
+    const MEM_END: u64 = 0x10_0000;
+    const BUF: u64 = 0x8_0000;
+    const OUTSIDE: u64 = MEM_END + 0x1000;
+
+    /// A device's reasons: a chain fault, or one of its expectations.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Refusal {
+        Fault(ChainFault),
+        WrongWay,
+        TooBig,
+    }
+
+    impl From<ChainFault> for Refusal {
+        fn from(f: ChainFault) -> Self {
+            Refusal::Fault(f)
+        }
+    }
+
+    /// Walks the chain of `descs` (address, length, device writes),
+    /// linked in order, expecting device-readable descriptors of at most
+    /// 100 bytes in all.
+    fn walk(descs: &[(u64, u32, bool)]) -> Result<Chain, Refusal> {
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), MEM_END as usize)]).unwrap();
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, writes))| {
+                let mut flags = if writes { VRING_DESC_F_WRITE } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= VRING_DESC_F_NEXT;
+                }
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, i as u16 + 1))
+            })
+            .collect();
+        mock.add_desc_chains(&raw, 0).unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        let chain = q.iter(&mem).unwrap().next().unwrap();
+        let expect = Expect::nothing()
+            .direction(Direction::DeviceReads, Refusal::WrongWay)
+            .at_most(100, Refusal::TooBig);
+        walk_chain_expecting(chain, q.size(), expect)
+    }
+
+    #[test]
+    fn a_chain_with_several_faults_is_refused_for_the_first_descriptor_that_has_one() {
+        let outside = Refusal::Fault(ChainFault::DescriptorOutsideMemory);
+        // Per descriptor: direction, then memory, then the running total.
+        assert_eq!(walk(&[(OUTSIDE, 8, true)]).err(), Some(Refusal::WrongWay));
+        assert_eq!(walk(&[(OUTSIDE, 200, false)]).err(), Some(outside));
+        // Across descriptors: the first one with a fault decides.
+        assert_eq!(
+            walk(&[(BUF, 8, true), (OUTSIDE, 8, false)]).err(),
+            Some(Refusal::WrongWay)
+        );
+        assert_eq!(
+            walk(&[(OUTSIDE, 8, false), (BUF, 8, true)]).err(),
+            Some(outside)
+        );
+        assert_eq!(
+            walk(&[(BUF, 60, false), (BUF, 60, false), (OUTSIDE, 8, true)]).err(),
+            Some(Refusal::TooBig)
+        );
+        let c = walk(&[(BUF, 60, false), (BUF + 60, 40, false)]).unwrap();
+        assert_eq!((c.buffers.len(), c.total()), (2, 100));
+    }
+
+    #[test]
+    fn copies_stay_inside_the_chain() {
+        let c = Chain {
+            buffers: vec![
+                Buffer {
+                    addr: GuestAddress(BUF),
+                    len: 4,
+                    device_writes: true,
+                },
+                Buffer {
+                    addr: GuestAddress(BUF + 0x100),
+                    len: 4,
+                    device_writes: true,
+                },
+            ],
+        };
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), MEM_END as usize)]).unwrap();
+        c.write_at(&mem, 2, &[1, 2, 3, 4]).unwrap();
+        let mut out = [0u8; 8];
+        c.read_at(&mem, 0, &mut out).unwrap();
+        assert_eq!(out, [0, 0, 1, 2, 3, 4, 0, 0]);
+        assert_eq!(c.read_at(&mem, 5, &mut out[..4]), Err(BeyondChain));
+        assert_eq!(c.write_at(&mem, u64::MAX, &[1]), Err(BeyondChain));
+    }
+}

@@ -5,9 +5,9 @@
 //! Invariants: at most a bound of chains ([`MAX_CHAINS_PER_ROUND`] unless
 //! the device says otherwise) are taken per round, so a driver that keeps
 //! refilling cannot hold the event loop (the queue is signalled again when
-//! chains may be left); only a head index
-//! inside the queue is put in the used ring; every fault is counted
-//! through the device's [`QueueCounters`].
+//! chains may be left); only a head index inside the queue is put in the
+//! used ring; every fault is counted through the device's
+//! [`QueueCounters`].
 
 use std::os::fd::{AsRawFd, RawFd};
 
