@@ -5,8 +5,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use virtio_device::activation::{check_acked_features, QueueSlots, Registrations};
+use virtio_device::queue::ActiveQueue;
 use virtio_device::{
-    ActivateError, Activation, GuestRam, QueueT, VirtioDevice, VirtioInterrupt, TYPE_BALLOON,
+    ActivateError, Activation, GuestRam, VirtioDevice, VirtioInterrupt, TYPE_BALLOON,
 };
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -18,7 +20,7 @@ use crate::config::{
 };
 use crate::inflate::{handle_deflate, handle_inflate, record_inflate};
 use crate::metrics::BalloonMetrics;
-use crate::queues::{ActiveQueue, QueueLayout};
+use crate::queues::{drain, QueueLayout};
 use crate::release::{pfn_runs, MadviseReleaser, Releaser};
 use crate::release_worker::ReleaseWorker;
 use crate::reporting::handle_report;
@@ -49,8 +51,6 @@ pub(crate) struct Active {
     /// polling tick. Invariant: `Some` only with a stats queue, and then a
     /// valid head index of it that is in no used ring entry yet.
     pub stats_held: Option<u16>,
-    /// The queue eventfds are registered with the event manager.
-    pub events_registered: bool,
     /// Releases inflated pages in the background. `Some` only when the
     /// driver acked `MUST_TELL_HOST` (and the thread could be started);
     /// then every path that gives pages back to the driver drains it first
@@ -83,7 +83,7 @@ impl Active {
         .flatten()
     }
 
-    fn into_events(self) -> Vec<EventFd> {
+    fn into_events(self) -> impl Iterator<Item = EventFd> {
         [
             Some(self.inflate),
             Some(self.deflate),
@@ -93,7 +93,6 @@ impl Active {
         .into_iter()
         .flatten()
         .map(|q| q.event)
-        .collect()
     }
 }
 
@@ -110,16 +109,11 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     pub(crate) config_space: ConfigSpace,
     pub(crate) active: Option<Active>,
-    /// Written on activation and reset, so the event loop (un)registers the
-    /// queue eventfds.
-    pub(crate) activate_evt: EventFd,
+    /// The event loop's registrations of the queue eventfds.
+    pub(crate) registrations: Registrations,
     /// Periodic statistics requests; non-blocking.
     pub(crate) stats_timer: TimerFd,
     pub(crate) timer_registered: bool,
-    /// Eventfds of a reset activation, still registered with the event
-    /// manager: kept open until the event loop removes them, so their fd
-    /// numbers cannot be reused meanwhile.
-    pub(crate) retired_events: Vec<EventFd>,
     /// Shared with the release worker of the current activation.
     releaser: Arc<dyn Releaser>,
     /// Run first on each release worker thread (see
@@ -171,7 +165,7 @@ impl Balloon {
         let num_pages = cfg.target_pages()?;
         let offered_features = cfg.offered_features();
         let queues = QueueLayout::from_features(offered_features).len();
-        let activate_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BalloonError::EventFd)?;
+        let registrations = Registrations::new().map_err(BalloonError::EventFd)?;
         let stats_timer = TimerFd::new().map_err(|e| BalloonError::Timer(e.into()))?;
         // A tick may be consumed or cancelled between epoll and our read.
         set_nonblocking(stats_timer.as_raw_fd()).map_err(BalloonError::Timer)?;
@@ -184,10 +178,9 @@ impl Balloon {
                 actual: 0,
             },
             active: None,
-            activate_evt,
+            registrations,
             stats_timer,
             timer_registered: false,
-            retired_events: Vec::new(),
             releaser,
             worker_start: None,
             metrics: BalloonMetrics::default(),
@@ -337,7 +330,7 @@ impl Balloon {
         let more = match release_worker {
             Some(worker) => {
                 let mut pfns = Vec::new();
-                let more = inflate.drain(mem, metrics, |chain, size, m| {
+                let more = drain(inflate, mem, metrics, |chain, size, m| {
                     record_inflate(chain, size, ballooned, m, &mut pfns)
                 });
                 // Ranges are submitted with `&mut self`, so no deflate or
@@ -349,11 +342,11 @@ impl Balloon {
                 }
                 more
             }
-            None => inflate.drain(mem, metrics, |chain, size, m| {
+            None => drain(inflate, mem, metrics, |chain, size, m| {
                 handle_inflate(chain, size, ballooned, releaser.as_ref(), m)
             }),
         };
-        inflate.finish_round(mem, interrupt.as_ref(), metrics, more);
+        inflate.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -374,10 +367,10 @@ impl Balloon {
             interrupt,
             ..
         } = a;
-        let more = deflate.drain(mem, metrics, |chain, size, m| {
+        let more = drain(deflate, mem, metrics, |chain, size, m| {
             handle_deflate(chain, size, ballooned, m)
         });
-        deflate.finish_round(mem, interrupt.as_ref(), metrics, more);
+        deflate.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -406,10 +399,10 @@ impl Balloon {
         let q = reporting
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("free page reporting"))?;
-        let more = q.drain(mem, metrics, |chain, size, m| {
+        let more = drain(q, mem, metrics, |chain, size, m| {
             handle_report(chain, size, releaser.as_ref(), m)
         });
-        q.finish_round(mem, interrupt.as_ref(), metrics, more);
+        q.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -436,7 +429,7 @@ impl Balloon {
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("statistics"))?;
         let more = take_stats_buffers(q, mem, stats_held, last_stats, metrics);
-        q.finish_round(mem, interrupt.as_ref(), metrics, more);
+        q.finish_round(mem, interrupt.as_ref(), more, metrics);
         Ok(())
     }
 
@@ -452,7 +445,7 @@ impl Balloon {
             .as_mut()
             .ok_or(BalloonError::QueueNotNegotiated("statistics"))?;
         let returned = give_back_stats_buffer(q, &a.mem, &mut a.stats_held, metrics);
-        q.notify(&a.mem, a.interrupt.as_ref(), metrics);
+        q.finish_round(&a.mem, a.interrupt.as_ref(), false, metrics);
         Ok(returned)
     }
 
@@ -520,38 +513,18 @@ impl VirtioDevice for Balloon {
             queue_events,
             interrupt,
         } = activation;
-        let unknown = acked_features & !self.offered_features;
-        if unknown != 0 {
-            return Err(ActivateError(format!(
-                "the driver acked features {unknown:#x} the balloon did not offer"
-            )));
-        }
+        check_acked_features("balloon", self.offered_features, acked_features)?;
         let layout = QueueLayout::from_features(acked_features);
-        let mut slots: Vec<Option<_>> = queues.into_iter().zip(queue_events).map(Some).collect();
-        let mut take = |index: usize, name: &str| -> Result<ActiveQueue, ActivateError> {
-            let (queue, event) = slots
-                .get_mut(index)
-                .and_then(Option::take)
-                .ok_or_else(|| ActivateError(format!("no {name} queue at index {index}")))?;
-            if !queue.ready() {
-                return Err(ActivateError(format!(
-                    "the driver did not enable the {name} queue (index {index})"
-                )));
-            }
-            Ok(ActiveQueue {
-                queue,
-                // Queue indices are below the (tiny) number of queues.
-                index: index as u16,
-                event,
-                needs_interrupt: false,
-            })
-        };
-        let inflate = take(layout.inflate, "inflate")?;
-        let deflate = take(layout.deflate, "deflate")?;
-        let stats = layout.stats.map(|i| take(i, "statistics")).transpose()?;
+        let mut slots = QueueSlots::new(queues, queue_events);
+        let inflate = slots.take(layout.inflate, "inflate")?;
+        let deflate = slots.take(layout.deflate, "deflate")?;
+        let stats = layout
+            .stats
+            .map(|i| slots.take(i, "statistics"))
+            .transpose()?;
         let reporting = layout
             .reporting
-            .map(|i| take(i, "free page reporting"))
+            .map(|i| slots.take(i, "free page reporting"))
             .transpose()?;
         let has_stats = stats.is_some();
         let release_worker = if acked_features & VIRTIO_BALLOON_F_MUST_TELL_HOST != 0 {
@@ -572,14 +545,11 @@ impl VirtioDevice for Balloon {
             reporting,
             interrupt,
             stats_held: None,
-            events_registered: false,
             release_worker,
         });
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.registrations.activated("balloon") {
             self.active = None;
-            return Err(ActivateError(format!(
-                "cannot signal the balloon's event loop: {e}"
-            )));
+            return Err(e);
         }
         if has_stats && self.arm_stats_timer(self.stats_period()).is_err() {
             // Statistics stop; inflation and deflation still work.
@@ -593,24 +563,24 @@ impl VirtioDevice for Balloon {
     /// drained first: after a reset the driver (or a rebooted guest) owns
     /// every page again.
     fn reset(&mut self) {
-        if let Some(mut active) = self.active.take() {
+        let events = self.active.take().map(|mut active| {
             active.drain_releases(&mut self.metrics);
             if let Some(worker) = active.release_worker.take() {
                 worker.tally().add_to(&mut self.metrics);
             }
-            let registered = active.events_registered;
-            let events = active.into_events();
-            if registered {
-                self.retired_events.extend(events);
-            }
             self.metrics.resets += 1;
-        }
+            active.into_events()
+        });
         if self.stats_timer.clear().is_err() {
             self.metrics.event_errors += 1;
         }
         self.config_space.actual = 0;
         // Lets the event loop drop the retired eventfds.
-        if self.activate_evt.write(1).is_err() {
+        if self
+            .registrations
+            .reset(events.into_iter().flatten())
+            .is_err()
+        {
             self.metrics.event_errors += 1;
         }
     }

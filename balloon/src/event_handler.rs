@@ -14,6 +14,7 @@
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_device::activation::LoopEvent;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::Balloon;
@@ -21,24 +22,17 @@ use crate::device::Balloon;
 impl Balloon {
     /// Brings the event manager's registrations in line with the device:
     /// retired eventfds out, the active queues' eventfds and the timer in;
-    /// then processes every queue once.
+    /// then processes every queue once (if active).
     fn sync_registrations(&mut self, ops: &mut EventOps) {
-        for event in self.retired_events.drain(..) {
-            if ops.remove(Events::new(&event, EventSet::IN)).is_err() {
-                self.metrics.event_errors += 1;
-            }
-        }
-        let Some(active) = self.active.as_mut() else {
+        let queues = self
+            .active
+            .iter()
+            .flat_map(|a| a.queues().map(|(_, q)| &q.event));
+        let failures = self.registrations.sync(ops, queues);
+        self.metrics.event_errors += failures;
+        let Some(active) = self.active.as_ref() else {
             return;
         };
-        if !active.events_registered {
-            active.events_registered = true;
-            for (_, q) in active.queues() {
-                if ops.add(Events::new(&q.event, EventSet::IN)).is_err() {
-                    self.metrics.event_errors += 1;
-                }
-            }
-        }
         if active.stats.is_some() && !self.timer_registered {
             self.timer_registered = true;
             if ops
@@ -55,12 +49,7 @@ impl Balloon {
 
 impl MutEventSubscriber for Balloon {
     fn init(&mut self, ops: &mut EventOps) {
-        if ops
-            .add(Events::new(&self.activate_evt, EventSet::IN))
-            .is_err()
-        {
-            self.metrics.event_errors += 1;
-        }
+        self.metrics.event_errors += self.registrations.init(ops);
         // Subscribed after the driver activated the device: catch up.
         if self.active.is_some() {
             self.sync_registrations(ops);
@@ -69,10 +58,10 @@ impl MutEventSubscriber for Balloon {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            self.sync_registrations(ops);
-            return;
+        match self.registrations.event(fd) {
+            Some(LoopEvent::Changed) => return self.sync_registrations(ops),
+            Some(LoopEvent::Retired) => return,
+            None => {}
         }
         if fd == self.stats_timer.as_raw_fd() {
             // Non-blocking: the tick may have been cancelled since epoll saw
@@ -83,18 +72,12 @@ impl MutEventSubscriber for Balloon {
             return;
         }
         let role = self.active.as_ref().and_then(|a| {
-            let (role, q) = a.queues().find(|(_, q)| q.event.as_raw_fd() == fd)?;
-            let _ = q.event.read();
+            let (role, _) = a.queues().find(|(_, q)| q.notified(fd))?;
             Some(role)
         });
         if let Some(role) = role {
             // Only fails for a queue that is not negotiated, which this one is.
             let _ = self.process_queue(role);
-            return;
-        }
-        if let Some(old) = self.retired_events.iter().find(|e| e.as_raw_fd() == fd) {
-            // Left from before a reset; removed at the next sync.
-            let _ = old.read();
             return;
         }
         // Not ours: stop it from waking the loop again.

@@ -29,9 +29,7 @@
 //! `VMM_FUZZ_SEED=S` another seed, `VMM_FUZZ_CASE=C` replays one case.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{
@@ -42,95 +40,18 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::Active;
-use crate::queues::ActiveQueue;
 use crate::release::{HostRange, Releaser};
 use crate::test_utils::{
     test_mem, RecordingInterrupt, HOLE_START, MEM_END, REGION_B_START, REGION_C_START,
 };
 use crate::*;
+use virtio_device::queue::ActiveQueue;
+use virtio_device::testing::fuzz::{run_cases, Rng};
 
 /// Cases per test when `VMM_FUZZ_CASES` is not set: about a second in a
 /// debug build.
 const DEFAULT_CASES: u64 = 150;
 const DEFAULT_SEED: u64 = 0xba11_00f0_22ed;
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
-/// Runs `case` for every case number, each with its own generator; a
-/// failing case prints how to replay it alone.
-fn run_cases(name: &str, default_cases: u64, mut case: impl FnMut(&mut Rng)) {
-    let seed = env_u64("VMM_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let (from, to) = match env_u64("VMM_FUZZ_CASE") {
-        Some(c) => (c, c + 1),
-        None => (0, env_u64("VMM_FUZZ_CASES").unwrap_or(default_cases)),
-    };
-    eprintln!("fuzz {name}: seed {seed}, cases {from}..{to}");
-    let start = Instant::now();
-    for c in from..to {
-        let mut rng = Rng::new(seed, c);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| case(&mut rng))) {
-            eprintln!(
-                "fuzz {name}: case {c} failed; replay it alone with \
-                 VMM_FUZZ_SEED={seed} VMM_FUZZ_CASE={c}"
-            );
-            resume_unwind(panic);
-        }
-    }
-    eprintln!(
-        "fuzz {name}: {} cases in {:.2?}",
-        to - from,
-        start.elapsed()
-    );
-}
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, case: u64) -> Rng {
-        // splitmix64 of both, so that every seed and case starts its own
-        // stream (xorshift needs a non-zero state).
-        let mix = |mut z: u64| {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng(mix(seed ^ mix(case)).max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (0 for n = 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True one time in `n`.
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    fn bool(&mut self) -> bool {
-        self.next() & 1 == 0
-    }
-
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-}
 
 // Guest memory (see test_utils): A [0, 4 MiB) and B [4, 8 MiB) are RAM and
 // adjacent, [8, 12 MiB) is a hole, C [12, 16 MiB) is RAM. The queues live
@@ -1297,7 +1218,7 @@ impl World {
         assert_eq!(m.rejections.used_ring_error, 0, "the used rings are valid");
         let mut sure = t.sure.clone();
         *sure.entry("QueueBroken").or_default() += broken_sure;
-        for r in RejectReason::ALL {
+        for &r in RejectReason::ALL {
             let d = m.rejections.count(r) - b.rejections.count(r);
             let at_least = sure.get(reason_name(r)).copied().unwrap_or(0);
             let may = t.either.iter().filter(|set| set.contains(&r)).count() as u64;
@@ -1428,9 +1349,9 @@ impl World {
         assert_eq!(d.actual_pages(), self.actual);
         // Bounded host memory.
         assert!(
-            d.retired_events.len() <= 4 * self.resets_unsynced,
+            d.registrations.retired() <= 4 * self.resets_unsynced,
             "{} retired eventfds after {} resets",
-            d.retired_events.len(),
+            d.registrations.retired(),
             self.resets_unsynced
         );
         if let Some(w) = d.active.as_ref().and_then(|a| a.release_worker.as_ref()) {
@@ -1598,7 +1519,7 @@ impl World {
         self.any_order = true;
         self.settle(before, None);
         self.any_order = false;
-        assert!(self.dev().retired_events.is_empty());
+        assert!(self.dev().registrations.retired() == 0);
     }
 
     /// With the releaser stalled (the worker cannot keep up), the driver
@@ -1771,7 +1692,7 @@ fn fuzz_balloon_guest_never_breaks_the_device() {
     // What the cases exercised, so that a generator that stopped reaching
     // something shows.
     let mut seen = BTreeMap::<&str, u64>::new();
-    run_cases("balloon", DEFAULT_CASES, |rng| {
+    run_cases("balloon", DEFAULT_SEED, DEFAULT_CASES, |rng| {
         let mut w = World::new(rng);
         for _ in 0..rng.range(1, 4) {
             w.activate(rng);
@@ -1784,7 +1705,7 @@ fn fuzz_balloon_guest_never_breaks_the_device() {
         }
         w.reset();
         let m = w.dev().metrics();
-        for r in RejectReason::ALL {
+        for &r in RejectReason::ALL {
             *seen.entry(reason_name(r)).or_default() += m.rejections.count(r);
         }
         for (name, n) in [

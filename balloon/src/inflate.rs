@@ -10,13 +10,14 @@
 //! need nothing but bookkeeping: private anonymous memory faults back in as
 //! zero pages when the guest touches it again.
 
+use virtio_device::chain::{Buffer, Direction};
 use virtio_device::GuestRam;
 use virtio_queue::DescriptorChain;
 use vm_memory::Bytes;
 
 use crate::ballooned::BalloonedPages;
 use crate::metrics::{BalloonMetrics, RejectReason};
-use crate::queues::{walk_chain, Access, Buffer};
+use crate::queues::walk;
 use crate::release::{pfn_runs, release_ranges, Releaser};
 use crate::release_worker::MAX_RELEASE_CALL;
 
@@ -54,13 +55,13 @@ fn valid_pfns(
     metrics: &mut BalloonMetrics,
 ) -> Option<Vec<u32>> {
     let mem = chain.memory();
-    let buffers = walk_chain(
+    let buffers = walk(
         chain.clone(),
         queue_size,
-        Access::DeviceReadable,
-        MAX_PFN_BUFFER_BYTES,
+        Direction::DeviceReads,
+        Some(MAX_PFN_BUFFER_BYTES),
     )
-    .and_then(|b| read_pfns(mem, &b));
+    .and_then(|c| read_pfns(mem, &c.buffers));
     let mut pfns = match buffers {
         Ok(p) => p,
         Err(reason) => {

@@ -23,8 +23,9 @@
 //! - [`config`]: host-side configuration, feature bits, configuration space;
 //! - `device`: the [`Balloon`] itself and its [`virtio_device::VirtioDevice`]
 //!   implementation;
-//! - `queues`: the queue layout for the acked features and bounded
-//!   descriptor-chain walking;
+//! - `queues`: the queue layout for the acked features, and the
+//!   balloon's bounds on taking and walking chains (the queue and the
+//!   walker are [`virtio_device`]'s);
 //! - `inflate`, `stats`, `reporting`: what each queue means;
 //! - `ballooned`: which guest pages are in the balloon (host bookkeeping);
 //! - [`release`]: guest ranges to host ranges, coalescing, `madvise`;

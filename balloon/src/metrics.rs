@@ -3,132 +3,48 @@
 //! Plain integers: the device is used behind a lock, and callers snapshot
 //! the whole struct with `metrics().clone()`.
 
-/// Why the device refused (part of) something the driver sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// An inflate or deflate PFN whose 4 KiB page is not wholly inside one
-    /// guest RAM region (beyond RAM, or in an MMIO hole). Counted per PFN.
-    PfnOutsideRam,
-    /// A chain with no usable descriptor (bad head index, unreadable
-    /// descriptor table, broken indirect table).
-    EmptyChain,
-    /// A chain that did not end within the queue size: it loops.
-    LoopingChain,
-    /// A chain whose `next` leads nowhere (index past the table, unreadable
-    /// descriptor, bad indirect table).
-    BrokenChain,
-    /// A descriptor whose buffer is not wholly inside guest memory.
-    DescriptorOutsideMemory,
-    /// A device-writable descriptor where a device-readable one is expected,
-    /// or the reverse.
-    WrongDirection,
-    /// A PFN buffer whose length is not a multiple of 4 bytes.
-    LengthNotMultipleOf4,
-    /// A PFN buffer larger than the device accepts.
-    BufferTooLarge,
-    /// A statistics buffer longer than [`crate::MAX_STATS_ENTRIES`] entries:
-    /// only the first ones were read.
-    StatsTruncated,
-    /// A statistics buffer whose length is not a multiple of 10 bytes: the
-    /// trailing partial entry was ignored.
-    StatsPartialEntry,
-    /// A reported free range that was not 4 KiB aligned at either end: only
-    /// its aligned middle was released.
-    ReportRangeUnaligned,
-    /// The available ring is inconsistent (the driver published more
-    /// buffers than the queue holds): the queue was not processed further.
-    QueueBroken,
-    /// Writing the used ring failed: the queue was not processed further.
-    UsedRingError,
-    /// A chain head outside the descriptor table: it cannot be returned.
-    BadHeadIndex,
-}
-
-impl RejectReason {
-    /// Every reason, in declaration order.
-    pub const ALL: [RejectReason; 14] = [
-        RejectReason::PfnOutsideRam,
-        RejectReason::EmptyChain,
-        RejectReason::LoopingChain,
-        RejectReason::BrokenChain,
-        RejectReason::DescriptorOutsideMemory,
-        RejectReason::WrongDirection,
-        RejectReason::LengthNotMultipleOf4,
-        RejectReason::BufferTooLarge,
-        RejectReason::StatsTruncated,
-        RejectReason::StatsPartialEntry,
-        RejectReason::ReportRangeUnaligned,
-        RejectReason::QueueBroken,
-        RejectReason::UsedRingError,
-        RejectReason::BadHeadIndex,
-    ];
-}
-
-/// One counter per [`RejectReason`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Rejections {
-    pub pfn_outside_ram: u64,
-    pub empty_chain: u64,
-    pub looping_chain: u64,
-    pub broken_chain: u64,
-    pub descriptor_outside_memory: u64,
-    pub wrong_direction: u64,
-    pub length_not_multiple_of_4: u64,
-    pub buffer_too_large: u64,
-    pub stats_truncated: u64,
-    pub stats_partial_entry: u64,
-    pub report_range_unaligned: u64,
-    pub queue_broken: u64,
-    pub used_ring_error: u64,
-    pub bad_head_index: u64,
-}
-
-impl Rejections {
-    fn counter(&mut self, reason: RejectReason) -> &mut u64 {
-        match reason {
-            RejectReason::PfnOutsideRam => &mut self.pfn_outside_ram,
-            RejectReason::EmptyChain => &mut self.empty_chain,
-            RejectReason::LoopingChain => &mut self.looping_chain,
-            RejectReason::BrokenChain => &mut self.broken_chain,
-            RejectReason::DescriptorOutsideMemory => &mut self.descriptor_outside_memory,
-            RejectReason::WrongDirection => &mut self.wrong_direction,
-            RejectReason::LengthNotMultipleOf4 => &mut self.length_not_multiple_of_4,
-            RejectReason::BufferTooLarge => &mut self.buffer_too_large,
-            RejectReason::StatsTruncated => &mut self.stats_truncated,
-            RejectReason::StatsPartialEntry => &mut self.stats_partial_entry,
-            RejectReason::ReportRangeUnaligned => &mut self.report_range_unaligned,
-            RejectReason::QueueBroken => &mut self.queue_broken,
-            RejectReason::UsedRingError => &mut self.used_ring_error,
-            RejectReason::BadHeadIndex => &mut self.bad_head_index,
-        }
+virtio_device::rejections! {
+    /// Why the device refused (part of) something the driver sent.
+    pub enum RejectReason {
+        /// An inflate or deflate PFN whose 4 KiB page is not wholly inside one
+        /// guest RAM region (beyond RAM, or in an MMIO hole). Counted per PFN.
+        PfnOutsideRam => pfn_outside_ram,
+        /// A chain with no usable descriptor (bad head index, unreadable
+        /// descriptor table, broken indirect table).
+        EmptyChain => empty_chain,
+        /// A chain that did not end within the queue size: it loops.
+        LoopingChain => looping_chain,
+        /// A chain whose `next` leads nowhere (index past the table, unreadable
+        /// descriptor, bad indirect table).
+        BrokenChain => broken_chain,
+        /// A descriptor whose buffer is not wholly inside guest memory.
+        DescriptorOutsideMemory => descriptor_outside_memory,
+        /// A device-writable descriptor where a device-readable one is expected,
+        /// or the reverse.
+        WrongDirection => wrong_direction,
+        /// A PFN buffer whose length is not a multiple of 4 bytes.
+        LengthNotMultipleOf4 => length_not_multiple_of_4,
+        /// A PFN buffer larger than the device accepts.
+        BufferTooLarge => buffer_too_large,
+        /// A statistics buffer longer than [`crate::MAX_STATS_ENTRIES`] entries:
+        /// only the first ones were read.
+        StatsTruncated => stats_truncated,
+        /// A statistics buffer whose length is not a multiple of 10 bytes: the
+        /// trailing partial entry was ignored.
+        StatsPartialEntry => stats_partial_entry,
+        /// A reported free range that was not 4 KiB aligned at either end: only
+        /// its aligned middle was released.
+        ReportRangeUnaligned => report_range_unaligned,
+        /// The available ring is inconsistent (the driver published more
+        /// buffers than the queue holds): the queue was not processed further.
+        QueueBroken => queue_broken,
+        /// Writing the used ring failed: the queue was not processed further.
+        UsedRingError => used_ring_error,
+        /// A chain head outside the descriptor table: it cannot be returned.
+        BadHeadIndex => bad_head_index,
     }
-
-    /// The counter for `reason`.
-    pub fn count(&self, reason: RejectReason) -> u64 {
-        match reason {
-            RejectReason::PfnOutsideRam => self.pfn_outside_ram,
-            RejectReason::EmptyChain => self.empty_chain,
-            RejectReason::LoopingChain => self.looping_chain,
-            RejectReason::BrokenChain => self.broken_chain,
-            RejectReason::DescriptorOutsideMemory => self.descriptor_outside_memory,
-            RejectReason::WrongDirection => self.wrong_direction,
-            RejectReason::LengthNotMultipleOf4 => self.length_not_multiple_of_4,
-            RejectReason::BufferTooLarge => self.buffer_too_large,
-            RejectReason::StatsTruncated => self.stats_truncated,
-            RejectReason::StatsPartialEntry => self.stats_partial_entry,
-            RejectReason::ReportRangeUnaligned => self.report_range_unaligned,
-            RejectReason::QueueBroken => self.queue_broken,
-            RejectReason::UsedRingError => self.used_ring_error,
-            RejectReason::BadHeadIndex => self.bad_head_index,
-        }
-    }
-
-    /// All rejections together.
-    pub fn total(&self) -> u64 {
-        RejectReason::ALL
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(self.count(*r)))
-    }
+    /// One counter per [`RejectReason`].
+    pub struct Rejections;
 }
 
 /// What the device did.
@@ -188,34 +104,16 @@ pub struct BalloonMetrics {
     pub rejections: Rejections,
 }
 
+virtio_device::queue_counters!(BalloonMetrics);
+
 impl BalloonMetrics {
     /// Counts `n` rejections for `reason`.
     pub(crate) fn reject_n(&mut self, reason: RejectReason, n: u64) {
-        let c = self.rejections.counter(reason);
-        *c = c.saturating_add(n);
+        self.rejections.add(reason, n);
     }
 
     /// Counts one rejection for `reason`.
     pub(crate) fn reject(&mut self, reason: RejectReason) {
         self.reject_n(reason, 1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_reason_has_its_own_counter() {
-        let reasons = RejectReason::ALL;
-        let mut m = BalloonMetrics::default();
-        for (i, r) in reasons.iter().enumerate() {
-            m.reject_n(*r, i as u64 + 1);
-        }
-        for (i, r) in reasons.iter().enumerate() {
-            assert_eq!(m.rejections.count(*r), i as u64 + 1, "{r:?}");
-        }
-        let n = reasons.len() as u64;
-        assert_eq!(m.rejections.total(), n * (n + 1) / 2);
     }
 }

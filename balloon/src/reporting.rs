@@ -8,11 +8,12 @@
 //! (and waits for the release worker first, see
 //! [`crate::release_worker`]).
 
+use virtio_device::chain::Direction;
 use virtio_device::GuestRam;
 use virtio_queue::DescriptorChain;
 
 use crate::metrics::{BalloonMetrics, RejectReason};
-use crate::queues::{walk_chain, Access};
+use crate::queues::walk;
 use crate::release::{coalesce, release_ranges, GuestRange, Releaser};
 use crate::release_worker::MAX_RELEASE_CALL;
 use crate::BALLOON_PAGE_SIZE;
@@ -40,8 +41,8 @@ pub(crate) fn handle_report(
     let mem = chain.memory();
     // No byte limit: nothing is read, and each range is checked against
     // guest memory by the walk.
-    let buffers = match walk_chain(chain.clone(), queue_size, Access::DeviceWritable, u64::MAX) {
-        Ok(b) => b,
+    let buffers = match walk(chain.clone(), queue_size, Direction::DeviceWrites, None) {
+        Ok(c) => c.buffers,
         Err(reason) => {
             metrics.reject(reason);
             return;

@@ -8,12 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+use virtio_device::chain::Direction;
+use virtio_device::queue::ActiveQueue;
 use virtio_device::GuestRam;
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::Bytes;
 
 use crate::metrics::{BalloonMetrics, RejectReason};
-use crate::queues::{walk_chain, Access, ActiveQueue, MAX_CHAINS_PER_ROUND};
+use crate::queues::{walk, MAX_CHAINS_PER_ROUND};
 
 /// Bytes per statistics entry.
 pub const STATS_ENTRY_SIZE: usize = 10;
@@ -254,8 +256,8 @@ fn read_stats(
 ) -> Option<BalloonStats> {
     let mem = chain.memory();
     // No byte limit on the walk: only the first MAX_STATS_BYTES are read.
-    let buffers = match walk_chain(chain.clone(), queue_size, Access::DeviceReadable, u64::MAX) {
-        Ok(b) => b,
+    let buffers = match walk(chain.clone(), queue_size, Direction::DeviceReads, None) {
+        Ok(c) => c.buffers,
         Err(reason) => {
             metrics.reject(reason);
             return None;
@@ -306,8 +308,8 @@ pub(crate) fn take_stats_buffers(
         let chain = match q.next_chain(mem) {
             Ok(Some(chain)) => chain,
             Ok(None) => return false,
-            Err(reason) => {
-                metrics.reject(reason);
+            Err(fault) => {
+                metrics.reject(fault.into());
                 return false;
             }
         };
@@ -322,13 +324,8 @@ pub(crate) fn take_stats_buffers(
             *last = stats;
         }
         if let Some(h) = give_back {
-            match q.return_chain(mem, h, 0) {
-                Ok(()) => {}
-                Err(RejectReason::BadHeadIndex) => metrics.reject(RejectReason::BadHeadIndex),
-                Err(reason) => {
-                    metrics.reject(reason);
-                    return false;
-                }
+            if !q.give_back(mem, h, 0, metrics) {
+                return false;
             }
         }
     }
@@ -348,7 +345,7 @@ pub(crate) fn give_back_stats_buffer(
     };
     match q.return_chain(mem, head, 0) {
         Ok(()) => metrics.stats_requests += 1,
-        Err(reason) => metrics.reject(reason),
+        Err(fault) => metrics.reject(fault.into()),
     }
     true
 }

@@ -1,21 +1,20 @@
-//! A driver's side of the queues for unit tests, on real split queues in a
-//! `GuestMemoryMmap` (virtio-queue's `MockSplitQueue`), plus a recording
-//! releaser and interrupt.
+//! A driver's side of the queues for unit tests
+//! ([`virtio_device::testing::driver`]) that writes balloon requests, on
+//! guest memory with a hole, plus a recording releaser.
 //!
 //! Guest memory layout: region A `[0, 4 MiB)` holds the queues (below
 //! 512 KiB) and the driver's buffers (512 KiB - 1 MiB); region B
 //! `[4, 8 MiB)` directly follows it; `[8, 12 MiB)` is a hole (MMIO); region
 //! C is `[12, 16 MiB)`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_device::{Activation, GuestRam, Queue, VirtioDevice, VirtioInterrupt};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress};
+use virtio_device::testing::driver::{activation, Buf, DataArea, QueueDriver};
+pub use virtio_device::testing::driver::{raw, RecordingInterrupt};
+use virtio_device::{GuestRam, Queue, VirtioDevice};
+use virtio_queue::desc::RawDescriptor;
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::release::{HostRange, Releaser};
@@ -144,173 +143,80 @@ impl Releaser for GatedReleaser {
     }
 }
 
-/// Records interrupts.
-#[derive(Default)]
-pub struct RecordingInterrupt {
-    used: Mutex<Vec<u16>>,
-    quiet: Mutex<Vec<u16>>,
-    config: AtomicUsize,
-}
-
-impl RecordingInterrupt {
-    pub fn used(&self) -> Vec<u16> {
-        self.used.lock().unwrap().clone()
-    }
-
-    /// Queues whose used ring grew while the driver suppressed interrupts
-    /// ([`VirtioInterrupt::used_without_interrupt`]), in order.
-    pub fn quiet(&self) -> Vec<u16> {
-        self.quiet.lock().unwrap().clone()
-    }
-
-    pub fn config_changes(&self) -> usize {
-        self.config.load(Ordering::SeqCst)
-    }
-}
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn notify_used(&self, queue_index: u16) -> std::io::Result<()> {
-        self.used.lock().unwrap().push(queue_index);
-        Ok(())
-    }
-
-    fn notify_config(&self) -> std::io::Result<()> {
-        self.config.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn used_without_interrupt(&self, queue_index: u16) {
-        self.quiet.lock().unwrap().push(queue_index);
-    }
-}
-
 /// One descriptor as a test writes it: address, length, device-writable.
-pub type Desc = (u64, u32, bool);
+pub type Desc = Buf;
 
 /// The driver's side of `n` queues of [`QUEUE_SIZE`] entries.
 pub struct Driver<'a> {
     mem: &'a GuestRam,
-    queues: Vec<MockSplitQueue<'a, GuestRam>>,
-    next_desc: Vec<u16>,
-    next_data: u64,
+    queues: Vec<QueueDriver<'a>>,
+    data: DataArea<'a>,
 }
 
 impl<'a> Driver<'a> {
     pub fn new(mem: &'a GuestRam, n: usize) -> Self {
         let queues = (0..n)
-            .map(|i| {
-                MockSplitQueue::create(
-                    mem,
-                    GuestAddress(QUEUE_AREA + i as u64 * QUEUE_STRIDE),
-                    QUEUE_SIZE,
-                )
-            })
+            .map(|i| QueueDriver::new(mem, QUEUE_AREA + i as u64 * QUEUE_STRIDE, QUEUE_SIZE))
             .collect();
         Driver {
             mem,
             queues,
-            next_desc: vec![0; n],
-            next_data: DATA_AREA,
+            data: DataArea::new(mem, DATA_AREA, DATA_END),
         }
     }
 
     /// The device's view of queue `i`, ready.
     pub fn queue(&self, i: usize) -> Queue {
-        self.queues[i].create_queue().unwrap()
+        self.queues[i].queue()
     }
 
     /// Room for `len` bytes of buffers in region A.
     pub fn alloc(&mut self, len: u64) -> u64 {
-        let addr = self.next_data;
-        self.next_data = (addr + len).next_multiple_of(16);
-        assert!(self.next_data <= DATA_END, "test data area exhausted");
-        addr
+        self.data.alloc(len)
     }
 
     /// Writes `bytes` to a fresh buffer; returns its address.
     pub fn buffer(&mut self, bytes: &[u8]) -> u64 {
-        let addr = self.alloc(bytes.len() as u64);
-        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
-        addr
+        self.data.put(bytes)
     }
 
     /// A device-readable buffer of le32 PFNs.
     pub fn pfn_buffer(&mut self, pfns: &[u32]) -> Desc {
         let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
-        (self.buffer(&bytes), bytes.len() as u32, false)
+        self.data.bytes(&bytes, false)
     }
 
     /// The index the next descriptor of queue `q` will get.
     pub fn next_index(&mut self, q: usize, count: usize) -> u16 {
-        if usize::from(self.next_desc[q]) + count > usize::from(QUEUE_SIZE) {
-            self.next_desc[q] = 0;
-        }
-        self.next_desc[q]
+        self.queues[q].next_index(count)
     }
 
     /// Posts a chain of `descs`, linked in order; returns its head index.
     pub fn add_chain(&mut self, q: usize, descs: &[Desc]) -> u16 {
-        let base = self.next_index(q, descs.len());
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writable))| {
-                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 } as u16;
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, base + i as u16 + 1))
-            })
-            .collect();
-        self.add_raw_at(q, base, &raw)
+        self.queues[q].post(descs)
     }
 
     /// Posts raw descriptors at `base` as they are (their `next` fields
     /// must be right); each descriptor after one without `NEXT` starts a
     /// new chain. Returns `base`.
     pub fn add_raw_at(&mut self, q: usize, base: u16, raw: &[RawDescriptor]) -> u16 {
-        self.queues[q].add_desc_chains(raw, base).unwrap();
-        self.next_desc[q] = base + raw.len() as u16;
-        base
+        self.queues[q].post_raw_at(base, raw)
     }
 
     /// Publishes `head` in the available ring without writing descriptors.
     pub fn publish_head(&mut self, q: usize, head: u16) {
-        let avail = self.queues[q].avail();
-        let idx = avail.idx().load();
-        avail
-            .ring()
-            .ref_at(usize::from(idx % QUEUE_SIZE))
-            .unwrap()
-            .store(head);
-        avail.idx().store(idx.wrapping_add(1));
+        self.queues[q].publish_head(head);
     }
 
     /// Sets the available index directly (to corrupt it).
     pub fn set_avail_idx(&mut self, q: usize, idx: u16) {
-        self.queues[q].avail().idx().store(idx);
+        self.queues[q].set_avail_idx(idx);
     }
 
     /// Every used entry of queue `q` so far: (head, length).
     pub fn used(&self, q: usize) -> Vec<(u32, u32)> {
-        let used = self.queues[q].used();
-        let n = used.idx().load();
-        (0..n)
-            .map(|i| {
-                let e = used
-                    .ring()
-                    .ref_at(usize::from(i % QUEUE_SIZE))
-                    .unwrap()
-                    .load();
-                (e.id(), e.len())
-            })
-            .collect()
+        self.queues[q].used()
     }
-}
-
-/// A raw descriptor.
-pub fn raw(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
 }
 
 /// Activates `dev` with `acked` features and every queue of `drv` ready.
@@ -322,16 +228,8 @@ pub fn activate(
 ) -> (Arc<RecordingInterrupt>, Vec<EventFd>) {
     let n = dev.queue_max_sizes().len();
     let interrupt = Arc::new(RecordingInterrupt::default());
-    let events: Vec<EventFd> = (0..n)
-        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-        .collect();
-    dev.activate(Activation {
-        mem: drv.mem.clone(),
-        acked_features: acked,
-        queues: (0..n).map(|i| drv.queue(i)).collect(),
-        queue_events: events.iter().map(|e| e.try_clone().unwrap()).collect(),
-        interrupt: interrupt.clone(),
-    })
-    .unwrap();
+    let queues = (0..n).map(|i| drv.queue(i)).collect();
+    let (activation, events) = activation(drv.mem, acked, queues, interrupt.clone());
+    dev.activate(activation).unwrap();
     (interrupt, events)
 }

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use virtio_device::activation::{check_acked_features, QueueSlots, Registrations};
+use virtio_device::chain::{walk_chain, Chain};
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 use virtio_device::{
-    ActivateError, Activation, GuestRam, QueueT, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
+    ActivateError, Activation, GuestRam, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{
     read_config, BlockConfig, IO_CHUNK_BYTES, QUEUE_SIZE, REQUEST_QUEUE, VIRTIO_BLK_F_FLUSH,
@@ -18,13 +20,11 @@ use crate::config::{
 };
 use crate::disk::Disk;
 use crate::metrics::{bump, BlockMetrics, RejectReason};
-use crate::queues::{finish_round, walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
 use crate::request::{
     check, check_shape, Header, Kind, Refusal, Request, Shape, HEADER_SIZE, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
 };
 use crate::BlockError;
-use virtio_device::chain::ChainFault;
 
 /// Features a read-write drive offers; a read-only one adds
 /// `VIRTIO_BLK_F_RO`.
@@ -37,8 +37,6 @@ pub(crate) struct Active {
     pub acked_features: u64,
     pub queue: ActiveQueue,
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// The queue eventfd is registered with the event manager.
-    pub events_registered: bool,
 }
 
 /// A virtio-blk device backed by a raw image file.
@@ -54,12 +52,8 @@ pub struct Block {
     features: u64,
     queue_sizes: [u16; 1],
     pub(crate) active: Option<Active>,
-    /// Written on activation and reset, so the event loop (un)registers the
-    /// queue eventfd.
-    pub(crate) activate_evt: EventFd,
-    /// Eventfds of a reset activation, still registered with the event
-    /// manager: kept open until the event loop removes them.
-    pub(crate) retired_events: Vec<EventFd>,
+    /// The event loop's registrations of the queue eventfd.
+    pub(crate) registrations: Registrations,
     pub(crate) metrics: BlockMetrics,
     /// Data in transit between the image and guest memory.
     scratch: Vec<u8>,
@@ -91,8 +85,7 @@ impl Block {
             features,
             queue_sizes: [QUEUE_SIZE],
             active: None,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?,
-            retired_events: Vec::new(),
+            registrations: Registrations::new().map_err(BlockError::EventFd)?,
             metrics: BlockMetrics::default(),
             scratch: vec![0u8; IO_CHUNK_BYTES],
         })
@@ -138,38 +131,26 @@ impl Block {
         let Some(a) = active.as_mut() else {
             return;
         };
-        let mut io = Io {
-            disk,
-            id: config.id_bytes(),
-            write_through: a.acked_features & VIRTIO_BLK_F_FLUSH == 0,
+        let id = config.id_bytes();
+        let write_through = a.acked_features & VIRTIO_BLK_F_FLUSH == 0;
+        let more = a.queue.drain(
+            &a.mem,
+            MAX_CHAINS_PER_ROUND,
             metrics,
-            scratch,
-        };
-        let size = a.queue.queue.size();
-        let mut more = false;
-        for round in 0..MAX_CHAINS_PER_ROUND {
-            let chain = match a.queue.next_chain(&a.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    io.metrics.reject(fault.into());
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            bump(&mut io.metrics.requests);
-            let used_len = io.handle_chain(chain, size);
-            match a.queue.return_chain(&a.mem, head, used_len) {
-                Ok(()) => {}
-                Err(ChainFault::BadHeadIndex) => io.metrics.reject(RejectReason::BadHeadIndex),
-                Err(fault) => {
-                    io.metrics.reject(fault.into());
-                    break;
-                }
-            }
-            more = round + 1 == MAX_CHAINS_PER_ROUND;
-        }
-        finish_round(&mut a.queue, &a.mem, a.interrupt.as_ref(), io.metrics, more);
+            |chain, size, metrics| {
+                bump(&mut metrics.requests);
+                let mut io = Io {
+                    disk,
+                    id,
+                    write_through,
+                    metrics,
+                    scratch,
+                };
+                io.handle_chain(chain, size)
+            },
+        );
+        a.queue
+            .finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }
 
@@ -191,8 +172,8 @@ impl Io<'_> {
         let mem = chain.memory();
         let c = match walk_chain(chain.clone(), queue_size) {
             Ok(c) => c,
-            Err(reason) => {
-                self.metrics.reject(reason);
+            Err(fault) => {
+                self.metrics.reject(fault.into());
                 return 0;
             }
         };
@@ -363,37 +344,17 @@ impl VirtioDevice for Block {
             queue_events,
             interrupt,
         } = activation;
-        let unknown = acked_features & !self.features;
-        if unknown != 0 {
-            return Err(ActivateError(format!(
-                "the driver acked features {unknown:#x} the block device did not offer"
-            )));
-        }
-        let Some((queue, event)) = queues.into_iter().zip(queue_events).nth(REQUEST_QUEUE) else {
-            return Err(ActivateError("no request queue".into()));
-        };
-        if !queue.ready() {
-            return Err(ActivateError(
-                "the driver did not enable the request queue".into(),
-            ));
-        }
+        check_acked_features("block device", self.features, acked_features)?;
+        let queue = QueueSlots::new(queues, queue_events).take(REQUEST_QUEUE, "request")?;
         self.active = Some(Active {
             mem,
             acked_features,
-            queue: ActiveQueue {
-                queue,
-                index: REQUEST_QUEUE as u16,
-                event,
-                needs_interrupt: false,
-            },
+            queue,
             interrupt,
-            events_registered: false,
         });
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.registrations.activated("block device") {
             self.active = None;
-            return Err(ActivateError(format!(
-                "cannot signal the block device's event loop: {e}"
-            )));
+            return Err(e);
         }
         bump(&mut self.metrics.activations);
         Ok(())
@@ -401,13 +362,11 @@ impl VirtioDevice for Block {
 
     /// Drops the queue; requests are synchronous, so none is in flight.
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
-            if active.events_registered {
-                self.retired_events.push(active.queue.event);
-            }
+        let events = self.active.take().map(|active| {
             bump(&mut self.metrics.resets);
-        }
-        if self.activate_evt.write(1).is_err() {
+            active.queue.event
+        });
+        if self.registrations.reset(events).is_err() {
             bump(&mut self.metrics.event_errors);
         }
     }

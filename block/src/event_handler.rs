@@ -12,47 +12,29 @@
 //!
 //! [`VirtioDevice::activate`]: virtio_device::VirtioDevice::activate
 
-use std::os::fd::AsRawFd;
-
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
+use virtio_device::activation::LoopEvent;
 
 use crate::device::Block;
 use crate::metrics::bump;
 
 impl Block {
     /// Brings the event manager's registrations in line with the device,
-    /// then processes the queue once.
+    /// then processes the queue once (if active).
     fn sync_registrations(&mut self, ops: &mut EventOps) {
-        for event in self.retired_events.drain(..) {
-            if ops.remove(Events::new(&event, EventSet::IN)).is_err() {
-                bump(&mut self.metrics.event_errors);
-            }
+        let queue = self.active.as_ref().map(|a| &a.queue.event);
+        let failures = self.registrations.sync(ops, queue);
+        self.metrics.event_errors = self.metrics.event_errors.saturating_add(failures);
+        if self.active.is_some() {
+            self.process_queue();
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if !active.events_registered {
-            active.events_registered = true;
-            if ops
-                .add(Events::new(&active.queue.event, EventSet::IN))
-                .is_err()
-            {
-                bump(&mut self.metrics.event_errors);
-            }
-        }
-        self.process_queue();
     }
 }
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if ops
-            .add(Events::new(&self.activate_evt, EventSet::IN))
-            .is_err()
-        {
-            bump(&mut self.metrics.event_errors);
-        }
+        let failures = self.registrations.init(ops);
+        self.metrics.event_errors = self.metrics.event_errors.saturating_add(failures);
         // Subscribed after the driver activated the device: catch up.
         if self.active.is_some() {
             self.sync_registrations(ops);
@@ -61,26 +43,13 @@ impl MutEventSubscriber for Block {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            self.sync_registrations(ops);
-            return;
+        match self.registrations.event(fd) {
+            Some(LoopEvent::Changed) => return self.sync_registrations(ops),
+            Some(LoopEvent::Retired) => return,
+            None => {}
         }
-        let ours = self.active.as_ref().is_some_and(|a| {
-            let hit = a.queue.event.as_raw_fd() == fd;
-            if hit {
-                let _ = a.queue.event.read();
-            }
-            hit
-        });
-        if ours {
-            self.process_queue();
-            return;
-        }
-        if let Some(old) = self.retired_events.iter().find(|e| e.as_raw_fd() == fd) {
-            // Left from before a reset; removed at the next sync.
-            let _ = old.read();
-            return;
+        if self.active.as_ref().is_some_and(|a| a.queue.notified(fd)) {
+            return self.process_queue();
         }
         // Not ours: stop it from waking the loop again.
         bump(&mut self.metrics.event_errors);

@@ -21,12 +21,12 @@
 //! `VMM_FUZZ_SEED=S` another seed, `VMM_FUZZ_CASE=C` replays one case.
 
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::time::Instant;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_device::QueueT;
-use virtio_device::{Activation, GuestRam, Queue, VirtioDevice, VIRTIO_F_VERSION_1};
+use virtio_device::testing::fuzz::{run_cases, Rng};
+use virtio_device::testing::memory::Snapshot;
+use virtio_device::testing::ring::RawRing;
+use virtio_device::{Activation, GuestRam, VirtioDevice, VIRTIO_F_VERSION_1};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,37 +38,6 @@ use crate::*;
 /// Cases when `VMM_FUZZ_CASES` is not set: about a second in a debug build.
 const DEFAULT_CASES: u64 = 40;
 const DEFAULT_SEED: u64 = 0xb10c_f022;
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
-/// xorshift64* seeded by splitmix64 of the seed and the case.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, case: u64) -> Rng {
-        let mix = |mut z: u64| {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng(mix(seed ^ mix(case)).max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-}
 
 // Guest memory: RAM [0, 2 MiB) and [3 MiB, 4 MiB), a hole between. The
 // queue's three parts live below DATA, far apart, the step's buffers from
@@ -393,21 +362,10 @@ fn unknown(mem: &GuestRam, step: &mut Step, rng: &mut Rng, ro: bool) {
     step.heads.push(head);
 }
 
-fn snapshot(mem: &GuestRam) -> Vec<u8> {
-    let mut v = vec![0u8; (HOLE - DATA + END - RAM2) as usize];
-    let (a, b) = v.split_at_mut((HOLE - DATA) as usize);
-    mem.read_slice(a, GuestAddress(DATA)).unwrap();
-    mem.read_slice(b, GuestAddress(RAM2)).unwrap();
-    v
-}
-
-fn addr_of_index(i: usize) -> u64 {
-    let i = i as u64;
-    if i < HOLE - DATA {
-        DATA + i
-    } else {
-        RAM2 + i - (HOLE - DATA)
-    }
+/// The memory the device may write into: the step's buffers and the
+/// unknown chains' targets.
+fn snapshot(mem: &GuestRam) -> Snapshot {
+    Snapshot::take(mem, &[(DATA, HOLE), (RAM2, END)])
 }
 
 fn case(rng: &mut Rng) {
@@ -420,12 +378,7 @@ fn case(rng: &mut Rng) {
         (GuestAddress(RAM2), (END - RAM2) as usize),
     ])
     .unwrap();
-    let mut queue = Queue::new(QSIZE).unwrap();
-    queue.set_size(QSIZE);
-    queue.set_desc_table_address(Some(DESC as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    queue.set_used_ring_address(Some(USED as u32), Some(0));
-    queue.set_ready(true);
+    let mut ring = RawRing::new(DESC, AVAIL, USED, QSIZE);
     let interrupt = std::sync::Arc::new(RecordingInterrupt::default());
     let mut features = VIRTIO_F_VERSION_1;
     if rng.one_in(2) {
@@ -437,12 +390,11 @@ fn case(rng: &mut Rng) {
     dev.activate(Activation {
         mem: mem.clone(),
         acked_features: features,
-        queues: vec![queue],
+        queues: vec![ring.queue()],
         queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
         interrupt: interrupt.clone(),
     })
     .unwrap();
-    let (mut avail, mut used_seen) = (0u16, 0u16);
     for _ in 0..1 + rng.below(12) {
         let mut step = Step {
             descs: Vec::new(),
@@ -467,33 +419,20 @@ fn case(rng: &mut Rng) {
                 .get(usize::from(i))
                 .copied()
                 .unwrap_or((0, 0, 0, 0));
-            let at = DESC + 16 * u64::from(i);
-            mem.write_obj(d.0.to_le(), GuestAddress(at)).unwrap();
-            mem.write_obj(d.1.to_le(), GuestAddress(at + 8)).unwrap();
-            mem.write_obj(d.2.to_le(), GuestAddress(at + 12)).unwrap();
-            mem.write_obj(d.3.to_le(), GuestAddress(at + 14)).unwrap();
+            ring.write_desc(&mem, i, d);
         }
         for &h in &step.heads {
-            let slot = AVAIL + 4 + 2 * u64::from(avail % QSIZE);
-            mem.write_obj(h.to_le(), GuestAddress(slot)).unwrap();
-            avail = avail.wrapping_add(1);
+            ring.push(&mem, h);
         }
-        mem.write_obj(avail.to_le(), GuestAddress(AVAIL + 2))
-            .unwrap();
         let before = snapshot(&mem);
         let m0 = dev.metrics();
         dev.process_queue();
         let m1 = dev.metrics();
 
         // Every chain back once.
-        let idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
         let mut back = BTreeMap::new();
-        while used_seen != idx {
-            let slot = USED + 4 + 8 * u64::from(used_seen % QSIZE);
-            let id: u32 = mem.read_obj(GuestAddress(slot)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(slot + 4)).unwrap();
-            assert!(back.insert(id as u16, len).is_none(), "id {id} twice");
-            used_seen = used_seen.wrapping_add(1);
+        for (id, len) in ring.take_used(&mem) {
+            assert!(back.insert(id, len).is_none(), "id {id} twice");
         }
         let mut posted = step.heads.clone();
         posted.sort();
@@ -505,7 +444,7 @@ fn case(rng: &mut Rng) {
         );
         assert_eq!(m1.requests - m0.requests, step.heads.len() as u64);
         if !back.is_empty() {
-            assert!(!interrupt.used.lock().unwrap().is_empty(), "no interrupt");
+            assert!(!interrupt.used().is_empty(), "no interrupt");
         }
 
         // Known chains: status, length, data, counters.
@@ -564,42 +503,11 @@ fn case(rng: &mut Rng) {
             .filter(|d| d.2 & VRING_DESC_F_WRITE as u16 != 0)
             .map(|d| (d.0, d.0.saturating_add(u64::from(d.1))))
             .collect();
-        // Page by page (memcmp), then byte by byte where a page differs.
-        for (p, (x, y)) in before.chunks(4096).zip(after.chunks(4096)).enumerate() {
-            if x == y {
-                continue;
-            }
-            for (j, (a, b)) in x.iter().zip(y).enumerate() {
-                if a != b {
-                    let at = addr_of_index(p * 4096 + j);
-                    assert!(
-                        writable.iter().any(|&(s, e)| (s..e).contains(&at)),
-                        "byte at {at:#x} changed outside writable buffers"
-                    );
-                }
-            }
-        }
+        before.assert_changed_only_inside(&after, &writable);
     }
 }
 
 #[test]
 fn fuzz_block_requests() {
-    let seed = env_u64("VMM_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let (from, to) = match env_u64("VMM_FUZZ_CASE") {
-        Some(c) => (c, c + 1),
-        None => (0, env_u64("VMM_FUZZ_CASES").unwrap_or(DEFAULT_CASES)),
-    };
-    eprintln!("fuzz block: seed {seed}, cases {from}..{to}");
-    let start = Instant::now();
-    for c in from..to {
-        let mut rng = Rng::new(seed, c);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| case(&mut rng))) {
-            eprintln!(
-                "fuzz block: case {c} failed; replay it alone with \
-                 VMM_FUZZ_SEED={seed} VMM_FUZZ_CASE={c}"
-            );
-            resume_unwind(panic);
-        }
-    }
-    eprintln!("fuzz block: {} cases in {:.2?}", to - from, start.elapsed());
+    run_cases("block", DEFAULT_SEED, DEFAULT_CASES, case);
 }

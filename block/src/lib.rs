@@ -8,7 +8,7 @@
 //! answers writes with `VIRTIO_BLK_S_IOERR`.
 //!
 //! The guest is untrusted. Every chain is walked and validated as a whole
-//! before a byte of it is used ([`queues`]); its shape is checked (a
+//! before a byte of it is used ([`virtio_device::chain`]); its shape is checked (a
 //! device-readable header first, device-writable buffers after the
 //! readable ones, a writable status byte last); the header's sector and
 //! the data length are checked against the image size with overflow-checked
@@ -21,7 +21,6 @@
 //! Layout of the crate, one concept per file:
 //! - [`config`]: host configuration, features, configuration space, limits;
 //! - [`disk`]: the image file and its I/O;
-//! - `queues`: taking chains with bounds, reading and writing guest memory;
 //! - [`request`]: the request header and the checks of a chain's shape;
 //! - `device`: the [`Block`] device, request execution and its
 //!   [`virtio_device::VirtioDevice`] implementation;
@@ -33,7 +32,6 @@ mod device;
 pub mod disk;
 mod event_handler;
 pub mod metrics;
-mod queues;
 pub mod request;
 
 #[cfg(test)]

@@ -3,109 +3,53 @@
 //! Plain integers: the device is used behind a lock, and callers snapshot
 //! the whole struct with [`crate::Block::metrics`].
 
-/// Why the device refused a request the driver sent. A refused request
-/// whose chain is valid and ends in a writable status byte gets
-/// `VIRTIO_BLK_S_IOERR` (or `VIRTIO_BLK_S_UNSUPP` for an unknown type);
-/// one without gets its chain back with nothing written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// A chain with no usable descriptor (bad head index, unreadable
-    /// descriptor table, broken indirect table).
-    EmptyChain,
-    /// A chain that did not end within the queue size: it loops.
-    LoopingChain,
-    /// A chain whose `next` leads nowhere.
-    BrokenChain,
-    /// A descriptor whose buffer is not wholly inside guest memory.
-    DescriptorOutsideMemory,
-    /// A device-readable descriptor after a device-writable one.
-    ReadableAfterWritable,
-    /// Fewer than 16 device-readable bytes: no room for the header.
-    HeaderTooShort,
-    /// The last descriptor is not device-writable, or empty: no status.
-    NoStatus,
-    /// Data in the wrong direction: device-readable data on a read or
-    /// `GET_ID`, device-writable data on a write, data on a flush.
-    WrongDataDirection,
-    /// Data that is not a whole number of sectors (reads and writes).
-    PartialSector,
-    /// More data than [`crate::MAX_REQUEST_BYTES`].
-    RequestTooLarge,
-    /// A read or write that starts or ends past the image (or whose end
-    /// overflows).
-    SectorOutOfRange,
-    /// A write to a read-only drive.
-    WriteToReadOnly,
-    /// A `GET_ID` with no room for the answer.
-    IdBufferEmpty,
-    /// A request type the device does not implement (`VIRTIO_BLK_S_UNSUPP`).
-    UnsupportedType,
-    /// The available ring is inconsistent: the queue was not processed
-    /// further.
-    QueueBroken,
-    /// Writing the used ring failed: the queue was not processed further.
-    UsedRingError,
-    /// A chain head outside the descriptor table: it cannot be returned.
-    BadHeadIndex,
-}
-
-macro_rules! rejections {
-    ($($reason:ident => $field:ident),* $(,)?) => {
-        impl RejectReason {
-            /// Every reason, in declaration order.
-            pub const ALL: &'static [RejectReason] = &[$(RejectReason::$reason),*];
-        }
-
-        /// One counter per [`RejectReason`].
-        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-        pub struct Rejections {
-            $(pub $field: u64,)*
-        }
-
-        impl Rejections {
-            fn counter(&mut self, reason: RejectReason) -> &mut u64 {
-                match reason {
-                    $(RejectReason::$reason => &mut self.$field,)*
-                }
-            }
-
-            /// The counter for `reason`.
-            pub fn count(&self, reason: RejectReason) -> u64 {
-                match reason {
-                    $(RejectReason::$reason => self.$field,)*
-                }
-            }
-        }
-    };
-}
-
-rejections! {
-    EmptyChain => empty_chain,
-    LoopingChain => looping_chain,
-    BrokenChain => broken_chain,
-    DescriptorOutsideMemory => descriptor_outside_memory,
-    ReadableAfterWritable => readable_after_writable,
-    HeaderTooShort => header_too_short,
-    NoStatus => no_status,
-    WrongDataDirection => wrong_data_direction,
-    PartialSector => partial_sector,
-    RequestTooLarge => request_too_large,
-    SectorOutOfRange => sector_out_of_range,
-    WriteToReadOnly => write_to_read_only,
-    IdBufferEmpty => id_buffer_empty,
-    UnsupportedType => unsupported_type,
-    QueueBroken => queue_broken,
-    UsedRingError => used_ring_error,
-    BadHeadIndex => bad_head_index,
-}
-
-impl Rejections {
-    /// All rejections together.
-    pub fn total(&self) -> u64 {
-        RejectReason::ALL
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(self.count(*r)))
+virtio_device::rejections! {
+    /// Why the device refused a request the driver sent. A refused request
+    /// whose chain is valid and ends in a writable status byte gets
+    /// `VIRTIO_BLK_S_IOERR` (or `VIRTIO_BLK_S_UNSUPP` for an unknown type);
+    /// one without gets its chain back with nothing written.
+    pub enum RejectReason {
+        /// A chain with no usable descriptor (bad head index, unreadable
+        /// descriptor table, broken indirect table).
+        EmptyChain => empty_chain,
+        /// A chain that did not end within the queue size: it loops.
+        LoopingChain => looping_chain,
+        /// A chain whose `next` leads nowhere.
+        BrokenChain => broken_chain,
+        /// A descriptor whose buffer is not wholly inside guest memory.
+        DescriptorOutsideMemory => descriptor_outside_memory,
+        /// A device-readable descriptor after a device-writable one.
+        ReadableAfterWritable => readable_after_writable,
+        /// Fewer than 16 device-readable bytes: no room for the header.
+        HeaderTooShort => header_too_short,
+        /// The last descriptor is not device-writable, or empty: no status.
+        NoStatus => no_status,
+        /// Data in the wrong direction: device-readable data on a read or
+        /// `GET_ID`, device-writable data on a write, data on a flush.
+        WrongDataDirection => wrong_data_direction,
+        /// Data that is not a whole number of sectors (reads and writes).
+        PartialSector => partial_sector,
+        /// More data than [`crate::MAX_REQUEST_BYTES`].
+        RequestTooLarge => request_too_large,
+        /// A read or write that starts or ends past the image (or whose end
+        /// overflows).
+        SectorOutOfRange => sector_out_of_range,
+        /// A write to a read-only drive.
+        WriteToReadOnly => write_to_read_only,
+        /// A `GET_ID` with no room for the answer.
+        IdBufferEmpty => id_buffer_empty,
+        /// A request type the device does not implement (`VIRTIO_BLK_S_UNSUPP`).
+        UnsupportedType => unsupported_type,
+        /// The available ring is inconsistent: the queue was not processed
+        /// further.
+        QueueBroken => queue_broken,
+        /// Writing the used ring failed: the queue was not processed further.
+        UsedRingError => used_ring_error,
+        /// A chain head outside the descriptor table: it cannot be returned.
+        BadHeadIndex => bad_head_index,
     }
+    /// One counter per [`RejectReason`].
+    pub struct Rejections;
 }
 
 /// What the device did. Counters only grow (saturating).
@@ -145,34 +89,13 @@ pub struct BlockMetrics {
     pub rejections: Rejections,
 }
 
-/// Adds one to a counter, saturating.
-pub(crate) fn bump(counter: &mut u64) {
-    *counter = counter.saturating_add(1);
-}
+pub(crate) use virtio_device::metrics::bump;
+
+virtio_device::queue_counters!(BlockMetrics);
 
 impl BlockMetrics {
     /// Counts one rejection for `reason`.
     pub(crate) fn reject(&mut self, reason: RejectReason) {
-        bump(self.rejections.counter(reason));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_reason_has_its_own_counter() {
-        let mut m = BlockMetrics::default();
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
-            for _ in 0..=i {
-                m.reject(*r);
-            }
-        }
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
-            assert_eq!(m.rejections.count(*r), i as u64 + 1, "{r:?}");
-        }
-        let n = RejectReason::ALL.len() as u64;
-        assert_eq!(m.rejections.total(), n * (n + 1) / 2);
+        self.rejections.add(reason, 1);
     }
 }

@@ -17,7 +17,7 @@ use vm_memory::{Address, GuestAddress};
 
 use crate::config::{ID_BYTES, MAX_REQUEST_BYTES, SECTOR_SIZE};
 use crate::metrics::RejectReason;
-use crate::queues::Chain;
+use virtio_device::chain::Chain;
 
 /// Bytes of the request header: `type` le32, `reserved` le32, `sector`
 /// le64.

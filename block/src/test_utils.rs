@@ -1,22 +1,20 @@
 //! Helpers for the unit tests: a temporary image file, and a driver's side
-//! of the request queue on a real split queue in guest memory
-//! (virtio-queue's `MockSplitQueue`).
+//! of the request queue ([`virtio_device::testing::driver`]) that writes
+//! block requests.
 //!
 //! Guest memory: `[0, 16 MiB)`; the queue lives at 0, the driver's
 //! buffers from 1 MiB.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_device::{Activation, GuestRam, Queue, VirtioDevice, VirtioInterrupt};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_device::testing::driver::{activation, DataArea, QueueDriver};
+pub use virtio_device::testing::driver::{Buf, RecordingInterrupt};
+use virtio_device::{GuestRam, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::request::{Header, HEADER_SIZE};
+use crate::request::Header;
 use crate::{Block, BlockConfig};
 
 /// An image file removed when dropped.
@@ -71,34 +69,13 @@ pub fn test_mem() -> GuestRam {
     GuestRam::from_ranges(&[(GuestAddress(0), MEM_END as usize)]).unwrap()
 }
 
-/// Records interrupts.
-#[derive(Default)]
-pub struct RecordingInterrupt {
-    pub used: Mutex<Vec<u16>>,
-}
-
-impl VirtioInterrupt for RecordingInterrupt {
-    fn notify_used(&self, queue_index: u16) -> std::io::Result<()> {
-        self.used.lock().unwrap().push(queue_index);
-        Ok(())
-    }
-    fn notify_config(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One buffer of a chain the test driver posts: (address, length, device
-/// writes it).
-pub type Buf = (u64, u32, bool);
-
 pub const TEST_QUEUE_SIZE: u16 = 256;
 
 /// The driver's side of the request queue.
 pub struct Driver<'m> {
     pub mem: &'m GuestRam,
-    pub queue: MockSplitQueue<'m, GuestRam>,
-    next_desc: u16,
-    next_data: u64,
+    pub queue: QueueDriver<'m>,
+    data: DataArea<'m>,
     pub interrupt: Arc<RecordingInterrupt>,
 }
 
@@ -106,91 +83,46 @@ impl<'m> Driver<'m> {
     pub fn new(mem: &'m GuestRam) -> Self {
         Driver {
             mem,
-            queue: MockSplitQueue::create(mem, GuestAddress(0), TEST_QUEUE_SIZE),
-            next_desc: 0,
-            next_data: DATA_AREA,
+            queue: QueueDriver::new(mem, 0, TEST_QUEUE_SIZE),
+            data: DataArea::new(mem, DATA_AREA, MEM_END),
             interrupt: Arc::new(RecordingInterrupt::default()),
         }
     }
 
     /// Activates `dev` with the queue ready and `features` acked.
     pub fn activate(&self, dev: &mut Block, features: u64) {
-        dev.activate(Activation {
-            mem: self.mem.clone(),
-            acked_features: features,
-            queues: vec![self.queue.create_queue::<Queue>().unwrap()],
-            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
-            interrupt: self.interrupt.clone(),
-        })
-        .unwrap();
-    }
-
-    /// Room for `len` bytes in the data area.
-    pub fn alloc(&mut self, len: u64) -> u64 {
-        let at = self.next_data;
-        self.next_data += len.next_multiple_of(16);
-        assert!(self.next_data <= MEM_END, "test data area full");
-        at
+        let queues = vec![self.queue.queue()];
+        let (activation, _) = activation(self.mem, features, queues, self.interrupt.clone());
+        dev.activate(activation).unwrap();
     }
 
     /// Posts a chain; returns its head.
     pub fn post(&mut self, bufs: &[Buf]) -> u16 {
-        let head = self.next_desc;
-        let descs: Vec<RawDescriptor> = bufs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, writes))| {
-                let idx = head + i as u16;
-                let mut flags = if writes { VRING_DESC_F_WRITE as u16 } else { 0 };
-                if i + 1 < bufs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1))
-            })
-            .collect();
-        self.next_desc += bufs.len() as u16;
-        assert!(
-            self.next_desc <= TEST_QUEUE_SIZE,
-            "test ran out of descriptors"
-        );
-        self.queue.add_desc_chains(&descs, head).unwrap();
-        head
+        self.queue.post(bufs)
     }
 
     /// A header in guest memory: its buffer.
     pub fn header(&mut self, request_type: u32, sector: u64) -> Buf {
-        let at = self.alloc(HEADER_SIZE as u64);
         let h = Header {
             request_type,
             reserved: 0,
             sector,
         };
-        self.mem
-            .write_slice(&h.to_bytes(), GuestAddress(at))
-            .unwrap();
-        (at, HEADER_SIZE as u32, false)
+        self.data.bytes(&h.to_bytes(), false)
     }
 
     /// A status byte, preset to 0xff so a missing write shows.
     pub fn status(&mut self) -> Buf {
-        let at = self.alloc(1);
-        self.mem.write_obj(0xffu8, GuestAddress(at)).unwrap();
-        (at, 1, true)
+        self.data.bytes(&[0xff], true)
     }
 
     /// A data buffer of `len` bytes holding `fill`.
     pub fn data(&mut self, len: u32, fill: u8, device_writes: bool) -> Buf {
-        let at = self.alloc(u64::from(len));
-        self.mem
-            .write_slice(&vec![fill; len as usize], GuestAddress(at))
-            .unwrap();
-        (at, len, device_writes)
+        self.data.fill(len, fill, device_writes)
     }
 
     pub fn read_bytes(&self, buf: Buf) -> Vec<u8> {
-        let mut b = vec![0u8; buf.1 as usize];
-        self.mem.read_slice(&mut b, GuestAddress(buf.0)).unwrap();
-        b
+        self.data.read(buf)
     }
 
     pub fn status_of(&self, buf: Buf) -> u8 {
@@ -199,13 +131,6 @@ impl<'m> Driver<'m> {
 
     /// The used elements so far: (id, len).
     pub fn used(&self) -> Vec<(u32, u32)> {
-        let used = self.queue.used();
-        let idx = used.idx().load();
-        (0..idx)
-            .map(|i| {
-                let e = used.ring().ref_at(usize::from(i)).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
+        self.queue.used()
     }
 }

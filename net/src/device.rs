@@ -5,12 +5,14 @@
 use std::io;
 use std::sync::Arc;
 
+use virtio_device::activation::{check_acked_features, QueueSlots, Registrations};
+use virtio_device::chain::{walk_chain, Chain};
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 use virtio_device::{
     ActivateError, Activation, GuestRam, VirtioDevice, VirtioInterrupt, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 use virtio_queue::DescriptorChain;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::Backend;
 use crate::config::{
@@ -19,10 +21,8 @@ use crate::config::{
 };
 use crate::header::{check_rx_from_tap, check_tx, VnetHeader};
 use crate::metrics::{bump, NetMetrics, RejectReason};
-use crate::queues::{finish_round, walk_chain, ActiveQueue, Chain, MAX_CHAINS_PER_ROUND};
 use crate::tap::Tap;
 use crate::NetError;
-use virtio_device::chain::ChainFault;
 
 /// Features offered: `VIRTIO_F_VERSION_1` (our transport is modern-only,
 /// and it fixes the 12-byte header) and, with a configured MAC,
@@ -39,8 +39,6 @@ pub(crate) struct Active {
     pub rx: ActiveQueue,
     pub tx: ActiveQueue,
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// The queue eventfds are registered with the event manager.
-    pub events_registered: bool,
 }
 
 /// A virtio-net device whose frames go to and come from `B` (the TAP).
@@ -57,12 +55,8 @@ pub struct Net<B: Backend = Tap> {
     features: u64,
     queue_sizes: [u16; 2],
     pub(crate) active: Option<Active>,
-    /// Written on activation and reset, so the event loop (un)registers the
-    /// queue eventfds.
-    pub(crate) activate_evt: EventFd,
-    /// Eventfds of a reset activation, still registered with the event
-    /// manager: kept open until the event loop removes them.
-    pub(crate) retired_events: Vec<EventFd>,
+    /// The event loop's registrations of the queue eventfds.
+    pub(crate) registrations: Registrations,
     pub(crate) metrics: NetMetrics,
     /// A frame from the backend, vnet header first.
     rx_buf: Vec<u8>,
@@ -106,8 +100,7 @@ impl<B: Backend> Net<B> {
             features,
             queue_sizes: [QUEUE_SIZE; 2],
             active: None,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd)?,
-            retired_events: Vec::new(),
+            registrations: Registrations::new().map_err(NetError::EventFd)?,
             metrics: NetMetrics::default(),
             rx_buf: vec![0u8; MAX_BUFFER_LEN],
             rx_pending: None,
@@ -189,12 +182,12 @@ impl<B: Backend> Net<B> {
                     0
                 }
             };
-            if !return_chain(&mut a.rx, &a.mem, head, used_len, metrics) {
+            if !a.rx.give_back(&a.mem, head, used_len, metrics) {
                 break;
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        finish_round(&mut a.rx, &a.mem, a.interrupt.as_ref(), metrics, more);
+        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 
     /// Sends the transmit chains' frames to the backend, at most
@@ -211,36 +204,28 @@ impl<B: Backend> Net<B> {
         let Some(a) = active.as_mut() else {
             return;
         };
-        let mut more = false;
-        for round in 0..MAX_CHAINS_PER_ROUND {
-            let chain = match a.tx.next_chain(&a.mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(fault) => {
-                    metrics.reject(fault.into());
-                    break;
+        let more = a.tx.drain(
+            &a.mem,
+            MAX_CHAINS_PER_ROUND,
+            metrics,
+            |chain, size, metrics| {
+                bump(&mut metrics.tx_chains);
+                match gather(chain, size, tx_buf) {
+                    Ok(len) => match backend.write_frame(&tx_buf[..len]) {
+                        Ok(_) => {
+                            bump(&mut metrics.tx_packets);
+                            metrics.tx_bytes =
+                                metrics.tx_bytes.saturating_add((len - VNET_HDR_LEN) as u64);
+                        }
+                        Err(_) => bump(&mut metrics.tx_tap_errors),
+                    },
+                    Err(reason) => metrics.reject(reason),
                 }
-            };
-            bump(&mut metrics.tx_chains);
-            let head = chain.head_index();
-            match gather(chain, a.tx.queue_size(), tx_buf) {
-                Ok(len) => match backend.write_frame(&tx_buf[..len]) {
-                    Ok(_) => {
-                        bump(&mut metrics.tx_packets);
-                        metrics.tx_bytes =
-                            metrics.tx_bytes.saturating_add((len - VNET_HDR_LEN) as u64);
-                    }
-                    Err(_) => bump(&mut metrics.tx_tap_errors),
-                },
-                Err(reason) => metrics.reject(reason),
-            }
-            // The device writes nothing into a transmit chain.
-            if !return_chain(&mut a.tx, &a.mem, head, 0, metrics) {
-                break;
-            }
-            more = round + 1 == MAX_CHAINS_PER_ROUND;
-        }
-        finish_round(&mut a.tx, &a.mem, a.interrupt.as_ref(), metrics, more);
+                // The device writes nothing into a transmit chain.
+                0
+            },
+        );
+        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }
 
@@ -260,28 +245,6 @@ fn read_frame<B: Backend>(backend: &B, buf: &mut [u8], metrics: &mut NetMetrics)
                 bump(&mut metrics.rx_tap_errors);
                 return None;
             }
-        }
-    }
-}
-
-/// Puts chain `head` in the used ring; false when the queue cannot be
-/// processed further (counted).
-fn return_chain(
-    q: &mut ActiveQueue,
-    mem: &GuestRam,
-    head: u16,
-    len: u32,
-    metrics: &mut NetMetrics,
-) -> bool {
-    match q.return_chain(mem, head, len) {
-        Ok(()) => true,
-        Err(ChainFault::BadHeadIndex) => {
-            metrics.reject(RejectReason::BadHeadIndex);
-            true
-        }
-        Err(fault) => {
-            metrics.reject(fault.into());
-            false
         }
     }
 }
@@ -374,44 +337,20 @@ impl<B: Backend> VirtioDevice for Net<B> {
             queue_events,
             interrupt,
         } = activation;
-        let unknown = acked_features & !self.features;
-        if unknown != 0 {
-            return Err(ActivateError(format!(
-                "the driver acked features {unknown:#x} the net device did not offer"
-            )));
-        }
-        let mut pairs = queues.into_iter().zip(queue_events);
-        let (Some((rx, rx_event)), Some((tx, tx_event))) = (pairs.next(), pairs.next()) else {
-            return Err(ActivateError("the net device needs two queues".into()));
-        };
-        if !virtio_device::QueueT::ready(&rx) || !virtio_device::QueueT::ready(&tx) {
-            return Err(ActivateError(
-                "the driver did not enable both the receive and transmit queues".into(),
-            ));
-        }
+        check_acked_features("net device", self.features, acked_features)?;
+        let mut slots = QueueSlots::new(queues, queue_events);
+        let rx = slots.take(RX_QUEUE, "receive")?;
+        let tx = slots.take(TX_QUEUE, "transmit")?;
         self.active = Some(Active {
             mem,
             acked_features,
-            rx: ActiveQueue {
-                queue: rx,
-                index: RX_QUEUE as u16,
-                event: rx_event,
-                needs_interrupt: false,
-            },
-            tx: ActiveQueue {
-                queue: tx,
-                index: TX_QUEUE as u16,
-                event: tx_event,
-                needs_interrupt: false,
-            },
+            rx,
+            tx,
             interrupt,
-            events_registered: false,
         });
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.registrations.activated("net device") {
             self.active = None;
-            return Err(ActivateError(format!(
-                "cannot signal the net device's event loop: {e}"
-            )));
+            return Err(e);
         }
         bump(&mut self.metrics.activations);
         Ok(())
@@ -420,17 +359,18 @@ impl<B: Backend> VirtioDevice for Net<B> {
     /// Drops the queues and a frame waiting for a receive chain; the TAP
     /// stays open (frames queue in the kernel until the next activation).
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
-            if active.events_registered {
-                self.retired_events.push(active.rx.event);
-                self.retired_events.push(active.tx.event);
-            }
+        let events = self.active.take().map(|active| {
             bump(&mut self.metrics.resets);
-        }
-        self.rx_pending = None;
-        if self.activate_evt.write(1).is_err() {
+            [active.rx.event, active.tx.event]
+        });
+        if self
+            .registrations
+            .reset(events.into_iter().flatten())
+            .is_err()
+        {
             bump(&mut self.metrics.event_errors);
         }
+        self.rx_pending = None;
     }
 }
 

@@ -19,9 +19,8 @@
 //!
 //! [`VirtioDevice::activate`]: virtio_device::VirtioDevice::activate
 
-use std::os::fd::AsRawFd;
-
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_device::activation::LoopEvent;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::Backend;
@@ -30,49 +29,22 @@ use crate::metrics::bump;
 
 impl<B: Backend> Net<B> {
     /// Brings the event manager's registrations in line with the device,
-    /// then processes both queues once.
+    /// then processes both queues once (if active).
     fn sync_registrations(&mut self, ops: &mut EventOps) {
-        for event in self.retired_events.drain(..) {
-            if ops.remove(Events::new(&event, EventSet::IN)).is_err() {
-                bump(&mut self.metrics.event_errors);
-            }
+        let queues = self.active.iter().flat_map(|a| [&a.rx.event, &a.tx.event]);
+        let failures = self.registrations.sync(ops, queues);
+        self.metrics.event_errors = self.metrics.event_errors.saturating_add(failures);
+        if self.active.is_some() {
+            self.process_tx();
+            self.process_rx();
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if !active.events_registered {
-            active.events_registered = true;
-            for q in [&active.rx, &active.tx] {
-                if ops.add(Events::new(&q.event, EventSet::IN)).is_err() {
-                    bump(&mut self.metrics.event_errors);
-                }
-            }
-        }
-        self.process_tx();
-        self.process_rx();
-    }
-
-    /// Which queue eventfd `fd` is, if the device is active: reads it.
-    fn queue_event(&self, fd: i32) -> Option<usize> {
-        let a = self.active.as_ref()?;
-        [&a.rx, &a.tx].into_iter().position(|q| {
-            let hit = q.event.as_raw_fd() == fd;
-            if hit {
-                let _ = q.event.read();
-            }
-            hit
-        })
     }
 }
 
 impl<B: Backend> MutEventSubscriber for Net<B> {
     fn init(&mut self, ops: &mut EventOps) {
-        if ops
-            .add(Events::new(&self.activate_evt, EventSet::IN))
-            .is_err()
-        {
-            bump(&mut self.metrics.event_errors);
-        }
+        let failures = self.registrations.init(ops);
+        self.metrics.event_errors = self.metrics.event_errors.saturating_add(failures);
         let tap = Events::new(&self.backend, EventSet::IN | EventSet::EDGE_TRIGGERED);
         if ops.add(tap).is_err() {
             bump(&mut self.metrics.event_errors);
@@ -85,31 +57,22 @@ impl<B: Backend> MutEventSubscriber for Net<B> {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            self.sync_registrations(ops);
-            return;
+        match self.registrations.event(fd) {
+            Some(LoopEvent::Changed) => return self.sync_registrations(ops),
+            Some(LoopEvent::Retired) => return,
+            None => {}
         }
         if fd == self.backend.as_raw_fd() {
             // Inactive: the frames wait in the kernel for the activation.
-            self.process_rx();
-            return;
+            return self.process_rx();
         }
-        match self.queue_event(fd) {
-            Some(0) => {
-                self.process_rx();
-                return;
+        if let Some(a) = &self.active {
+            if a.rx.notified(fd) {
+                return self.process_rx();
             }
-            Some(_) => {
-                self.process_tx();
-                return;
+            if a.tx.notified(fd) {
+                return self.process_tx();
             }
-            None => {}
-        }
-        if let Some(old) = self.retired_events.iter().find(|e| e.as_raw_fd() == fd) {
-            // Left from before a reset; removed at the next sync.
-            let _ = old.read();
-            return;
         }
         // Not ours: stop it from waking the loop again.
         bump(&mut self.metrics.event_errors);

@@ -29,13 +29,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::net::UnixDatagram;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::time::Instant;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_device::{Activation, GuestRam, Queue, QueueT, VirtioDevice};
+use virtio_device::testing::driver::activation;
+use virtio_device::testing::fuzz::{run_cases, Rng};
+use virtio_device::testing::memory::Snapshot;
+use virtio_device::testing::ring::RawRing;
+use virtio_device::{GuestRam, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::header::{VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::test_utils::{config, RecordingInterrupt};
@@ -44,40 +45,6 @@ use crate::*;
 /// Cases when `VMM_FUZZ_CASES` is not set: about a second in a debug build.
 const DEFAULT_CASES: u64 = 60;
 const DEFAULT_SEED: u64 = 0x0e7_f022;
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
-/// xorshift64* seeded by splitmix64 of the seed and the case.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, case: u64) -> Rng {
-        let mix = |mut z: u64| {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng(mix(seed ^ mix(case)).max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 // Guest memory: RAM [0, 2 MiB) and [3 MiB, 4 MiB), a hole between.
 const RX_DESC: u64 = 0;
@@ -105,57 +72,6 @@ const PLAIN: [u8; 12] = [0; 12];
 /// Datagram lengths (header included) the host often sends; receive
 /// chains are often one byte shorter, as long, or one byte longer.
 const EDGES: [usize; 8] = [12, 13, 26, 72, 73, 1526, 1527, 1612];
-
-fn write_desc(mem: &GuestRam, table: u64, i: u16, d: (u64, u32, u16, u16)) {
-    let at = table + 16 * u64::from(i);
-    mem.write_obj(d.0.to_le(), GuestAddress(at)).unwrap();
-    mem.write_obj(d.1.to_le(), GuestAddress(at + 8)).unwrap();
-    mem.write_obj(d.2.to_le(), GuestAddress(at + 12)).unwrap();
-    mem.write_obj(d.3.to_le(), GuestAddress(at + 14)).unwrap();
-}
-
-/// A split queue's driver side: available ring writes, used ring reads.
-struct Ring {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl Ring {
-    fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.desc as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail as u32), Some(0));
-        q.set_used_ring_address(Some(self.used as u32), Some(0));
-        q.set_ready(true);
-        q
-    }
-
-    fn push(&mut self, mem: &GuestRam, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head.to_le(), GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2))
-            .unwrap();
-    }
-
-    /// Used elements since the last call: (id, len).
-    fn take_used(&mut self, mem: &GuestRam) -> Vec<(u16, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let slot = self.used + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = mem.read_obj(GuestAddress(slot)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(slot + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 /// A chain's buffers: (address, length).
 type GuestBufs = Vec<(u64, u32)>;
@@ -193,8 +109,8 @@ struct Case {
     mem: GuestRam,
     dev: Net<UnixDatagram>,
     host: UnixDatagram,
-    rx: Ring,
-    tx: Ring,
+    rx: RawRing,
+    tx: RawRing,
     rx_free: Vec<u16>,
     rx_outstanding: BTreeMap<u16, RxChain>,
     rx_order: VecDeque<u16>,
@@ -271,7 +187,8 @@ impl Case {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
             let next = if last { slots[0] } else { slots[i + 1] };
-            write_desc(&self.mem, RX_DESC, slots[i], (addr, len, flags, next));
+            self.rx
+                .write_desc(&self.mem, slots[i], (addr, len, flags, next));
         }
         let writable = bufs
             .iter()
@@ -325,7 +242,8 @@ impl Case {
             if flags & VRING_DESC_F_WRITE as u16 != 0 {
                 writable.push((addr, addr.saturating_add(u64::from(len))));
             }
-            write_desc(&self.mem, RX_DESC, slots[i], (addr, len, flags, next));
+            self.rx
+                .write_desc(&self.mem, slots[i], (addr, len, flags, next));
         }
         self.post_rx(RxChain {
             head: slots[0],
@@ -506,39 +424,10 @@ fn tx_unknown(rng: &mut Rng, descs: &mut Vec<(u64, u32, u16, u16)>) {
     }
 }
 
-fn snapshot(mem: &GuestRam) -> Vec<u8> {
-    let mut v = vec![0u8; (HOLE - RX_DATA + END - RAM2) as usize];
-    let (a, b) = v.split_at_mut((HOLE - RX_DATA) as usize);
-    mem.read_slice(a, GuestAddress(RX_DATA)).unwrap();
-    mem.read_slice(b, GuestAddress(RAM2)).unwrap();
-    v
-}
-
-fn addr_of_index(i: usize) -> u64 {
-    let i = i as u64;
-    if i < HOLE - RX_DATA {
-        RX_DATA + i
-    } else {
-        RAM2 + i - (HOLE - RX_DATA)
-    }
-}
-
-/// Bytes that differ between snapshots lie inside `writable`.
-fn changed_only_inside(before: &[u8], after: &[u8], writable: &[(u64, u64)]) {
-    for (p, (x, y)) in before.chunks(4096).zip(after.chunks(4096)).enumerate() {
-        if x == y {
-            continue;
-        }
-        for (j, (a, b)) in x.iter().zip(y).enumerate() {
-            if a != b {
-                let at = addr_of_index(p * 4096 + j);
-                assert!(
-                    writable.iter().any(|&(s, e)| (s..e).contains(&at)),
-                    "byte at {at:#x} changed outside writable buffers"
-                );
-            }
-        }
-    }
+/// The memory the device may write into: the receive buffers and the
+/// unknown chains' targets (transmit must write none of it).
+fn snapshot(mem: &GuestRam) -> Snapshot {
+    Snapshot::take(mem, &[(RX_DATA, HOLE), (RAM2, END)])
 }
 
 fn host_frames(host: &UnixDatagram) -> Vec<Vec<u8>> {
@@ -576,7 +465,7 @@ fn tx_step(c: &mut Case, rng: &mut Rng) {
     }
     for i in 0..QSIZE {
         let d = descs.get(usize::from(i)).copied().unwrap_or((0, 0, 0, 0));
-        write_desc(&c.mem, TX_DESC, i, d);
+        c.tx.write_desc(&c.mem, i, d);
     }
     for &h in &heads {
         c.tx.push(&c.mem, h);
@@ -699,7 +588,7 @@ fn rx_step(c: &mut Case, rng: &mut Rng) {
         writable.extend(chain.writable);
         c.rx_free.extend(chain.slots);
     }
-    changed_only_inside(&before, &snapshot(&c.mem), &writable);
+    before.assert_changed_only_inside(&snapshot(&c.mem), &writable);
     if exact {
         assert_eq!(used, want_used);
         for (bufs, data) in want_data {
@@ -737,18 +626,11 @@ fn case(rng: &mut Rng) {
         (GuestAddress(RAM2), (END - RAM2) as usize),
     ])
     .unwrap();
-    let ring = |desc, avail, used| Ring {
-        desc,
-        avail,
-        used,
-        avail_idx: 0,
-        used_seen: 0,
-    };
     let mut c = Case {
         dev: Net::with_backend(config(), ours).unwrap(),
         host,
-        rx: ring(RX_DESC, RX_AVAIL, RX_USED),
-        tx: ring(TX_DESC, TX_AVAIL, TX_USED),
+        rx: RawRing::new(RX_DESC, RX_AVAIL, RX_USED, QSIZE),
+        tx: RawRing::new(TX_DESC, TX_AVAIL, TX_USED, QSIZE),
         rx_free: (0..QSIZE - RX_RESERVED).rev().collect(),
         rx_outstanding: BTreeMap::new(),
         rx_order: VecDeque::new(),
@@ -761,18 +643,9 @@ fn case(rng: &mut Rng) {
         mem,
     };
     let interrupt = std::sync::Arc::new(RecordingInterrupt::default());
-    c.dev
-        .activate(Activation {
-            mem: c.mem.clone(),
-            acked_features: OFFERED_FEATURES,
-            queues: vec![c.rx.queue(), c.tx.queue()],
-            queue_events: vec![
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ],
-            interrupt: interrupt.clone(),
-        })
-        .unwrap();
+    let queues = vec![c.rx.queue(), c.tx.queue()];
+    let (activation, _) = activation(&c.mem, OFFERED_FEATURES, queues, interrupt);
+    c.dev.activate(activation).unwrap();
     for _ in 0..1 + rng.below(16) {
         tx_step(&mut c, rng);
         rx_step(&mut c, rng);
@@ -781,22 +654,5 @@ fn case(rng: &mut Rng) {
 
 #[test]
 fn fuzz_net_queues_and_headers() {
-    let seed = env_u64("VMM_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let (from, to) = match env_u64("VMM_FUZZ_CASE") {
-        Some(c) => (c, c + 1),
-        None => (0, env_u64("VMM_FUZZ_CASES").unwrap_or(DEFAULT_CASES)),
-    };
-    eprintln!("fuzz net: seed {seed}, cases {from}..{to}");
-    let start = Instant::now();
-    for c in from..to {
-        let mut rng = Rng::new(seed, c);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| case(&mut rng))) {
-            eprintln!(
-                "fuzz net: case {c} failed; replay it alone with \
-                 VMM_FUZZ_SEED={seed} VMM_FUZZ_CASE={c}"
-            );
-            resume_unwind(panic);
-        }
-    }
-    eprintln!("fuzz net: {} cases in {:.2?}", to - from, start.elapsed());
+    run_cases("net", DEFAULT_SEED, DEFAULT_CASES, case);
 }

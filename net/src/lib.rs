@@ -11,7 +11,7 @@
 //! later (the TAP already speaks vnet headers).
 //!
 //! The guest is untrusted. Every chain is walked and validated as a whole
-//! before a byte of it is used ([`queues`]): it ends, every buffer lies in
+//! before a byte of it is used ([`virtio_device::chain`]): it ends, every buffer lies in
 //! guest RAM, its buffers go the right way (all device-readable on
 //! transmit, all device-writable on receive). A transmit chain is at most
 //! [`MAX_BUFFER_LEN`] bytes, holds a header asking for no offload and at
@@ -25,7 +25,6 @@
 //! - [`config`]: host configuration, MAC, features, limits, configuration
 //!   space;
 //! - [`tap`]: the TAP device; [`backend`]: what the device needs of it;
-//! - `queues`: taking chains with bounds, reading and writing guest memory;
 //! - [`header`]: the vnet header and the checks of a frame;
 //! - `device`: the [`Net`] device, rx and tx processing and its
 //!   [`virtio_device::VirtioDevice`] implementation;
@@ -38,7 +37,6 @@ mod device;
 mod event_handler;
 pub mod header;
 pub mod metrics;
-mod queues;
 pub mod tap;
 
 #[cfg(test)]

@@ -4,100 +4,47 @@
 //! Plain integers: the device is used behind a lock, and callers snapshot
 //! the whole struct with [`crate::Net::metrics`].
 
-/// Why the device refused a chain the driver sent. A refused chain is
-/// returned with a used length of 0 (nothing written); a refused transmit
-/// chain's frame never reaches the TAP, and a receive chain refused for
-/// [`RejectReason::RxChainTooSmall`] costs the frame it was meant for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// A chain with no usable descriptor (bad head index, unreadable
-    /// descriptor table, broken indirect table).
-    EmptyChain,
-    /// A chain that did not end within the queue size: it loops.
-    LoopingChain,
-    /// A chain whose `next` leads nowhere.
-    BrokenChain,
-    /// A descriptor whose buffer is not wholly inside guest memory.
-    DescriptorOutsideMemory,
-    /// A device-writable descriptor in a transmit chain.
-    TxWritableDescriptor,
-    /// A transmit chain longer than [`crate::MAX_BUFFER_LEN`] bytes.
-    TxTooLarge,
-    /// A transmit chain shorter than the 12-byte vnet header.
-    TxHeaderTooShort,
-    /// A transmit frame shorter than an Ethernet header.
-    TxFrameTooShort,
-    /// A transmit header asking for checksum or segmentation offload,
-    /// which we do not offer.
-    TxOffloadNotNegotiated,
-    /// A device-readable descriptor in a receive chain.
-    RxReadableDescriptor,
-    /// A receive chain too small for the header and the frame waiting:
-    /// the frame is dropped, the chain returned empty.
-    RxChainTooSmall,
-    /// The available ring is inconsistent: the queue was not processed
-    /// further.
-    QueueBroken,
-    /// Writing the used ring failed: the queue was not processed further.
-    UsedRingError,
-    /// A chain head outside the descriptor table: it cannot be returned.
-    BadHeadIndex,
-}
-
-macro_rules! rejections {
-    ($($reason:ident => $field:ident),* $(,)?) => {
-        impl RejectReason {
-            /// Every reason, in declaration order.
-            pub const ALL: &'static [RejectReason] = &[$(RejectReason::$reason),*];
-        }
-
-        /// One counter per [`RejectReason`].
-        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-        pub struct Rejections {
-            $(pub $field: u64,)*
-        }
-
-        impl Rejections {
-            fn counter(&mut self, reason: RejectReason) -> &mut u64 {
-                match reason {
-                    $(RejectReason::$reason => &mut self.$field,)*
-                }
-            }
-
-            /// The counter for `reason`.
-            pub fn count(&self, reason: RejectReason) -> u64 {
-                match reason {
-                    $(RejectReason::$reason => self.$field,)*
-                }
-            }
-        }
-    };
-}
-
-rejections! {
-    EmptyChain => empty_chain,
-    LoopingChain => looping_chain,
-    BrokenChain => broken_chain,
-    DescriptorOutsideMemory => descriptor_outside_memory,
-    TxWritableDescriptor => tx_writable_descriptor,
-    TxTooLarge => tx_too_large,
-    TxHeaderTooShort => tx_header_too_short,
-    TxFrameTooShort => tx_frame_too_short,
-    TxOffloadNotNegotiated => tx_offload_not_negotiated,
-    RxReadableDescriptor => rx_readable_descriptor,
-    RxChainTooSmall => rx_chain_too_small,
-    QueueBroken => queue_broken,
-    UsedRingError => used_ring_error,
-    BadHeadIndex => bad_head_index,
-}
-
-impl Rejections {
-    /// All rejections together.
-    pub fn total(&self) -> u64 {
-        RejectReason::ALL
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(self.count(*r)))
+virtio_device::rejections! {
+    /// Why the device refused a chain the driver sent. A refused chain is
+    /// returned with a used length of 0 (nothing written); a refused transmit
+    /// chain's frame never reaches the TAP, and a receive chain refused for
+    /// [`RejectReason::RxChainTooSmall`] costs the frame it was meant for.
+    pub enum RejectReason {
+        /// A chain with no usable descriptor (bad head index, unreadable
+        /// descriptor table, broken indirect table).
+        EmptyChain => empty_chain,
+        /// A chain that did not end within the queue size: it loops.
+        LoopingChain => looping_chain,
+        /// A chain whose `next` leads nowhere.
+        BrokenChain => broken_chain,
+        /// A descriptor whose buffer is not wholly inside guest memory.
+        DescriptorOutsideMemory => descriptor_outside_memory,
+        /// A device-writable descriptor in a transmit chain.
+        TxWritableDescriptor => tx_writable_descriptor,
+        /// A transmit chain longer than [`crate::MAX_BUFFER_LEN`] bytes.
+        TxTooLarge => tx_too_large,
+        /// A transmit chain shorter than the 12-byte vnet header.
+        TxHeaderTooShort => tx_header_too_short,
+        /// A transmit frame shorter than an Ethernet header.
+        TxFrameTooShort => tx_frame_too_short,
+        /// A transmit header asking for checksum or segmentation offload,
+        /// which we do not offer.
+        TxOffloadNotNegotiated => tx_offload_not_negotiated,
+        /// A device-readable descriptor in a receive chain.
+        RxReadableDescriptor => rx_readable_descriptor,
+        /// A receive chain too small for the header and the frame waiting:
+        /// the frame is dropped, the chain returned empty.
+        RxChainTooSmall => rx_chain_too_small,
+        /// The available ring is inconsistent: the queue was not processed
+        /// further.
+        QueueBroken => queue_broken,
+        /// Writing the used ring failed: the queue was not processed further.
+        UsedRingError => used_ring_error,
+        /// A chain head outside the descriptor table: it cannot be returned.
+        BadHeadIndex => bad_head_index,
     }
+    /// One counter per [`RejectReason`].
+    pub struct Rejections;
 }
 
 /// What the device did. Counters only grow (saturating). Byte counts are
@@ -140,34 +87,13 @@ pub struct NetMetrics {
     pub rejections: Rejections,
 }
 
-/// Adds one to a counter, saturating.
-pub(crate) fn bump(counter: &mut u64) {
-    *counter = counter.saturating_add(1);
-}
+pub(crate) use virtio_device::metrics::bump;
+
+virtio_device::queue_counters!(NetMetrics);
 
 impl NetMetrics {
     /// Counts one rejection for `reason`.
     pub(crate) fn reject(&mut self, reason: RejectReason) {
-        bump(self.rejections.counter(reason));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_reason_has_its_own_counter() {
-        let mut m = NetMetrics::default();
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
-            for _ in 0..=i {
-                m.reject(*r);
-            }
-        }
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
-            assert_eq!(m.rejections.count(*r), i as u64 + 1, "{r:?}");
-        }
-        let n = RejectReason::ALL.len() as u64;
-        assert_eq!(m.rejections.total(), n * (n + 1) / 2);
+        self.rejections.add(reason, 1);
     }
 }

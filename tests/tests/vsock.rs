@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_integration_tests::{api, poll_until, require_kvm, socket_path, VmProcess, MIB};
 
@@ -34,9 +34,16 @@ struct VsockVm {
 }
 
 impl VsockVm {
+    /// The vsock socket of the VM `name` will start: known before it
+    /// starts, so host listeners for guest ports ([`port_path`]) can be
+    /// bound before the guest may connect to them.
+    fn uds(name: &str) -> PathBuf {
+        socket_path(&format!("{name}-v"))
+    }
+
     fn start(name: &str, cmdline: &str) -> VsockVm {
         require_kvm();
-        let uds = socket_path(&format!("{name}-v"));
+        let uds = VsockVm::uds(name);
         let api = socket_path(name);
         let _ = std::fs::remove_file(&uds);
         let _ = std::fs::remove_file(&api);
@@ -62,10 +69,6 @@ impl VsockVm {
             Some(l) => l.text,
             None => panic!("no line with {needle:?}:\n{}", self.vm.output()),
         }
-    }
-
-    fn port_path(&self, port: u32) -> PathBuf {
-        PathBuf::from(format!("{}_{port}", self.uds.display()))
     }
 
     fn metrics(&self) -> serde_json::Value {
@@ -102,6 +105,12 @@ impl Drop for VsockVm {
     }
 }
 
+/// Where the VMM connects a guest connection to host port `port`, for the
+/// vsock socket `uds`.
+fn port_path(uds: &Path, port: u32) -> PathBuf {
+    PathBuf::from(format!("{}_{port}", uds.display()))
+}
+
 /// Connects to guest port `port` through the VMM's socket; `Ok` with the
 /// stream after `OK <port>`, `Err` with what came instead.
 fn connect_guest(uds: &Path, port: u32) -> Result<UnixStream, String> {
@@ -126,37 +135,53 @@ fn connect_guest(uds: &Path, port: u32) -> Result<UnixStream, String> {
     }
 }
 
-/// A host listener at `path` whose connections echo everything back (each
-/// on a thread) until their guest side shuts down.
-fn echo_server(path: &Path) -> JoinHandle<usize> {
-    let listener = UnixListener::bind(path).unwrap();
-    std::thread::spawn(move || {
-        let mut served = 0;
-        let mut workers = Vec::new();
+/// A host listener whose connections echo everything back (each on a
+/// thread) until their guest side shuts down.
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<usize>,
+}
+
+impl EchoServer {
+    /// Listens at `path` (bound before this returns) until [`Self::finish`].
+    fn start(path: &Path) -> EchoServer {
+        let listener = UnixListener::bind(path).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let quiet_for = Duration::from_secs(10);
-        let mut last = Instant::now();
-        while last.elapsed() < quiet_for {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    served += 1;
-                    last = Instant::now();
-                    s.set_nonblocking(false).unwrap();
-                    workers.push(std::thread::spawn(move || {
-                        let mut r = s.try_clone().unwrap();
-                        let mut w = s;
-                        let _ = std::io::copy(&mut r, &mut w);
-                        let _ = w.shutdown(std::net::Shutdown::Write);
-                    }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut workers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            s.set_nonblocking(false).unwrap();
+                            workers.push(std::thread::spawn(move || {
+                                let mut r = s.try_clone().unwrap();
+                                let mut w = s;
+                                let _ = std::io::copy(&mut r, &mut w);
+                                let _ = w.shutdown(std::net::Shutdown::Write);
+                            }));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-        for w in workers {
-            let _ = w.join();
-        }
-        served
-    })
+                let served = workers.len();
+                for w in workers {
+                    let _ = w.join();
+                }
+                served
+            })
+        };
+        EchoServer { stop, thread }
+    }
+
+    /// Stops listening, waits for the connections to end (their guest
+    /// sides must have shut down), and says how many there were.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 /// Reads `n` bytes (or up to EOF) and checks them against the pattern.
@@ -255,9 +280,9 @@ fn host_to_guest_echo_through_connect_configured_by_the_api() {
 
 #[test]
 fn guest_to_host_through_the_port_path_and_clean_close() {
-    let mut vm = VsockVm::start("vs-g2h", "tiny.vsock=wait:300ms,send:1025:256K");
-    // The guest waits a little: listen before it connects.
-    let server = echo_server(&vm.port_path(1025));
+    // Listening before the guest boots: it connects at once.
+    let server = EchoServer::start(&port_path(&VsockVm::uds("vs-g2h"), 1025));
+    let mut vm = VsockVm::start("vs-g2h", "tiny.vsock=send:1025:256K");
     let line = vm.wait_line("vsock send 1025:", LONG);
     assert!(
         line.contains("sent 262144 bytes")
@@ -266,7 +291,7 @@ fn guest_to_host_through_the_port_path_and_clean_close() {
         "{line}"
     );
     assert_eq!(vm.exit_status(BOOT), Some(0), "{}", vm.vm.output());
-    assert_eq!(server.join().unwrap(), 1);
+    assert_eq!(server.finish(), 1);
 }
 
 #[test]
@@ -296,11 +321,11 @@ fn nobody_listening_means_rst_both_ways() {
 /// connections stays within 1 MiB of its memory with none.
 #[test]
 fn connections_up_to_and_past_the_bound() {
+    let server = EchoServer::start(&port_path(&VsockVm::uds("vs-many"), 1027));
     let mut vm = VsockVm::start(
         "vs-many",
-        "tiny.vsock=wait:300ms,conns:1027:70,wait:1s,close,echo:1024",
+        "tiny.vsock=conns:1027:70,wait:1s,close,echo:1024",
     );
-    let server = echo_server(&vm.port_path(1027));
     let line = vm.wait_line("vsock conns 1027:", LONG);
     assert_eq!(
         line,
@@ -312,7 +337,7 @@ fn connections_up_to_and_past_the_bound() {
         "tiny-guest: vsock close: 64 connections, 64 closed cleanly, 0 reset, 0 timed out"
     );
     assert_eq!(vm.counter("connection_limit_refusals"), 6);
-    assert_eq!(server.join().unwrap(), 64);
+    assert_eq!(server.finish(), 64);
 
     vm.wait_line("vsock echo 1024: listening", BOOT);
     poll_until(Duration::from_secs(5), || {
@@ -361,11 +386,8 @@ fn connections_up_to_and_past_the_bound() {
 /// 16 KiB credit while the guest consumes nothing.
 #[test]
 fn credit_exhaustion_both_ways() {
-    let mut vm = VsockVm::start(
-        "vs-credit",
-        "tiny.vsock=wait:300ms,send:1028:4M,slowsink:1024:1s",
-    );
-    let listener = UnixListener::bind(vm.port_path(1028)).unwrap();
+    let listener = UnixListener::bind(port_path(&VsockVm::uds("vs-credit"), 1028)).unwrap();
+    let mut vm = VsockVm::start("vs-credit", "tiny.vsock=send:1028:4M,slowsink:1024:1s");
     let (mut host, _) = listener.accept().unwrap();
     host.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -408,7 +430,13 @@ fn credit_exhaustion_both_ways() {
 }
 
 /// A guest that lies: each lie is answered as it should be and counted,
-/// and the device still carries a connection afterwards.
+/// and the device still carries connections afterwards, both ways.
+///
+/// Everything the test reads from the VMM (counters, `GET /vm`) it reads
+/// while the guest still runs: the guest's last order waits for one host
+/// connection, which the test makes only after its reads, and the guest
+/// ends the VM once that connection closes. Host listeners are bound
+/// before the VM starts, and stay until the test stops them.
 #[test]
 fn a_lying_guest_gets_rst_and_counters_and_the_vmm_keeps_serving() {
     let cases = [
@@ -425,13 +453,14 @@ fn a_lying_guest_gets_rst_and_counters_and_the_vmm_keeps_serving() {
         ("credit-overrun:1030", "credit_exceeded"),
         ("data-after-shutdown:1030", "data_after_shutdown"),
     ];
-    let mut orders: Vec<String> = vec!["wait:300ms".into()];
-    orders.extend(cases.iter().map(|(c, _)| format!("evil:{c}")));
+    let mut orders: Vec<String> = cases.iter().map(|(c, _)| format!("evil:{c}")).collect();
     orders.push("flood:1031:1000".into());
     orders.push("send:1029:64K".into());
-    let mut vm = VsockVm::start("vs-evil", &format!("tiny.vsock={}", orders.join(",")));
+    orders.push("echo:1024:1".into());
     // 1030 accepts and never reads; 1029 echoes; nobody at 1031.
-    let sink = UnixListener::bind(vm.port_path(1030)).unwrap();
+    let uds = VsockVm::uds("vs-evil");
+    let sink = UnixListener::bind(port_path(&uds, 1030)).unwrap();
+    let echo = EchoServer::start(&port_path(&uds, 1029));
     let stop = Arc::new(AtomicBool::new(false));
     let holder = {
         let stop = stop.clone();
@@ -446,7 +475,7 @@ fn a_lying_guest_gets_rst_and_counters_and_the_vmm_keeps_serving() {
             }
         })
     };
-    let echo = echo_server(&vm.port_path(1029));
+    let mut vm = VsockVm::start("vs-evil", &format!("tiny.vsock={}", orders.join(",")));
     for (case, counter) in cases {
         let name = case.split(':').next().unwrap();
         let line = vm.wait_line(&format!("vsock evil {name}: answer="), LONG);
@@ -464,10 +493,16 @@ fn a_lying_guest_gets_rst_and_counters_and_the_vmm_keeps_serving() {
         send.contains("sent 65536 bytes") && send.contains("echo ok=yes"),
         "{send}"
     );
+    vm.wait_line("vsock echo 1024: listening", LONG);
     let (status, _) = api(&vm.api, "GET", "/vm", None);
     assert_eq!(status, 200);
+    // A host-initiated connection still works; closing it ends the guest.
+    let mut s = connect_guest(&vm.uds, 1024).unwrap();
+    s.write_all(&pattern_bytes(0, 100)).unwrap();
+    assert_eq!(read_pattern(&mut s, 100), 100);
+    drop(s);
     assert_eq!(vm.exit_status(BOOT), Some(0), "{}", vm.vm.output());
     stop.store(true, Ordering::Relaxed);
     holder.join().unwrap();
-    echo.join().unwrap();
+    assert_eq!(echo.finish(), 1);
 }

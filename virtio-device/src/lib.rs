@@ -13,12 +13,28 @@
 //! Everything the driver writes is untrusted: the transport validates queue
 //! addresses and sizes before activation, and devices must check every
 //! descriptor they read (virtio-queue bounds-checks against guest memory).
+//!
+//! What the device models share, one concept per module:
+//! - [`activation`]: checking an activation, taking its queues, and
+//!   keeping the event loop's registrations in step with them;
+//! - [`queue`]: a device's side of a queue: taking and returning chains
+//!   with bounds, ending a round;
+//! - [`chain`]: walking and validating a chain, copying to and from it;
+//! - [`metrics`]: saturating counters, one per rejection reason, and the
+//!   counting of the shared queue code;
+//! - `testing` (feature `test-utils`): what the device crates' unit tests
+//!   and fuzz harnesses share.
 
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod activation;
 pub mod chain;
+pub mod metrics;
+pub mod queue;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use virtio_queue::{Queue, QueueT};
 

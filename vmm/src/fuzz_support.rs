@@ -1,6 +1,8 @@
-//! What the fuzz harnesses of this crate share: a seeded generator and a
-//! case runner, on stable Rust and without a dependency (the guest agent's
-//! and the balloon's harnesses follow the same convention).
+//! What the fuzz harnesses of this crate share: a seeded generator (the
+//! device crates' own, [`virtio_device::testing::fuzz::Rng`]) and a case
+//! runner, on stable Rust and without a dependency (the guest agent's and
+//! the device crates' harnesses follow the same convention; this runner
+//! also mixes the harness's name into the seed).
 //!
 //! Every harness is a `#[test]` whose name starts with `fuzz_`, so one
 //! filter runs them all: `cargo test -p vmm --lib fuzz_`. Environment:
@@ -13,43 +15,16 @@
 
 pub(crate) mod json;
 
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use virtio_device::testing::fuzz::run_salted_cases;
 
 const DEFAULT_SEED: u64 = 0x0f22_ed00_5eed;
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
-}
-
 /// Runs `case` for every case number (`VMM_FUZZ_CASES`, else
 /// `default_cases`), each with its own generator; a failing case prints
-/// how to replay it alone. Returns the number of cases run.
-pub(crate) fn run_cases(name: &str, default_cases: u64, mut case: impl FnMut(&mut Rng)) -> u64 {
-    let seed = env_u64("VMM_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let (from, to) = match env_u64("VMM_FUZZ_CASE") {
-        Some(c) => (c, c + 1),
-        None => (0, env_u64("VMM_FUZZ_CASES").unwrap_or(default_cases)),
-    };
-    eprintln!("fuzz {name}: seed {seed}, cases {from}..{to}");
-    let start = Instant::now();
-    for c in from..to {
-        // Each harness draws its own stream from the same seed.
-        let mut rng = Rng::new(seed ^ name_hash(name), c);
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| case(&mut rng))) {
-            eprintln!(
-                "fuzz {name}: case {c} failed; replay it alone with \
-                 VMM_FUZZ_SEED={seed} VMM_FUZZ_CASE={c}"
-            );
-            resume_unwind(panic);
-        }
-    }
-    eprintln!(
-        "fuzz {name}: {} cases in {:.2?}",
-        to - from,
-        start.elapsed()
-    );
-    to - from
+/// how to replay it alone. Returns the number of cases run. Each harness
+/// draws its own stream from the same seed (its name is the salt).
+pub(crate) fn run_cases(name: &str, default_cases: u64, case: impl FnMut(&mut Rng)) -> u64 {
+    run_salted_cases(name, name_hash(name), DEFAULT_SEED, default_cases, case)
 }
 
 /// FNV-1a of `name`.
@@ -59,54 +34,5 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
-/// xorshift64*: deterministic, no dependency.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64, case: u64) -> Rng {
-        // splitmix64 of both, so that every seed and case starts its own
-        // stream (xorshift needs a non-zero state).
-        let mix = |mut z: u64| {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng(mix(seed ^ mix(case)).max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (0 for n = 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// True one time in `n`.
-    pub fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    pub fn bool(&mut self) -> bool {
-        self.next() & 1 == 0
-    }
-
-    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-
-    /// `n` random bytes.
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+/// xorshift64*, shared with the device crates' harnesses.
+pub(crate) use virtio_device::testing::fuzz::Rng;

@@ -5,6 +5,9 @@
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
+use virtio_device::activation::{check_acked_features, QueueSlots, Registrations};
+use virtio_device::chain::Direction;
+use virtio_device::queue::{ActiveQueue, MAX_CHAINS_PER_ROUND};
 use virtio_device::{
     ActivateError, Activation, GuestRam, QueueT, VirtioDevice, VirtioInterrupt, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
@@ -19,9 +22,7 @@ use crate::config::{
 use crate::header::{HEADER_SIZE, MAX_PAYLOAD};
 use crate::metrics::{bump, RejectReason, VsockMetrics};
 use crate::muxer::Muxer;
-use crate::queues::{
-    read_header, walk_chain, write_packet, Access, ActiveQueue, MAX_CHAINS_PER_ROUND,
-};
+use crate::packet::{read_header, read_payload, walk, write_packet};
 use crate::VsockError;
 
 /// tx/rx round pairs per event before the device lets others run.
@@ -40,8 +41,6 @@ pub(crate) struct Active {
     /// migration to announce with `TRANSPORT_RESET`).
     pub event: ActiveQueue,
     pub interrupt: Arc<dyn VirtioInterrupt>,
-    /// The queue eventfds are registered with the event manager.
-    pub events_registered: bool,
 }
 
 impl Active {
@@ -49,8 +48,8 @@ impl Active {
         [&self.rx, &self.tx, &self.event]
     }
 
-    fn into_events(self) -> Vec<EventFd> {
-        vec![self.rx.event, self.tx.event, self.event.event]
+    fn into_events(self) -> [EventFd; 3] {
+        [self.rx.event, self.tx.event, self.event.event]
     }
 }
 
@@ -66,12 +65,8 @@ pub struct Vsock {
     config: VsockConfig,
     queue_sizes: [u16; 3],
     pub(crate) active: Option<Active>,
-    /// Written on activation and reset, so the event loop (un)registers the
-    /// queue eventfds.
-    pub(crate) activate_evt: EventFd,
-    /// Eventfds of a reset activation, still registered with the event
-    /// manager: kept open until the event loop removes them.
-    pub(crate) retired_events: Vec<EventFd>,
+    /// The event loop's registrations of the queue eventfds.
+    pub(crate) registrations: Registrations,
     pub(crate) muxer: Muxer,
     pub(crate) metrics: VsockMetrics,
     tx_stalled: bool,
@@ -108,8 +103,7 @@ impl Vsock {
             config,
             queue_sizes: [QUEUE_SIZE; 3],
             active: None,
-            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?,
-            retired_events: Vec::new(),
+            registrations: Registrations::new().map_err(VsockError::EventFd)?,
             muxer,
             metrics: VsockMetrics::default(),
             tx_stalled: false,
@@ -217,25 +211,20 @@ impl Vsock {
             let chain = match a.tx.next_chain(&a.mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(reason) => {
-                    metrics.reject(reason);
+                Err(fault) => {
+                    metrics.reject(fault.into());
                     break;
                 }
             };
             let head = chain.head_index();
             bump(&mut metrics.tx_packets);
             handle_tx_chain(chain, size, config.guest_cid, muxer, metrics, scratch);
-            match a.tx.return_chain(&a.mem, head, 0) {
-                Ok(()) => {}
-                Err(RejectReason::BadHeadIndex) => metrics.reject(RejectReason::BadHeadIndex),
-                Err(reason) => {
-                    metrics.reject(reason);
-                    break;
-                }
+            if !a.tx.give_back(&a.mem, head, 0, metrics) {
+                break;
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND;
         }
-        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+        a.tx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 
     /// Fills rx buffers with the muxer's packets until it has none or the
@@ -260,23 +249,23 @@ impl Vsock {
             let chain = match a.rx.next_chain(&a.mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(reason) => {
-                    metrics.reject(reason);
+                Err(fault) => {
+                    metrics.reject(fault.into());
                     break;
                 }
             };
             let head = chain.head_index();
-            let written = match walk_chain(chain, size, Access::DeviceWritable) {
+            let written = match walk(chain, size, Direction::DeviceWrites) {
                 Err(reason) => {
                     metrics.reject(reason);
                     0
                 }
-                Ok(c) if c.total < HEADER_SIZE as u64 => {
+                Ok(c) if c.total() < HEADER_SIZE as u64 => {
                     metrics.reject(RejectReason::RxBufferTooShort);
                     0
                 }
                 Ok(c) => {
-                    let cap = (c.total - HEADER_SIZE as u64).min(u64::from(MAX_PAYLOAD)) as usize;
+                    let cap = (c.total() - HEADER_SIZE as u64).min(u64::from(MAX_PAYLOAD)) as usize;
                     let Some((hdr, len)) = muxer.next_rx(&mut scratch[..cap], metrics) else {
                         // Nothing after all: the buffer stays the driver's.
                         a.rx.undo_take();
@@ -295,17 +284,12 @@ impl Vsock {
                     }
                 }
             };
-            match a.rx.return_chain(&a.mem, head, written) {
-                Ok(()) => {}
-                Err(RejectReason::BadHeadIndex) => metrics.reject(RejectReason::BadHeadIndex),
-                Err(reason) => {
-                    metrics.reject(reason);
-                    break;
-                }
+            if !a.rx.give_back(&a.mem, head, written, metrics) {
+                break;
             }
             more = round + 1 == MAX_CHAINS_PER_ROUND && muxer.has_rx();
         }
-        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), metrics, more);
+        a.rx.finish_round(&a.mem, a.interrupt.as_ref(), more, metrics);
     }
 }
 
@@ -320,7 +304,7 @@ fn handle_tx_chain(
     scratch: &mut [u8],
 ) {
     let mem = chain.memory();
-    let c = match walk_chain(chain.clone(), queue_size, Access::DeviceReadable) {
+    let c = match walk(chain.clone(), queue_size, Direction::DeviceReads) {
         Ok(c) => c,
         Err(reason) => return metrics.reject(reason),
     };
@@ -328,7 +312,7 @@ fn handle_tx_chain(
         Ok(hdr) => hdr,
         Err(reason) => return metrics.reject(reason),
     };
-    let op = match hdr.check_from_guest(guest_cid, c.total - HEADER_SIZE as u64) {
+    let op = match hdr.check_from_guest(guest_cid, c.total() - HEADER_SIZE as u64) {
         Ok(op) => op,
         Err(reason) => {
             metrics.reject(reason);
@@ -336,7 +320,7 @@ fn handle_tx_chain(
         }
     };
     let payload = &mut scratch[..hdr.len as usize];
-    if let Err(reason) = c.read_at(mem, HEADER_SIZE as u64, payload) {
+    if let Err(reason) = read_payload(&c, mem, payload) {
         metrics.reject(reason);
         return muxer.reject_pkt(&hdr, metrics);
     }
@@ -378,33 +362,11 @@ impl VirtioDevice for Vsock {
             queue_events,
             interrupt,
         } = activation;
-        let unknown = acked_features & !OFFERED_FEATURES;
-        if unknown != 0 {
-            return Err(ActivateError(format!(
-                "the driver acked features {unknown:#x} the vsock device did not offer"
-            )));
-        }
-        let mut slots: Vec<Option<_>> = queues.into_iter().zip(queue_events).map(Some).collect();
-        let mut take = |index: usize, name: &str| -> Result<ActiveQueue, ActivateError> {
-            let (queue, event) = slots
-                .get_mut(index)
-                .and_then(Option::take)
-                .ok_or_else(|| ActivateError(format!("no {name} queue at index {index}")))?;
-            if !queue.ready() {
-                return Err(ActivateError(format!(
-                    "the driver did not enable the {name} queue (index {index})"
-                )));
-            }
-            Ok(ActiveQueue {
-                queue,
-                index: index as u16,
-                event,
-                needs_interrupt: false,
-            })
-        };
-        let rx = take(RX_QUEUE, "rx")?;
-        let tx = take(TX_QUEUE, "tx")?;
-        let event = take(EVENT_QUEUE, "event")?;
+        check_acked_features("vsock device", OFFERED_FEATURES, acked_features)?;
+        let mut slots = QueueSlots::new(queues, queue_events);
+        let rx = slots.take(RX_QUEUE, "rx")?;
+        let tx = slots.take(TX_QUEUE, "tx")?;
+        let event = slots.take(EVENT_QUEUE, "event")?;
         self.active = Some(Active {
             mem,
             acked_features,
@@ -412,13 +374,10 @@ impl VirtioDevice for Vsock {
             tx,
             event,
             interrupt,
-            events_registered: false,
         });
-        if let Err(e) = self.activate_evt.write(1) {
+        if let Err(e) = self.registrations.activated("vsock device") {
             self.active = None;
-            return Err(ActivateError(format!(
-                "cannot signal the vsock device's event loop: {e}"
-            )));
+            return Err(e);
         }
         bump(&mut self.metrics.activations);
         Ok(())
@@ -427,17 +386,17 @@ impl VirtioDevice for Vsock {
     /// Drops every connection (their host streams close) and returns to the
     /// pre-activation state; the host socket keeps listening.
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
-            let registered = active.events_registered;
-            let events = active.into_events();
-            if registered {
-                self.retired_events.extend(events);
-            }
+        let events = self.active.take().map(|active| {
             bump(&mut self.metrics.resets);
-        }
+            active.into_events()
+        });
         self.muxer.reset(&mut self.metrics);
         self.tx_stalled = false;
-        if self.activate_evt.write(1).is_err() {
+        if self
+            .registrations
+            .reset(events.into_iter().flatten())
+            .is_err()
+        {
             bump(&mut self.metrics.event_errors);
         }
     }

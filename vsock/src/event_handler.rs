@@ -17,6 +17,7 @@
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_device::activation::LoopEvent;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device::Vsock;
@@ -24,38 +25,29 @@ use crate::metrics::bump;
 
 impl Vsock {
     /// Brings the event manager's registrations in line with the device,
-    /// then processes the queues once.
+    /// then processes the queues once (if active).
     fn sync_registrations(&mut self, ops: &mut EventOps) {
-        for event in self.retired_events.drain(..) {
-            if ops.remove(Events::new(&event, EventSet::IN)).is_err() {
-                bump(&mut self.metrics.event_errors);
-            }
+        let queues = self
+            .active
+            .iter()
+            .flat_map(|a| a.queues().map(|q| &q.event));
+        let failures = self.registrations.sync(ops, queues);
+        self.metrics.event_errors = self.metrics.event_errors.saturating_add(failures);
+        if self.active.is_some() {
+            self.process_tx();
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if !active.events_registered {
-            active.events_registered = true;
-            let mut failed = 0;
-            for q in active.queues() {
-                if ops.add(Events::new(&q.event, EventSet::IN)).is_err() {
-                    failed += 1;
-                }
-            }
-            for _ in 0..failed {
-                bump(&mut self.metrics.event_errors);
-            }
-        }
-        self.process_tx();
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.activate_evt.as_raw_fd(), self.muxer.as_raw_fd()] {
-            if ops.add(Events::new_raw(fd, EventSet::IN)).is_err() {
-                bump(&mut self.metrics.event_errors);
-            }
+        let failures = self.registrations.init(ops);
+        self.metrics.event_errors = self.metrics.event_errors.saturating_add(failures);
+        if ops
+            .add(Events::new_raw(self.muxer.as_raw_fd(), EventSet::IN))
+            .is_err()
+        {
+            bump(&mut self.metrics.event_errors);
         }
         // Subscribed after the driver activated the device: catch up.
         if self.active.is_some() {
@@ -65,34 +57,28 @@ impl MutEventSubscriber for Vsock {
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            self.sync_registrations(ops);
-            return;
+        match self.registrations.event(fd) {
+            Some(LoopEvent::Changed) => return self.sync_registrations(ops),
+            Some(LoopEvent::Retired) => return,
+            None => {}
         }
         if fd == self.muxer.as_raw_fd() {
-            self.process_backend();
-            return;
+            return self.process_backend();
         }
-        let which = self.active.as_ref().and_then(|a| {
-            let i = a.queues().iter().position(|q| q.event.as_raw_fd() == fd)?;
-            let _ = a.queues()[i].event.read();
-            Some(i)
-        });
-        match which {
-            Some(crate::config::RX_QUEUE) => self.process_rx(),
-            Some(crate::config::TX_QUEUE) => self.process_tx(),
-            Some(_) => {}
-            None => {
-                if let Some(old) = self.retired_events.iter().find(|e| e.as_raw_fd() == fd) {
-                    // Left from before a reset; removed at the next sync.
-                    let _ = old.read();
-                    return;
-                }
-                // Not ours: stop it from waking the loop again.
-                bump(&mut self.metrics.event_errors);
-                let _ = ops.remove(events);
+        if let Some(a) = &self.active {
+            if a.rx.notified(fd) {
+                return self.process_rx();
+            }
+            if a.tx.notified(fd) {
+                return self.process_tx();
+            }
+            if a.event.notified(fd) {
+                // The device sends no events: nothing to do.
+                return;
             }
         }
+        // Not ours: stop it from waking the loop again.
+        bump(&mut self.metrics.event_errors);
+        let _ = ops.remove(events);
     }
 }

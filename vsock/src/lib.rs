@@ -30,8 +30,8 @@
 //! Layout of the crate, one concept per file:
 //! - [`header`]: the 44-byte packet header and its checks;
 //! - [`config`]: host configuration, limits, features, configuration space;
-//! - `queues`: taking chains with bounds, reading and writing packets in
-//!   guest memory;
+//! - `packet`: walking tx and rx chains ([`virtio_device::chain`]),
+//!   reading and writing packets in guest memory;
 //! - [`credit`]: flow-control bookkeeping;
 //! - `txbuf`: the bounded buffer of guest data for a slow host reader;
 //! - `connection`: one connection's state machine;
@@ -53,7 +53,7 @@ pub mod header;
 mod host_socket;
 pub mod metrics;
 mod muxer;
-mod queues;
+mod packet;
 mod txbuf;
 
 #[cfg(test)]

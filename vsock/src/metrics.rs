@@ -4,123 +4,63 @@
 //! the whole struct with [`crate::Vsock::metrics`], which also fills in
 //! the gauges (connections and buffered bytes now).
 
-/// Why the device refused something the driver sent. Each refusal of a
-/// packet that names a connection is answered with an `RST` (never an
-/// `RST` to an `RST`), so the guest learns of it too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    /// A chain with no usable descriptor (bad head index, unreadable
-    /// descriptor table, broken indirect table).
-    EmptyChain,
-    /// A chain that did not end within the queue size: it loops.
-    LoopingChain,
-    /// A chain whose `next` leads nowhere.
-    BrokenChain,
-    /// A descriptor whose buffer is not wholly inside guest memory.
-    DescriptorOutsideMemory,
-    /// A device-writable descriptor on the tx queue, or a device-readable
-    /// one on the rx queue.
-    WrongDirection,
-    /// A tx chain shorter than the 44-byte header.
-    HeaderTooShort,
-    /// An rx chain too short to hold a header: it is returned unused.
-    RxBufferTooShort,
-    /// A header whose `len` is more than the chain holds after the header.
-    LenBeyondChain,
-    /// A header whose `len` is over 64 KiB.
-    PayloadTooLarge,
-    /// `src_cid` is not the guest's CID.
-    WrongSrcCid,
-    /// `dst_cid` is not the host (2).
-    WrongDstCid,
-    /// A socket type other than stream.
-    UnsupportedType,
-    /// An `op` outside 1..=7.
-    UnknownOp,
-    /// A payload on an operation other than `RW`.
-    PayloadOnControlOp,
-    /// `SHUTDOWN` flags other than `RCV` and `SEND`.
-    BadShutdownFlags,
-    /// More data than the credit the device gave (`buf_alloc` minus the
-    /// bytes in flight): the connection is reset.
-    CreditExceeded,
-    /// An operation the connection's state does not allow (a `RESPONSE`
-    /// to nothing, a `REQUEST` for a connection that exists): the
-    /// connection is reset.
-    UnexpectedOp,
-    /// Data after the guest said it would send no more (`SHUTDOWN` with
-    /// `SEND`): the connection is reset.
-    DataAfterShutdown,
-    /// The available ring is inconsistent: the queue was not processed
-    /// further.
-    QueueBroken,
-    /// Writing the used ring failed: the queue was not processed further.
-    UsedRingError,
-    /// A chain head outside the descriptor table: it cannot be returned.
-    BadHeadIndex,
-}
-
-macro_rules! rejections {
-    ($($reason:ident => $field:ident),* $(,)?) => {
-        impl RejectReason {
-            /// Every reason, in declaration order.
-            pub const ALL: &'static [RejectReason] = &[$(RejectReason::$reason),*];
-        }
-
-        /// One counter per [`RejectReason`].
-        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-        pub struct Rejections {
-            $(pub $field: u64,)*
-        }
-
-        impl Rejections {
-            fn counter(&mut self, reason: RejectReason) -> &mut u64 {
-                match reason {
-                    $(RejectReason::$reason => &mut self.$field,)*
-                }
-            }
-
-            /// The counter for `reason`.
-            pub fn count(&self, reason: RejectReason) -> u64 {
-                match reason {
-                    $(RejectReason::$reason => self.$field,)*
-                }
-            }
-        }
-    };
-}
-
-rejections! {
-    EmptyChain => empty_chain,
-    LoopingChain => looping_chain,
-    BrokenChain => broken_chain,
-    DescriptorOutsideMemory => descriptor_outside_memory,
-    WrongDirection => wrong_direction,
-    HeaderTooShort => header_too_short,
-    RxBufferTooShort => rx_buffer_too_short,
-    LenBeyondChain => len_beyond_chain,
-    PayloadTooLarge => payload_too_large,
-    WrongSrcCid => wrong_src_cid,
-    WrongDstCid => wrong_dst_cid,
-    UnsupportedType => unsupported_type,
-    UnknownOp => unknown_op,
-    PayloadOnControlOp => payload_on_control_op,
-    BadShutdownFlags => bad_shutdown_flags,
-    CreditExceeded => credit_exceeded,
-    UnexpectedOp => unexpected_op,
-    DataAfterShutdown => data_after_shutdown,
-    QueueBroken => queue_broken,
-    UsedRingError => used_ring_error,
-    BadHeadIndex => bad_head_index,
-}
-
-impl Rejections {
-    /// All rejections together.
-    pub fn total(&self) -> u64 {
-        RejectReason::ALL
-            .iter()
-            .fold(0u64, |sum, r| sum.saturating_add(self.count(*r)))
+virtio_device::rejections! {
+    /// Why the device refused something the driver sent. Each refusal of a
+    /// packet that names a connection is answered with an `RST` (never an
+    /// `RST` to an `RST`), so the guest learns of it too.
+    pub enum RejectReason {
+        /// A chain with no usable descriptor (bad head index, unreadable
+        /// descriptor table, broken indirect table).
+        EmptyChain => empty_chain,
+        /// A chain that did not end within the queue size: it loops.
+        LoopingChain => looping_chain,
+        /// A chain whose `next` leads nowhere.
+        BrokenChain => broken_chain,
+        /// A descriptor whose buffer is not wholly inside guest memory.
+        DescriptorOutsideMemory => descriptor_outside_memory,
+        /// A device-writable descriptor on the tx queue, or a device-readable
+        /// one on the rx queue.
+        WrongDirection => wrong_direction,
+        /// A tx chain shorter than the 44-byte header.
+        HeaderTooShort => header_too_short,
+        /// An rx chain too short to hold a header: it is returned unused.
+        RxBufferTooShort => rx_buffer_too_short,
+        /// A header whose `len` is more than the chain holds after the header.
+        LenBeyondChain => len_beyond_chain,
+        /// A header whose `len` is over 64 KiB.
+        PayloadTooLarge => payload_too_large,
+        /// `src_cid` is not the guest's CID.
+        WrongSrcCid => wrong_src_cid,
+        /// `dst_cid` is not the host (2).
+        WrongDstCid => wrong_dst_cid,
+        /// A socket type other than stream.
+        UnsupportedType => unsupported_type,
+        /// An `op` outside 1..=7.
+        UnknownOp => unknown_op,
+        /// A payload on an operation other than `RW`.
+        PayloadOnControlOp => payload_on_control_op,
+        /// `SHUTDOWN` flags other than `RCV` and `SEND`.
+        BadShutdownFlags => bad_shutdown_flags,
+        /// More data than the credit the device gave (`buf_alloc` minus the
+        /// bytes in flight): the connection is reset.
+        CreditExceeded => credit_exceeded,
+        /// An operation the connection's state does not allow (a `RESPONSE`
+        /// to nothing, a `REQUEST` for a connection that exists): the
+        /// connection is reset.
+        UnexpectedOp => unexpected_op,
+        /// Data after the guest said it would send no more (`SHUTDOWN` with
+        /// `SEND`): the connection is reset.
+        DataAfterShutdown => data_after_shutdown,
+        /// The available ring is inconsistent: the queue was not processed
+        /// further.
+        QueueBroken => queue_broken,
+        /// Writing the used ring failed: the queue was not processed further.
+        UsedRingError => used_ring_error,
+        /// A chain head outside the descriptor table: it cannot be returned.
+        BadHeadIndex => bad_head_index,
     }
+    /// One counter per [`RejectReason`].
+    pub struct Rejections;
 }
 
 /// What the device did. Counters only grow (saturating); the fields under
@@ -211,34 +151,13 @@ pub struct VsockMetrics {
     pub rejections: Rejections,
 }
 
-/// Adds one to a counter, saturating.
-pub(crate) fn bump(counter: &mut u64) {
-    *counter = counter.saturating_add(1);
-}
+pub(crate) use virtio_device::metrics::bump;
+
+virtio_device::queue_counters!(VsockMetrics);
 
 impl VsockMetrics {
     /// Counts one rejection for `reason`.
     pub(crate) fn reject(&mut self, reason: RejectReason) {
-        bump(self.rejections.counter(reason));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_reason_has_its_own_counter() {
-        let mut m = VsockMetrics::default();
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
-            for _ in 0..=i {
-                m.reject(*r);
-            }
-        }
-        for (i, r) in RejectReason::ALL.iter().enumerate() {
-            assert_eq!(m.rejections.count(*r), i as u64 + 1, "{r:?}");
-        }
-        let n = RejectReason::ALL.len() as u64;
-        assert_eq!(m.rejections.total(), n * (n + 1) / 2);
+        self.rejections.add(reason, 1);
     }
 }

@@ -7,6 +7,7 @@ use crate::request::{
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use crate::test_utils::*;
+use vmm_sys_util::eventfd::EventFd;
 
 const IMAGE: usize = 1 << 20;
 const SECTORS: u64 = (IMAGE / 512) as u64;
@@ -85,7 +86,7 @@ fn reads_return_the_image_and_writes_reach_it() {
     assert!(file[10 * 512..12 * 512].iter().all(|&x| x == 0xab));
     assert_eq!(file[12 * 512], pattern(12 * 512), "nothing past the write");
     assert_eq!(file[10 * 512 - 1], pattern(10 * 512 - 1));
-    assert_eq!(*d.interrupt.used.lock().unwrap(), vec![0]);
+    assert_eq!(d.interrupt.used(), vec![0]);
 
     let m = dev.metrics();
     assert_eq!((m.read_ops, m.read_bytes), (1, 1024));
@@ -257,7 +258,7 @@ fn activation_rules_and_reset() {
         .activate(Activation {
             mem: mem.clone(),
             acked_features: OFFERED_FEATURES_RW | VIRTIO_BLK_F_RO,
-            queues: vec![d.queue.create_queue::<virtio_device::Queue>().unwrap()],
+            queues: vec![d.queue.queue()],
             queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
             interrupt: d.interrupt.clone(),
         })

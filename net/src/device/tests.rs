@@ -8,6 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use super::*;
 use crate::header::{VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::test_utils::*;
+use vmm_sys_util::eventfd::EventFd;
 
 fn active() -> (Net<UnixDatagram>, UnixDatagram, GuestRam) {
     let (dev, host) = device();
@@ -60,14 +61,11 @@ fn activation_needs_both_queues_and_offered_features() {
     let act = |features, ready: bool| Activation {
         mem: mem.clone(),
         acked_features: features,
-        queues: vec![
-            d.rx.queue.create_queue::<virtio_device::Queue>().unwrap(),
-            {
-                let mut q = d.tx.queue.create_queue::<virtio_device::Queue>().unwrap();
-                virtio_device::QueueT::set_ready(&mut q, ready);
-                q
-            },
-        ],
+        queues: vec![d.rx.queue(), {
+            let mut q = d.tx.queue();
+            virtio_device::QueueT::set_ready(&mut q, ready);
+            q
+        }],
         queue_events: vec![
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
@@ -97,7 +95,7 @@ fn a_transmitted_frame_reaches_the_host_behind_a_plain_header() {
     dev.process_tx();
     assert_eq!(host_frames(&host), vec![with_header(PLAIN, &f)]);
     assert_eq!(d.tx.used(), vec![(u32::from(head), 0)]);
-    assert_eq!(*d.interrupt.used.lock().unwrap(), vec![1]);
+    assert_eq!(d.interrupt.used(), vec![1]);
     let m = dev.metrics();
     assert_eq!((m.tx_packets, m.tx_bytes, m.tx_chains), (1, 1000, 1));
     assert_eq!(m.rejections.total(), 0);
@@ -125,7 +123,7 @@ fn a_received_frame_reaches_the_guest_with_our_header() {
     hdr[10] = 1;
     assert_eq!(&got[..1512], &with_header(hdr, &f)[..]);
     assert!(got[1512..].iter().all(|&x| x == 0xaa), "past the frame");
-    assert_eq!(*d.interrupt.used.lock().unwrap(), vec![0]);
+    assert_eq!(d.interrupt.used(), vec![0]);
     let m = dev.metrics();
     assert_eq!((m.rx_packets, m.rx_bytes), (1, 1500));
 }
@@ -140,7 +138,7 @@ fn a_frame_waits_for_a_receive_buffer_and_the_tap_is_not_read_meanwhile() {
     }
     dev.process_rx();
     assert_eq!(dev.metrics().rx_no_buffer, 1);
-    assert!(d.interrupt.used.lock().unwrap().is_empty());
+    assert!(d.interrupt.used().is_empty());
     let bufs: Vec<Buf> = (0..2).map(|_| d.fill(1526, 0, true)).collect();
     for b in &bufs {
         d.rx.post(&[*b]);
