@@ -31,6 +31,17 @@ impl FakeVm {
         self.calls.lock().unwrap().clone()
     }
 
+    /// Waits (at most 5 s) until `start_answered` was called: the server
+    /// calls it once InstanceStart's answer is sent, so a client may get
+    /// the answer, and send its next request, before it runs.
+    fn wait_start_answered(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.calls().iter().any(|c| c == "start_answered") {
+            assert!(Instant::now() < deadline, "{:?}", self.calls());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn balloon_config(&self) -> Result<BalloonConfig, ApiError> {
         self.balloon
             .lock()
@@ -508,6 +519,7 @@ fn every_route_works() {
         Some(r#"{"action_type": "InstanceStart"}"#),
     );
     assert_eq!(r.status, 204);
+    h.vm.wait_start_answered();
     assert_eq!(send(p, "GET", "/vm", None).json()["state"], "Running");
 
     assert_eq!(
@@ -607,6 +619,7 @@ fn vsock_routes_work() {
         "/actions",
         Some(r#"{"action_type": "InstanceStart"}"#),
     );
+    h.vm.wait_start_answered();
     let r = send(
         p,
         "PUT",
