@@ -138,6 +138,9 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         .collect();
     let exits_at = fds.len();
     fds.push(poll::pollfd(daemon.exits_fd(), libc::POLLIN));
+    // SIGTERM/SIGINT end the sleep at once (taken by take_pending).
+    let stop = stop_signals::pending_fd().context("cannot create a signalfd")?;
+    fds.push(poll::pollfd(stop.as_raw_fd(), libc::POLLIN));
     let mut exits_fired = false;
     // Every wake-up is open (PSI triggers, memcg watchers), every thread
     // started (the spawner, unfiltered, in Daemon::new): from here on the
@@ -153,8 +156,8 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         daemon.enforce_limits();
         daemon.events.retry_unwritten();
         // Sleep until the next tick, or until the kernel reports memory
-        // stalls (a PSI trigger), a pool filling up or a VMM exiting: that
-        // wakes the daemon at once.
+        // stalls (a PSI trigger), a pool filling up, a VMM exiting or a
+        // stop signal: that wakes the daemon at once.
         let tick = if daemon.pressed() {
             PRESSED_TICK
         } else {

@@ -50,6 +50,20 @@ pub fn take_pending() -> Option<u8> {
     (signo > 0).then_some(signo as u8)
 }
 
+/// A signalfd that polls readable while a stop signal is pending, for a
+/// loop that sleeps in `poll` and takes signals with [`take_pending`]
+/// (the daemon): a stop then ends the sleep at once.
+pub fn pending_fd() -> std::io::Result<OwnedFd> {
+    let set = stop_set();
+    // SAFETY: a fresh signalfd for a valid set; we own the returned fd.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Ends the VM with [`VmExit::Signal`] when a stop signal arrives.
 pub struct StopSignals {
     fd: OwnedFd,
