@@ -244,9 +244,10 @@ fn the_pypi_firecracker_client_boots_a_linux_guest_that_answers_pings_until_paus
         "extra_boot_args": format!("{LINUX_CMDLINE} init=/init init.hold"),
     }));
     check_created(&r, &vm.id, &kernel, 96);
+    // ~25 s on an idle PVM host; several times that on a loaded one.
     vm.expect_line(
         "EXT4-fs (vda): mounted filesystem",
-        Duration::from_secs(180),
+        Duration::from_secs(400),
     );
     vm.expect_line("IP-Config: Complete", Duration::from_secs(60));
     vm.expect_line("init: userspace up", Duration::from_secs(60));

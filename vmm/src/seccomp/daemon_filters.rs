@@ -118,6 +118,13 @@ fn manages_vms(list: Allowlist) -> Result<Allowlist, SeccompError> {
         .any(SYS_poll)
         .any(SYS_ppoll)
         .arg_in(SYS_waitid, 0, &[P_PIDFD as u64])?
+        // Exits: one epoll set over the VMMs' pidfds (`ExitWatch`, made
+        // before the filter), pidfds added and removed, asked without
+        // waiting; by the supervisor's tick and by a decision carried out
+        // on a control API thread (`POST /oom/trigger`).
+        .any(SYS_epoll_ctl)
+        .any(SYS_epoll_wait)
+        .any(SYS_epoll_pwait)
         // /proc and cgroup files are read; cgroup limits, `cgroup.procs`,
         // `oom_score_adj` and the VM records (`vm.json`, written to a
         // temporary file, synced, renamed) are written: any path, so any
@@ -155,13 +162,7 @@ fn supervisor(list: Allowlist) -> Result<Allowlist, SeccompError> {
     Ok(list
         .then(manages_vms)?
         // SIGTERM and SIGINT are blocked and taken with a zero timeout.
-        .any(SYS_rt_sigtimedwait)
-        // Exits: one epoll set over the VMMs' pidfds (`ExitWatch`, made
-        // before the filter), pidfds added and removed, asked without
-        // waiting.
-        .any(SYS_epoll_ctl)
-        .any(SYS_epoll_wait)
-        .any(SYS_epoll_pwait))
+        .any(SYS_rt_sigtimedwait))
 }
 
 /// The control API's threads: the reactor (accepts, checks the peer's
