@@ -203,7 +203,15 @@ fn every_daemon_thread_is_filtered_but_the_spawner() {
                 want
             }
         };
-        let settled = |t: &[(String, (u32, u32))]| t.iter().all(|(n, f)| *f == expected(n));
+        // Settled: every thread named (a new thread is "vmm" until it
+        // names itself) and filtered as it will be.
+        let settled = |t: &[(String, (u32, u32))]| {
+            t.iter().all(|(n, f)| *f == expected(n))
+                && DAEMON_THREADS
+                    .iter()
+                    .all(|name| t.iter().any(|(n, _)| n == name))
+                && t.iter().filter(|(n, _)| n == "vmm").count() == 1
+        };
         let threads = poll_until(BOOT, || {
             let t = filters_of_each_thread(d.child.id());
             settled(&t).then_some(t)
